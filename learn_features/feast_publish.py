@@ -1,0 +1,383 @@
+"""Publishing LEARN embeddings into the Feast offline sources.
+
+Layout under the repo (all of it git-ignored)::
+
+    data/offline/<publication id>/user.parquet      # feature names as columns
+    data/offline/<publication id>/item.parquet
+    data/offline/<publication id>/publication.json  # version, dim, time, digest
+    data/staging/                                   # half-built publications
+    data/.publish.lock
+
+The FileSources glob ``data/offline/*/user.parquet`` and ``.../item.parquet``. A
+publication is built in ``data/staging`` and committed with a single directory rename,
+so readers see all of it or none of it, and a crash leaves only staging debris that the
+next publish removes. Publications are never rewritten; history stays for point-in-time
+joins.
+
+Rules, all enforced here:
+
+* Each publication is stamped with one ``event_timestamp`` (its ``published_at``),
+  strictly later than every earlier publication. Feast's materialize-incremental only
+  reads rows newer than its last run, and online stores (Redis) keep a value unless the
+  new one is newer, so a rollout stamped with an older time would be silently ignored.
+* Re-publishing the active version with the same vectors is a no-op (idempotent). A
+  version already published with *different* vectors is refused: a version string must
+  name one set of vectors, or user and item vectors of "the same" version could mix.
+* Re-publishing an older version (same vectors) is a rollback: a new publication that is
+  newer than everything else.
+* Pushed cold-start items (``kind == "push"``) must carry the active full version.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from learn_features.embeddings_io import (
+    ITEM_FILE,
+    USER_FILE,
+    Entity,
+    EmbeddingTable,
+    frame_to_matrix,
+    id_column,
+    read_frame,
+)
+from learn_features.errors import LearnFeaturesError
+from learn_features.feast_repo import FIELDS, OFFLINE_DIR
+
+PUBLICATION_FILE = "publication.json"
+STAGING_DIR = Path("data") / "staging"
+LOCK_FILE = Path("data") / ".publish.lock"
+RUN_MANIFEST_KEYS = ("model_version", "dim", "as_of", "created_at")
+ONE_MICROSECOND = pd.Timedelta(microseconds=1)
+
+Kind = Literal["full", "push"]
+
+
+@dataclass(frozen=True)
+class Publication:
+    """One committed publication directory and what it holds."""
+
+    path: Path
+    kind: Kind
+    model_version: str
+    dim: int
+    published_at: pd.Timestamp
+    digest: str
+    rows: dict[str, int]
+    source: str
+
+    @property
+    def publication_id(self) -> str:
+        return self.path.name
+
+    def parquet(self, entity: Entity) -> Path | None:
+        """The entity's file in this publication, or None (push publications hold items only)."""
+        path = self.path / FIELDS[entity].parquet_name
+        return path if entity in self.rows else None
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    publication: Publication
+    created: bool
+
+
+@dataclass(frozen=True)
+class EntityVectors:
+    """Ids and their (n, dim) float32 vectors, sorted by id so that digests are order-free."""
+
+    ids: np.ndarray  # object array of str
+    vectors: np.ndarray
+
+    @classmethod
+    def sorted(cls, ids: list[str] | np.ndarray, vectors: np.ndarray) -> EntityVectors:
+        ids_arr = np.asarray(ids, dtype=object)
+        order = np.argsort(ids_arr, kind="stable")
+        return cls(ids_arr[order], np.ascontiguousarray(vectors[order], dtype=np.float32))
+
+
+def _parse_publication(meta_path: Path) -> Publication:
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        return Publication(
+            path=meta_path.parent,
+            kind=meta["kind"],
+            model_version=str(meta["model_version"]),
+            dim=int(meta["dim"]),
+            published_at=pd.Timestamp(meta["published_at"]).tz_convert("UTC"),
+            digest=str(meta["digest"]),
+            rows={str(k): int(v) for k, v in meta["rows"].items()},
+            source=str(meta.get("source", "")),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LearnFeaturesError(f"{meta_path}: unreadable publication record: {exc}") from exc
+
+
+def list_publications(repo_path: str | Path) -> list[Publication]:
+    """All committed publications, oldest first."""
+    offline = Path(repo_path) / OFFLINE_DIR
+    pubs = [_parse_publication(p) for p in offline.glob(f"*/{PUBLICATION_FILE}")]
+    return sorted(pubs, key=lambda p: (p.published_at, p.publication_id))
+
+
+def active_publication(repo_path: str | Path) -> Publication | None:
+    """The latest full publication: its model version is the one being served."""
+    full = [p for p in list_publications(repo_path) if p.kind == "full"]
+    return full[-1] if full else None
+
+
+@contextmanager
+def publish_lock(repo_path: str | Path) -> Iterator[None]:
+    """Serialise publishers: publication times must increase in commit order."""
+    lock_path = Path(repo_path) / LOCK_FILE
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def next_publish_time(repo_path: str | Path, requested: pd.Timestamp | None = None) -> pd.Timestamp:
+    """The timestamp for a new publication: ``requested`` or now, after every earlier one.
+
+    With no request, a clock at or behind the latest publication is nudged 1 µs past it;
+    an explicit request that is not later is an error, since it would be ignored online.
+    """
+    pubs = list_publications(repo_path)
+    latest = pubs[-1].published_at if pubs else None
+    if requested is None:
+        now = pd.Timestamp.now(tz="UTC").floor("us")
+        return now if latest is None or now > latest else latest + ONE_MICROSECOND
+    if latest is not None and requested <= latest:
+        raise LearnFeaturesError(
+            f"event time {requested.isoformat()} is not after the latest publication "
+            f"{pubs[-1].publication_id} ({latest.isoformat()}); publications must move forward in time"
+        )
+    return requested
+
+
+def _digest(model_version: str, tables: dict[Entity, EntityVectors]) -> str:
+    h = hashlib.sha256(model_version.encode("utf-8"))
+    for entity in sorted(tables):
+        table = tables[entity]
+        h.update(f"\0{entity}\0{table.vectors.shape}\0".encode())
+        h.update("\n".join(table.ids.tolist()).encode("utf-8"))
+        h.update(table.vectors.tobytes())
+    return h.hexdigest()
+
+
+def _arrow_table(entity: Entity, table: EntityVectors, published_at: pd.Timestamp, model_version: str) -> pa.Table:
+    """Published rows with Feast feature names as columns.
+
+    Vectors are variable-size ``list<float32>`` (not fixed-size) so that publications of
+    models with different dimensions can be globbed into one DuckDB scan.
+    """
+    names = FIELDS[entity]
+    n, dim = table.vectors.shape
+    offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32) if n else np.zeros(1, np.int32))
+    ts_us = published_at.value // 1000
+    return pa.table(
+        {
+            names.join_key: pa.array(table.ids.tolist(), pa.string()),
+            names.embedding: pa.ListArray.from_arrays(offsets, pa.array(table.vectors.reshape(-1), pa.float32())),
+            "event_timestamp": pa.array(np.full(n, ts_us, dtype=np.int64), pa.timestamp("us", tz="UTC")),
+            names.model_version: pa.array([model_version] * n, pa.string()),
+        }
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publication_id(published_at: pd.Timestamp, kind: Kind, model_version: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", model_version)[:80]
+    return f"{published_at.strftime('%Y%m%dT%H%M%S%fZ')}-{kind}-{safe}"
+
+
+def commit_publication(
+    repo_path: str | Path,
+    kind: Kind,
+    model_version: str,
+    tables: dict[Entity, EntityVectors],
+    published_at: pd.Timestamp,
+    source: str,
+    digest: str | None = None,
+) -> Publication:
+    """Write a publication to staging, then make it visible with one atomic rename.
+
+    Call under ``publish_lock``. Leftovers of crashed publishes are removed first.
+    """
+    repo = Path(repo_path)
+    staging_root = repo / STAGING_DIR
+    offline = repo / OFFLINE_DIR
+    if staging_root.exists():
+        shutil.rmtree(staging_root)
+    staging_root.mkdir(parents=True)
+    offline.mkdir(parents=True, exist_ok=True)
+    dims = {t.vectors.shape[1] for t in tables.values()}
+    if len(dims) != 1:
+        raise LearnFeaturesError(f"{source}: user and item dimensions differ: {sorted(dims)}")
+    pub_id = _publication_id(published_at, kind, model_version)
+    staged = Path(tempfile.mkdtemp(prefix=f"{pub_id}.", dir=staging_root))
+    staged.chmod(0o755)  # mkdtemp makes it owner-only; serving hosts may read as another user
+    try:
+        for entity, table in tables.items():
+            target = staged / FIELDS[entity].parquet_name
+            pq.write_table(_arrow_table(entity, table, published_at, model_version), target)
+            with open(target, "rb") as fh:
+                os.fsync(fh.fileno())
+        meta = {
+            "kind": kind,
+            "model_version": model_version,
+            "dim": dims.pop(),
+            "published_at": published_at.isoformat(),
+            "digest": digest or _digest(model_version, tables),
+            "rows": {entity: int(t.vectors.shape[0]) for entity, t in tables.items()},
+            "source": source,
+        }
+        (staged / PUBLICATION_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        _fsync_dir(staged)
+        final = offline / pub_id
+        os.rename(staged, final)  # the commit point: one atomic rename within data/
+        _fsync_dir(offline)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged)
+    return _parse_publication(final / PUBLICATION_FILE)
+
+
+def _read_run_manifest(run_dir: Path) -> dict[str, object]:
+    path = run_dir / "embeddings" / "manifest.json"
+    if not path.is_file():
+        raise LearnFeaturesError(f"{path}: run manifest not found (run the embed step first)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise LearnFeaturesError(f"{path}: not valid JSON: {exc}") from exc
+    missing = [k for k in RUN_MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise LearnFeaturesError(f"{path}: missing key(s) {missing}")
+    return manifest
+
+
+def _load_run_table(path: Path, entity: Entity, model_version: str, dim: int) -> EntityVectors:
+    if path.is_file():  # read_frame indexes the id column before validating; name a missing one first
+        names = pq.read_schema(path).names
+        missing = [c for c in (id_column(entity), "embedding", "event_timestamp", "model_version") if c not in names]
+        if missing:
+            raise LearnFeaturesError(f"{path}: missing column(s) {missing}; found {names}")
+    df = read_frame(path, entity)
+    matrix = frame_to_matrix(df).reshape(len(df), -1) if len(df) else np.zeros((0, dim), np.float32)
+    if matrix.shape[1] != dim:
+        raise LearnFeaturesError(
+            f"{path}: row 0 ({id_column(entity)}={df[id_column(entity)].iloc[0]!r}): "
+            f"embedding has length {matrix.shape[1]}, the run manifest says dim {dim}"
+        )
+    wrong = np.flatnonzero(df["model_version"].astype(str).to_numpy() != model_version)
+    if wrong.size:
+        row = int(wrong[0])
+        raise LearnFeaturesError(
+            f"{path}: row {row} ({id_column(entity)}={df[id_column(entity)].iloc[row]!r}): "
+            f"model_version {df['model_version'].iloc[row]!r} differs from the run manifest's {model_version!r}"
+        )
+    return EntityVectors.sorted(df[id_column(entity)].astype(str).to_numpy(), matrix)
+
+
+def parse_event_time(value: str, as_of: object) -> pd.Timestamp | None:
+    """``now`` → None (publish time), ``as-of`` → the run's as_of, else an ISO time with zone."""
+    if value == "now":
+        return None
+    text = str(as_of) if value == "as-of" else value
+    try:
+        ts = pd.Timestamp(text)
+    except ValueError as exc:
+        raise LearnFeaturesError(f"--event-time {value!r}: not an ISO timestamp ({exc})") from exc
+    if ts.tzinfo is None:
+        raise LearnFeaturesError(f"--event-time {text!r}: timestamp has no timezone; add Z or +00:00")
+    return ts.tz_convert("UTC").floor("us")
+
+
+def publish_run(run_dir: str | Path, repo_path: str | Path, event_time: str = "now") -> PublishResult:
+    """Publish a run's user and item embeddings as one full publication.
+
+    Everything is validated before anything is written, so bad input leaves the offline
+    sources (and hence what later materializations load) untouched.
+    """
+    run = Path(run_dir)
+    manifest = _read_run_manifest(run)
+    version, dim = str(manifest["model_version"]), int(manifest["dim"])  # type: ignore[call-overload]
+    tables = {
+        "user": _load_run_table(run / "embeddings" / USER_FILE, "user", version, dim),
+        "item": _load_run_table(run / "embeddings" / ITEM_FILE, "item", version, dim),
+    }
+    requested = parse_event_time(event_time, manifest["as_of"])
+    digest = _digest(version, tables)
+    with publish_lock(repo_path):
+        pubs = list_publications(repo_path)
+        full = [p for p in pubs if p.kind == "full"]
+        if full and full[-1].model_version == version and full[-1].digest == digest:
+            return PublishResult(full[-1], created=False)
+        clash = next((p for p in full if p.model_version == version and p.digest != digest), None)
+        if clash is not None:
+            raise LearnFeaturesError(
+                f"{run}: model_version {version!r} was already published with different vectors "
+                f"({clash.publication_id}); give the new model a new version"
+            )
+        published_at = next_publish_time(repo_path, requested)
+        pub = commit_publication(repo_path, "full", version, tables, published_at, str(run.resolve()), digest)
+    return PublishResult(pub, created=True)
+
+
+def record_push(repo_path: str | Path, table: EmbeddingTable, published_at: pd.Timestamp) -> Publication:
+    """Keep pushed cold-start items in the offline store too, for point-in-time training joins.
+
+    Call under ``publish_lock`` with the time the rows were pushed online.
+    """
+    vectors = EntityVectors.sorted(table.ids, table.vectors.astype(np.float32))
+    return commit_publication(repo_path, "push", table.model_version, {"item": vectors}, published_at, "push")
+
+
+def read_published(repo_path: str | Path, entity: Entity, model_version: str) -> EntityVectors:
+    """The latest published vector per id among all publications of ``model_version``."""
+    names = FIELDS[entity]
+    latest: dict[str, int] = {}
+    chunks: list[np.ndarray] = []
+    ids: list[str] = []
+    for pub in list_publications(repo_path):
+        path = pub.parquet(entity)
+        if pub.model_version != model_version or path is None:
+            continue
+        tbl = pq.read_table(path, columns=[names.join_key, names.embedding])
+        chunk_ids = tbl.column(names.join_key).to_pylist()
+        flat = tbl.column(names.embedding).combine_chunks().flatten().to_numpy()
+        chunks.append(flat.reshape(len(chunk_ids), pub.dim))
+        for i in chunk_ids:
+            latest[i] = len(ids)  # later publications override earlier rows
+            ids.append(i)
+    if not ids:
+        raise LearnFeaturesError(f"{Path(repo_path) / OFFLINE_DIR}: no published {entity} embeddings for {model_version!r}")
+    matrix = np.concatenate(chunks).astype(np.float32, copy=False)
+    rows = np.fromiter(latest.values(), dtype=np.int64, count=len(latest))
+    return EntityVectors(np.asarray(list(latest.keys()), dtype=object), matrix[rows])

@@ -1,0 +1,68 @@
+"""Pushing cold-start item embeddings straight to the online store.
+
+A new catalog item gets its vector from text alone (the trained item tower over its LLM
+content embedding), so it can be ranked before the next training run or batch
+materialization. Rows go through the repo's PushSource with ``FeatureStore.push``, then
+are recorded as a ``push`` publication so that training joins see them too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from learn_features.embeddings_io import EmbeddingTable, validate_frame
+from learn_features.errors import LearnFeaturesError
+from learn_features.feast_publish import (
+    Publication,
+    active_publication,
+    next_publish_time,
+    publish_lock,
+    record_push,
+)
+from learn_features.feast_repo import ITEM, ITEM_PUSH_SOURCE, open_store, resolve_config, store_errors
+
+
+def push_frame(table: EmbeddingTable, pushed_at: pd.Timestamp) -> pd.DataFrame:
+    """The PushSource's row format: Feast feature names, one shared event time."""
+    return pd.DataFrame(
+        {
+            ITEM.join_key: [str(i) for i in table.ids],
+            ITEM.embedding: list(table.vectors.astype(np.float32)),
+            ITEM.model_version: table.model_version,
+            "event_timestamp": pd.Series([pushed_at] * len(table.ids), dtype="datetime64[us, UTC]"),
+        }
+    )
+
+
+def push_item_embeddings(repo_path: str | Path, table: EmbeddingTable, config: str | Path | None = None) -> Publication:
+    """Validate item vectors, push them online, then record them offline.
+
+    Refuses vectors of any model version other than the active (latest published) one,
+    since every user vector online belongs to that version. The online write happens
+    first: if the store is unreachable nothing is recorded, and a retry writes no
+    duplicate offline rows.
+    """
+    if table.entity != "item":
+        raise LearnFeaturesError(f"push_item_embeddings: expected item embeddings, got {table.entity}")
+    validate_frame(table.to_frame(), "item", "pushed item embeddings", table.dim)
+    config_path = resolve_config(repo_path, config)
+    with publish_lock(repo_path):
+        active = active_publication(repo_path)
+        if active is None:
+            raise LearnFeaturesError(f"{repo_path}: nothing published yet; run `learn-features publish` before pushing items")
+        if table.model_version != active.model_version or table.dim != active.dim:
+            raise LearnFeaturesError(
+                f"pushed items are model_version {table.model_version!r} (dim {table.dim}) but the active "
+                f"publication {active.publication_id} is {active.model_version!r} (dim {active.dim}); "
+                "publish the new run first, then push with it"
+            )
+        pushed_at = next_publish_time(repo_path)
+        store = open_store(repo_path, config_path)
+        with store_errors("pushing items to the online store", config_path):
+            from feast.data_source import PushMode
+
+            store.push(ITEM_PUSH_SOURCE, push_frame(table, pushed_at), to=PushMode.ONLINE)
+        return record_push(repo_path, table, pushed_at)

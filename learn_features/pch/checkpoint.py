@@ -1,0 +1,67 @@
+"""Saving and loading trained towers, with what is needed to rebuild them without the run.
+
+A checkpoint carries the model config and its input kind (content dimension, or the ordered
+item ids that own an ID slot), so serving code can rebuild the exact model from one file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from learn_features.atomic import atomic_path
+from learn_features.errors import LearnFeaturesError
+from learn_features.pch.inputs import ItemInputs
+from learn_features.pch.model import PCH, PCHConfig
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_payload(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise LearnFeaturesError(f"{path}: checkpoint not found; run `learn-features train` first")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def model_payload(
+    model: PCH, content_dim: int | None, trained_item_ids: list[str] | None, extra: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_config": asdict(model.config),
+        "content_dim": content_dim,
+        "trained_item_ids": trained_item_ids,
+        **extra,
+    }
+
+
+def build_model(payload: dict[str, Any], device: torch.device) -> PCH:
+    config = PCHConfig(**payload["model_config"])
+    ids = payload["trained_item_ids"]
+    model = PCH(config, content_dim=payload["content_dim"], num_items=None if ids is None else len(ids))
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval()
+
+
+def id_inputs_for(payload: dict[str, Any], item_ids: list[str], device: torch.device) -> ItemInputs:
+    """ID slots for an arbitrary catalog, from the ids the model was trained on."""
+    slot_of = {item: slot for slot, item in enumerate(payload["trained_item_ids"], start=1)}
+    slots = np.array([slot_of.get(item, 0) for item in item_ids], dtype=np.int64)
+    return ItemInputs(id_slots=torch.as_tensor(slots, device=device))
+
+
+def model_version(payload: dict[str, Any], method: str) -> str:
+    """Hash of the weights: the same trained model always publishes under the same version."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(payload["state_dict"].items()):
+        digest.update(name.encode())
+        digest.update(tensor.numpy().tobytes())
+    return f"{method}-{digest.hexdigest()[:12]}"

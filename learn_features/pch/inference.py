@@ -1,0 +1,77 @@
+"""Computing LEARN vectors with trained towers: users from history, items from text alone.
+
+``embed_catalog_items`` is the cold-start path used by ``embed-items``: it needs nothing but
+the run's ``embeddings/manifest.json`` (written by ``embed``), which names the checkpoint,
+the encoder settings and the cache, so new catalog rows get vectors from the same LLM and
+the same tower that produced the published ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from learn_features.cex.extractor import ContentExtractor, EncoderConfig
+from learn_features.cex.prompt import render_prompts
+from learn_features.data.tables import validate_catalog
+from learn_features.embeddings_io import EmbeddingTable
+from learn_features.errors import LearnFeaturesError
+from learn_features.pch import checkpoint
+from learn_features.pch.batching import pad_sequences
+from learn_features.pch.inputs import ItemInputs
+from learn_features.pch.model import PCH
+
+MANIFEST = "manifest.json"
+
+
+@torch.inference_mode()
+def user_vectors(model: PCH, inputs: ItemInputs, histories: Sequence[np.ndarray], batch_size: int = 256) -> np.ndarray:
+    """The tower's output after each user's whole history, (U, d_out)."""
+    if any(len(h) == 0 for h in histories):
+        raise LearnFeaturesError("a user with an empty history has no LEARN user embedding")
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(histories), batch_size):
+        indices, lengths = pad_sequences(histories[start : start + batch_size], device)
+        out.append(model.last_position(model.user_embeddings(inputs.gather(indices)), lengths).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, model.config.d_out), np.float32)
+
+
+@torch.inference_mode()
+def item_vectors(model: PCH, inputs: ItemInputs, items: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    """Each item alone through the item tower, (K, d_out)."""
+    device = next(model.parameters()).device
+    out = [
+        model.item_embeddings(inputs.gather(torch.as_tensor(items[s : s + batch_size], device=device))).float().cpu()
+        for s in range(0, len(items), batch_size)
+    ]
+    return torch.cat(out).numpy() if out else np.zeros((0, model.config.d_out), np.float32)
+
+
+def read_manifest(run_dir: Path) -> dict:
+    path = Path(run_dir) / "embeddings" / MANIFEST
+    if not path.exists():
+        raise LearnFeaturesError(f"{path}: not found; run `learn-features embed` for this run first")
+    return json.loads(path.read_text())
+
+
+def embed_catalog_items(run_dir: Path, catalog: pd.DataFrame, device: str = "auto") -> EmbeddingTable:
+    """Item vectors for (new) catalog rows from their text alone, stamped with the run's model version."""
+    manifest = read_manifest(run_dir)
+    catalog = validate_catalog(catalog, "new catalog rows")
+    payload = checkpoint.load_payload(Path(manifest["checkpoint"]))
+    encoder = EncoderConfig(**{**manifest["encoder"], "device": device})
+    extractor = ContentExtractor(encoder, manifest["cache_dir"])
+    model = checkpoint.build_model(payload, extractor.device)
+    ids = catalog["item_id"].tolist()
+    if payload["trained_item_ids"] is not None:
+        inputs = checkpoint.id_inputs_for(payload, ids, extractor.device)
+    else:
+        inputs = ItemInputs.from_content(extractor.embed_texts(render_prompts(catalog, encoder.prompt_template)), extractor.device)
+    vectors = item_vectors(model, inputs, np.arange(len(ids)))
+    return EmbeddingTable("item", ids, vectors, pd.Timestamp.now(tz="UTC"), manifest["model_version"])

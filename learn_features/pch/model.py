@@ -1,0 +1,113 @@
+"""PCH twin towers (the paper's PCH/PAL module).
+
+input projection -> learned positions -> causal transformer -> linear head -> L2 normalise.
+
+The input is either frozen content embeddings (LEARN) projected to ``d_model``, or learned
+item-ID embeddings (the ID baseline: same towers, ids instead of content).
+
+Item-tower variants:
+1. the user tower's weights run over the target sequence (causal, chronological);
+2. the same weights over each target item alone (a length-1 sequence);
+3. the raw content embedding through one linear map to the output dimension.
+
+At inference an item embedding needs its text alone: variants 1 and 2 run the item as a
+length-1 sequence, variant 3 applies its linear map. Cold-start items are covered either way
+(for the ID baseline they all share the one "unknown item" embedding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from learn_features.errors import LearnFeaturesError
+
+VARIANTS = (1, 2, 3)
+
+
+@dataclass
+class PCHConfig:
+    """Defaults are the paper's BERT-base-sized towers; small data wants much smaller ones."""
+
+    d_model: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    d_ff: int = 3072
+    dropout: float = 0.1
+    d_out: int = 64
+    variant: int = 1
+    temperature: float = 0.05
+    max_len: int = 128  # longest history or target sequence
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise LearnFeaturesError(f"model.variant must be one of {VARIANTS}, got {self.variant}")
+        if self.d_model % self.n_heads:
+            raise LearnFeaturesError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+        if self.temperature <= 0:
+            raise LearnFeaturesError(f"model.temperature must be positive, got {self.temperature}")
+
+
+class PCH(nn.Module):
+    """Twin towers over item sequences; ``content_dim`` None means the ID baseline."""
+
+    def __init__(self, config: PCHConfig, content_dim: int | None = None, num_items: int | None = None):
+        super().__init__()
+        if (content_dim is None) == (num_items is None):
+            raise ValueError("give exactly one of content_dim (LEARN) or num_items (ID baseline)")
+        if content_dim is None and config.variant == 3:
+            raise LearnFeaturesError("variant 3 uses raw content embeddings; the ID baseline cannot use it")
+        self.config = config
+        if content_dim is not None:
+            self.input = nn.Sequential(nn.Linear(content_dim, config.d_model), nn.LayerNorm(config.d_model))
+        else:
+            # index 0 is the shared "unknown item": every item without a trained id lands there.
+            self.input = nn.Embedding(num_items + 1, config.d_model)
+        self.positions = nn.Embedding(config.max_len, config.d_model)
+        layer = nn.TransformerEncoderLayer(
+            config.d_model, config.n_heads, config.d_ff, config.dropout,
+            activation="gelu", batch_first=True, norm_first=True,
+        )
+        self.transformer = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
+        self.final_norm = nn.LayerNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, config.d_out)
+        self.raw_item_head = nn.Linear(content_dim, config.d_out) if config.variant == 3 else None
+
+    def encode(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, L, content_dim) floats or (B, L) ids -> (B, L, d_out) unit vectors, causally.
+
+        Sequences are left-aligned with padding at the end; under the causal mask no real
+        position attends to a later (padded) one, so padding needs no key mask.
+        """
+        x = self.input(items)
+        length = x.shape[1]
+        if length > self.config.max_len:
+            raise LearnFeaturesError(f"sequence of length {length} exceeds model.max_len {self.config.max_len}")
+        x = x + self.positions(torch.arange(length, device=x.device))
+        mask = nn.Transformer.generate_square_subsequent_mask(length, device=x.device, dtype=x.dtype)
+        x = self.transformer(x, mask=mask, is_causal=True)
+        return F.normalize(self.head(self.final_norm(x)), dim=-1)
+
+    def user_embeddings(self, history: torch.Tensor) -> torch.Tensor:
+        """One user embedding per history position (the dense all-action loss uses them all)."""
+        return self.encode(history)
+
+    def target_embeddings(self, targets: torch.Tensor) -> torch.Tensor:
+        """Item embeddings for a (B, M, ...) target sequence, per the configured variant."""
+        if self.config.variant == 1:
+            return self.encode(targets)
+        return self.item_embeddings(targets.flatten(0, 1)).unflatten(0, targets.shape[:2])
+
+    def item_embeddings(self, items: torch.Tensor) -> torch.Tensor:
+        """Serving path: (K, content_dim) or (K,) ids -> (K, d_out), each item alone."""
+        if self.raw_item_head is not None:
+            return F.normalize(self.raw_item_head(items), dim=-1)
+        return self.encode(items.unsqueeze(1)).squeeze(1)
+
+    @staticmethod
+    def last_position(embeddings: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The user embedding for retrieval: the output after the whole (real) history."""
+        return embeddings[torch.arange(embeddings.shape[0], device=embeddings.device), lengths - 1]

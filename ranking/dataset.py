@@ -1,0 +1,350 @@
+"""Labelled impressions, time periods and point-in-time features for the ranking experiment.
+
+Leakage rule, applied to every row: a feature of an impression at time ``t`` may only use
+data strictly before ``as_of = min(t, cut)`` (statistics) or published at or before
+``as_of`` (LEARN embeddings). Before the cut that is ordinary point-in-time correctness;
+after it, every evaluation row sees the world frozen at the cut, the same way the LEARN
+model (trained only on pre-cut data) sees it. A consequence that the tests check: changing
+anything at or after the cut (labels, later embedding snapshots) cannot change a single
+feature value, so it cannot change a single prediction of a model trained before the cut.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from learn_features.errors import LearnFeaturesError
+from ranking.config import DataConfig, SplitConfig
+from ranking.embeddings import JOINED_COLUMNS, EmbeddingJoiner
+from ranking.metrics import check_labels
+
+IMPRESSION_COLUMNS = ("user_id", "item_id", "timestamp", "label")
+STAT_COLUMNS = ("user_n", "user_pos", "item_n", "item_pos")
+_YEAR = re.compile(r"\((\d{4})\)\s*$")
+
+
+def validate_impressions(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Normalise a generic impressions table, or raise naming the column/row at fault."""
+    missing = [c for c in IMPRESSION_COLUMNS if c not in df.columns]
+    if missing:
+        raise LearnFeaturesError(f"{source}: missing column(s) {missing}; found {list(df.columns)}")
+    out = df.reset_index(drop=True).copy()
+    for col in ("user_id", "item_id"):
+        empty = out[col].isna()
+        if empty.any():
+            raise LearnFeaturesError(f"{source}: row {int(np.flatnonzero(empty)[0])}: {col} is empty")
+        out[col] = out[col].astype("string")
+    out["timestamp"] = _utc_timestamps(out["timestamp"], source)
+    out["label"] = check_labels(out["label"].to_numpy(), source)
+    return out
+
+
+def _utc_timestamps(ts: pd.Series, source: str) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(ts):
+        raise LearnFeaturesError(
+            f"{source}: column timestamp is numeric; convert it to timezone-aware datetimes "
+            "(e.g. pd.to_datetime(x, unit='s', utc=True)) so the unit is not guessed"
+        )
+    if pd.api.types.is_datetime64_any_dtype(ts) and not isinstance(ts.dtype, pd.DatetimeTZDtype):
+        raise LearnFeaturesError(f"{source}: column timestamp is timezone-naive; localise it to UTC first")
+    try:
+        out = pd.to_datetime(ts, utc=True)
+    except (ValueError, TypeError) as exc:
+        raise LearnFeaturesError(f"{source}: column timestamp does not parse as datetimes: {exc}") from exc
+    if out.isna().any():
+        raise LearnFeaturesError(f"{source}: row {int(np.flatnonzero(out.isna())[0])}: timestamp is empty")
+    return out.astype("datetime64[ns, UTC]")
+
+
+def movielens_impressions(
+    ratings_path: str | Path, positive_min_rating: float = 4.0, negative_max_rating: float = 3.0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """MovieLens ratings as (impressions, history).
+
+    ``history`` holds every rating (all are user activity); ``impressions`` only those with a
+    label: rating >= ``positive_min_rating`` is a conversion, <= ``negative_max_rating`` not.
+    """
+    path = Path(ratings_path)
+    if not path.exists():
+        raise LearnFeaturesError(f"{path}: ratings file not found")
+    raw = pd.read_csv(path)
+    missing = [c for c in ("userId", "movieId", "rating", "timestamp") if c not in raw.columns]
+    if missing:
+        raise LearnFeaturesError(f"{path}: missing MovieLens column(s) {missing}")
+    if negative_max_rating >= positive_min_rating:
+        raise LearnFeaturesError(
+            f"data: negative_max_rating {negative_max_rating} must be below positive_min_rating {positive_min_rating}"
+        )
+    history = pd.DataFrame(
+        {
+            "user_id": raw["userId"].astype(str).astype("string"),
+            "item_id": raw["movieId"].astype(str).astype("string"),
+            "timestamp": pd.to_datetime(raw["timestamp"], unit="s", utc=True).astype("datetime64[ns, UTC]"),
+            "rating": raw["rating"].astype(float),
+        }
+    )
+    history["label"] = np.where(history["rating"] >= positive_min_rating, 1, 0).astype(np.int8)
+    labelled = (history["rating"] >= positive_min_rating) | (history["rating"] <= negative_max_rating)
+    return history[labelled].reset_index(drop=True), history
+
+
+def movielens_items(movies_path: str | Path) -> pd.DataFrame:
+    """Item side table: ``item_id``, ``genres`` (list of str) and release ``year`` from the title."""
+    path = Path(movies_path)
+    if not path.exists():
+        raise LearnFeaturesError(f"{path}: movies file not found")
+    raw = pd.read_csv(path)
+    missing = [c for c in ("movieId", "title", "genres") if c not in raw.columns]
+    if missing:
+        raise LearnFeaturesError(f"{path}: missing MovieLens column(s) {missing}")
+    return pd.DataFrame(
+        {
+            "item_id": raw["movieId"].astype(str).astype("string"),
+            "genres": raw["genres"].fillna("").map(_split_genres),
+            "year": raw["title"].fillna("").map(lambda t: float(m.group(1)) if (m := _YEAR.search(t.strip())) else np.nan),
+        }
+    )
+
+
+def _split_genres(value: str) -> list[str]:
+    return [g for g in str(value).split("|") if g and g != "(no genres listed)"]
+
+
+def generic_items(path: str | Path) -> pd.DataFrame:
+    """Item side table for the generic path: ``item_id``, optional pipe-separated ``genres``,
+    any other numeric columns used as-is."""
+    path = Path(path)
+    df = _read_table(path)
+    if "item_id" not in df.columns:
+        raise LearnFeaturesError(f"{path}: missing column item_id")
+    df["item_id"] = df["item_id"].astype(str).astype("string")
+    if "genres" in df.columns:
+        df["genres"] = df["genres"].fillna("").map(_split_genres)
+    keep = ["item_id", *(["genres"] if "genres" in df.columns else [])]
+    keep += [c for c in df.columns if c not in keep and pd.api.types.is_numeric_dtype(df[c])]
+    return df[keep]
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise LearnFeaturesError(f"{path}: file not found")
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix in (".csv", ".tsv"):
+        return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
+    raise LearnFeaturesError(f"{path}: unsupported table format {path.suffix!r} (use .csv, .tsv or .parquet)")
+
+
+def load_data(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """(impressions, history, items) for a ``DataConfig``."""
+    if cfg.format == "movielens":
+        impressions, history = movielens_impressions(cfg.interactions, cfg.positive_min_rating, cfg.negative_max_rating)
+        items = movielens_items(cfg.items) if cfg.items else None
+    else:
+        impressions = validate_impressions(_read_table(Path(cfg.interactions)), cfg.interactions)
+        history = impressions
+        items = generic_items(cfg.items) if cfg.items else None
+    return impressions, history, items
+
+
+@dataclass(frozen=True)
+class Periods:
+    """Half-open periods: train [train_start, valid_start), valid [valid_start, cut), eval [cut, eval_end]."""
+
+    train_start: pd.Timestamp
+    valid_start: pd.Timestamp
+    cut: pd.Timestamp
+    eval_end: pd.Timestamp
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: v.isoformat() for k, v in self.__dict__.items()}
+
+
+def _parse_time(value: str, what: str) -> pd.Timestamp:
+    try:
+        ts = pd.Timestamp(value)
+    except ValueError as exc:
+        raise LearnFeaturesError(f"config split.{what}: {value!r} is not an ISO-8601 timestamp") from exc
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def resolve_periods(impressions: pd.DataFrame, cfg: SplitConfig) -> Periods:
+    ts = impressions["timestamp"]
+    if ts.empty:
+        raise LearnFeaturesError("impressions: no rows")
+    cut = _parse_time(cfg.cut, "cut") if cfg.cut else ts.quantile(cfg.cut_quantile)
+    train_start = _parse_time(cfg.train_start, "train_start") if cfg.train_start else ts.min()
+    eval_end = _parse_time(cfg.eval_end, "eval_end") if cfg.eval_end else ts.max()
+    before = ts[(ts >= train_start) & (ts < cut)]
+    if before.empty:
+        raise LearnFeaturesError(f"split: no impressions in [{train_start}, {cut}); move the cut or train_start")
+    valid_start = before.quantile(1.0 - cfg.valid_fraction)
+    periods = Periods(train_start, valid_start, cut, eval_end)
+    counts = {
+        "train": int(((ts >= train_start) & (ts < valid_start)).sum()),
+        "validation": int(((ts >= valid_start) & (ts < cut)).sum()),
+        "evaluation": int(((ts >= cut) & (ts <= eval_end)).sum()),
+    }
+    empty = [k for k, v in counts.items() if v == 0]
+    if empty:
+        raise LearnFeaturesError(f"split: period(s) {empty} have no impressions ({periods.to_dict()})")
+    return periods
+
+
+def point_in_time_stats(history: pd.DataFrame, rows: pd.DataFrame, as_of: pd.Series) -> pd.DataFrame:
+    """Per row: the user's and item's interaction and positive counts strictly before ``as_of``.
+
+    Vectorised with one sort per entity: history and query times share a dense time rank, the
+    history is sorted by (entity, rank), and a ``searchsorted`` of each query's
+    (entity, rank) key counts the earlier events; cumulative positive sums give positives.
+    """
+    t_hist = history["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    t_query = as_of.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    all_times, inverse = np.unique(np.r_[t_hist, t_query], return_inverse=True)
+    rank_hist, rank_query = inverse[: len(t_hist)], inverse[len(t_hist) :]
+    stride = np.int64(len(all_times) + 1)
+    labels = history["label"].to_numpy(dtype=np.float64) if "label" in history else np.zeros(len(history))
+    out: dict[str, np.ndarray] = {}
+    for entity in ("user", "item"):
+        key = f"{entity}_id"
+        codes, uniques = pd.factorize(pd.concat([history[key], rows[key]], ignore_index=True).astype("string"))
+        c_hist, c_query = codes[: len(history)].astype(np.int64), codes[len(history) :].astype(np.int64)
+        composite = c_hist * stride + rank_hist
+        order = np.argsort(composite, kind="mergesort")
+        sorted_comp = composite[order]
+        cum_pos = np.r_[0.0, np.cumsum(labels[order])]
+        end = np.searchsorted(sorted_comp, c_query * stride + rank_query, side="left")
+        start = np.searchsorted(sorted_comp, c_query * stride, side="left")
+        out[f"{entity}_n"] = (end - start).astype(np.int64)
+        out[f"{entity}_pos"] = (cum_pos[end] - cum_pos[start]).astype(np.int64)
+    return pd.DataFrame(out, index=rows.index)[list(STAT_COLUMNS)]
+
+
+@dataclass
+class RankingDataset:
+    """Train/validation/evaluation frames with identical columns.
+
+    Columns: ``user_id, item_id, timestamp, label, as_of`` + ``STAT_COLUMNS`` + item side
+    columns (``genres``, numeric) + ``JOINED_COLUMNS`` when a joiner was given.
+    """
+
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+    periods: Periods
+    item_numeric_columns: list[str]
+    has_genres: bool
+    has_embeddings: bool
+
+    def split(self, name: str) -> pd.DataFrame:
+        return {"train": self.train, "valid": self.valid, "test": self.test}[name]
+
+
+def build_dataset(
+    impressions: pd.DataFrame,
+    split: SplitConfig,
+    history: pd.DataFrame | None = None,
+    items: pd.DataFrame | None = None,
+    joiner: EmbeddingJoiner | None = None,
+    expected_model_version: str | None = None,
+) -> RankingDataset:
+    """Assemble the labelled, split, feature-joined ranking dataset (see module docstring).
+
+    ``history`` is all activity used for statistics (defaults to the impressions);
+    ``joiner`` supplies LEARN embeddings point-in-time at ``as_of = min(t, cut)``.
+    """
+    impressions = validate_impressions(impressions, "impressions")
+    history = impressions if history is None else history
+    periods = resolve_periods(impressions, split)
+    ts = impressions["timestamp"]
+    rows = impressions[(ts >= periods.train_start) & (ts <= periods.eval_end)].reset_index(drop=True)
+    rows = rows[list(IMPRESSION_COLUMNS)].copy()
+    rows["as_of"] = rows["timestamp"].where(rows["timestamp"] < periods.cut, periods.cut)
+    rows = pd.concat([rows, point_in_time_stats(history, rows, rows["as_of"])], axis=1)
+
+    numeric_cols: list[str] = []
+    has_genres = False
+    if items is not None:
+        dup = items["item_id"].duplicated()
+        if dup.any():
+            raise LearnFeaturesError(f"items: row {int(np.flatnonzero(dup)[0])}: duplicate item_id {items['item_id'][dup].iloc[0]!r}")
+        has_genres = "genres" in items.columns
+        numeric_cols = [c for c in items.columns if c not in ("item_id", "genres")]
+        rows = rows.merge(items, on="item_id", how="left")
+        if has_genres:
+            rows["genres"] = rows["genres"].map(lambda g: g if isinstance(g, list) else [])
+
+    if joiner is not None:
+        rows = _join_embeddings(rows, joiner, periods.cut, expected_model_version)
+
+    split_of = np.where(rows["timestamp"] < periods.valid_start, "train", np.where(rows["timestamp"] < periods.cut, "valid", "test"))
+    frames = {name: rows[split_of == name].reset_index(drop=True) for name in ("train", "valid", "test")}
+    return RankingDataset(
+        train=frames["train"],
+        valid=frames["valid"],
+        test=frames["test"],
+        periods=periods,
+        item_numeric_columns=numeric_cols,
+        has_genres=has_genres,
+        has_embeddings=joiner is not None,
+    )
+
+
+def _join_embeddings(
+    rows: pd.DataFrame, joiner: EmbeddingJoiner, cut: pd.Timestamp, expected_model_version: str | None
+) -> pd.DataFrame:
+    entity_df = pd.DataFrame(
+        {
+            "user_id": rows["user_id"],
+            "item_id": rows["item_id"],
+            "event_timestamp": rows["as_of"],
+            "ranking_row": np.arange(len(rows)),
+        }
+    )
+    joined = joiner(entity_df)
+    missing = [c for c in (*JOINED_COLUMNS, "ranking_row") if c not in joined.columns]
+    if missing:
+        raise LearnFeaturesError(f"embedding join returned no column(s) {missing}")
+    # Feast does not promise row order; the row key restores it and proves no row was lost.
+    joined = joined.sort_values("ranking_row").reset_index(drop=True)
+    if len(joined) != len(rows) or not np.array_equal(joined["ranking_row"].to_numpy(), np.arange(len(rows))):
+        raise LearnFeaturesError(f"embedding join returned {len(joined)} rows for {len(rows)} impressions")
+    out = rows.copy()
+    for entity in ("user", "item"):
+        vectors = [None if _absent(v) else np.asarray(v, dtype=np.float32) for v in joined[f"{entity}_embedding"]]
+        versions = [None if _absent(v) else str(v) for v in joined[f"{entity}_model_version"]]
+        _check_vectors(vectors, entity)
+        out[f"{entity}_embedding"] = vectors
+        out[f"{entity}_model_version"] = versions
+        if expected_model_version is not None:
+            bad = [i for i, v in enumerate(versions) if v is not None and v != expected_model_version]
+            if bad:
+                i = bad[0]
+                raise LearnFeaturesError(
+                    f"impression row {i} (user {out['user_id'][i]!r}, item {out['item_id'][i]!r}, as of {out['as_of'][i]}): "
+                    f"{entity} embedding from model version {versions[i]!r}, expected {expected_model_version!r} "
+                    f"(trained before the cut {cut})"
+                )
+    return out
+
+
+def _absent(value: object) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and np.isnan(value):
+        return True
+    return bool(value is pd.NA)
+
+
+def _check_vectors(vectors: list[np.ndarray | None], entity: str) -> None:
+    dims = {v.shape for v in vectors if v is not None}
+    if len(dims) > 1:
+        raise LearnFeaturesError(f"{entity} embeddings from the join have mixed shapes {sorted(dims)}")
+    for i, v in enumerate(vectors):
+        if v is not None and not np.isfinite(v).all():
+            raise LearnFeaturesError(f"impression row {i}: joined {entity} embedding has NaN or inf")

@@ -1,0 +1,63 @@
+"""LightGBM rankers: the ID/statistics baseline and the cheap "+ LEARN features" variant.
+
+Both are pointwise binary classifiers (the task is CVR), with user and item ids as native
+categoricals. The number of boosting rounds is chosen by early stopping on the validation
+period, never on the evaluation period.
+"""
+
+from __future__ import annotations
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from ranking.config import LGBMConfig
+from ranking.features import FeatureSpec, tree_features
+
+
+class TreeRanker:
+    def __init__(self, cfg: LGBMConfig, spec: FeatureSpec, with_learn: bool, seed: int, num_threads: int) -> None:
+        self.cfg = cfg
+        self.spec = spec
+        self.with_learn = with_learn
+        self.params = {
+            "objective": "binary",
+            "metric": "binary_logloss",
+            "num_leaves": cfg.num_leaves,
+            "learning_rate": cfg.learning_rate,
+            "min_data_in_leaf": cfg.min_data_in_leaf,
+            "cat_smooth": cfg.cat_smooth,
+            "seed": seed,
+            "deterministic": True,
+            "force_col_wise": True,
+            "num_threads": num_threads,
+            "verbosity": -1,
+        }
+        self.booster: lgb.Booster | None = None
+
+    def features(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return tree_features(frame, self.spec, self.with_learn)
+
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> TreeRanker:
+        x_train, x_valid = self.features(train), self.features(valid)
+        cats = ["user_code", "item_code"]
+        d_train = lgb.Dataset(x_train, label=train["label"].to_numpy(), categorical_feature=cats, free_raw_data=False)
+        d_valid = lgb.Dataset(x_valid, label=valid["label"].to_numpy(), categorical_feature=cats, reference=d_train)
+        self.booster = lgb.train(
+            self.params,
+            d_train,
+            num_boost_round=self.cfg.max_rounds,
+            valid_sets=[d_valid],
+            valid_names=["validation"],
+            callbacks=[lgb.early_stopping(self.cfg.early_stopping_rounds, verbose=False)],
+        )
+        return self
+
+    @property
+    def best_iteration(self) -> int:
+        assert self.booster is not None, "fit() first"
+        return int(self.booster.best_iteration)
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        assert self.booster is not None, "fit() first"
+        return np.asarray(self.booster.predict(self.features(frame), num_iteration=self.booster.best_iteration), dtype=np.float64)

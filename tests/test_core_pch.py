@@ -1,0 +1,337 @@
+"""PCH towers: causality, the dense all-action InfoNCE loss, variants, ID baseline, checkpoints."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core_fixtures import *  # noqa: F401,F403
+from core_fixtures import tiny_pch_config
+from learn_features.errors import LearnFeaturesError
+from learn_features.pch import checkpoint
+from learn_features.pch.batching import PAD, pad_sequences
+from learn_features.pch.inference import item_vectors, user_vectors
+from learn_features.pch.inputs import ItemInputs
+from learn_features.pch.loss import dense_all_action_infonce, recency_weights
+from learn_features.pch.model import PCH
+from learn_features.retrieval import rank_items
+
+CPU = torch.device("cpu")
+CONTENT_DIM = 12
+
+
+def content_model(variant: int = 1, seed: int = 0, **overrides) -> PCH:
+    torch.manual_seed(seed)
+    return PCH(tiny_pch_config(variant=variant, **overrides), content_dim=CONTENT_DIM).eval()
+
+
+def id_model(num_items: int = 10, seed: int = 0) -> PCH:
+    torch.manual_seed(seed)
+    return PCH(tiny_pch_config(), num_items=num_items).eval()
+
+
+# --- causality -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["content", "ids"])
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "inference_mode"])
+def test_output_at_t_ignores_later_inputs(kind: str, grad: bool) -> None:
+    """Changing inputs after position t leaves outputs at positions <= t unchanged (and changes later ones)."""
+    model = content_model() if kind == "content" else id_model(num_items=50)
+    gen = torch.Generator().manual_seed(1)
+    if kind == "content":
+        x = torch.randn(3, 7, CONTENT_DIM, generator=gen)
+    else:
+        x = torch.randint(0, 51, (3, 7), generator=gen)
+    context = torch.enable_grad() if grad else torch.inference_mode()
+    with context:
+        base = model.encode(x)
+        for t in range(6):
+            changed = x.clone()
+            if kind == "content":
+                changed[:, t + 1 :] = torch.randn(changed[:, t + 1 :].shape, generator=gen) * 3
+            else:
+                changed[:, t + 1 :] = (changed[:, t + 1 :] + 7) % 51
+            out = model.encode(changed)
+            torch.testing.assert_close(out[:, : t + 1], base[:, : t + 1], atol=1e-6, rtol=0)
+            assert not torch.allclose(out[:, t + 1 :], base[:, t + 1 :], atol=1e-4)
+
+
+def test_user_vector_is_independent_of_batch_padding() -> None:
+    """A user's vector (after the last real position) is the same alone or padded in a batch."""
+    model = content_model()
+    inputs = ItemInputs.from_content(np.random.default_rng(0).normal(size=(20, CONTENT_DIM)), CPU)
+    histories = [np.array([3, 1, 4, 1, 5, 9, 2, 6]), np.array([7]), np.array([0, 19, 18])]
+    together = user_vectors(model, inputs, histories)
+    for i, history in enumerate(histories):
+        np.testing.assert_allclose(together[i], user_vectors(model, inputs, [history])[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(LearnFeaturesError, match="empty history"):
+        user_vectors(model, inputs, [np.array([1]), np.array([], dtype=np.int64)])
+
+
+def test_pad_sequences_layout() -> None:
+    padded, lengths = pad_sequences([np.array([4, 5, 6]), np.array([7]), np.array([], dtype=np.int64)], CPU)
+    assert padded.tolist() == [[4, 5, 6], [7, PAD, PAD], [PAD, PAD, PAD]] and lengths.tolist() == [3, 1, 0]
+    assert padded.dtype == torch.int64
+
+
+def test_sequence_longer_than_max_len_is_refused() -> None:
+    model = content_model(max_len=4)
+    with pytest.raises(LearnFeaturesError, match="exceeds model.max_len 4"):
+        model.encode(torch.zeros(1, 5, CONTENT_DIM))
+
+
+# --- loss ------------------------------------------------------------------------------
+
+
+def reference_loss(users, items, history_lengths, target_lengths, temperature, alpha, beta) -> float:
+    """The docstring's formula, term by term in plain Python floats."""
+    u, v = users.tolist(), items.tolist()
+    hl, tl = history_lengths.tolist(), target_lengths.tolist()
+    batch = len(u)
+
+    def dot(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b))
+
+    total = 0.0
+    for b in range(batch):
+        n_b = hl[b]
+        if n_b == 1:
+            weights = [1.0]
+        else:
+            weights = [math.log(alpha + i * (beta - alpha) / (n_b - 1)) for i in range(n_b)]
+        weights = [w / sum(weights) for w in weights]
+        user_loss = 0.0
+        for i in range(n_b):
+            negatives = [
+                math.exp(dot(u[b][i], v[other][j]) / temperature)
+                for other in range(batch)
+                if other != b
+                for j in range(tl[other])
+            ]
+            pair_losses = []
+            for j in range(tl[b]):
+                positive = math.exp(dot(u[b][i], v[b][j]) / temperature)
+                pair_losses.append(-math.log(positive / (positive + sum(negatives))))
+            user_loss += weights[i] * sum(pair_losses) / len(pair_losses)
+        total += user_loss
+    return total / batch
+
+
+def random_batch(seed: int, batch: int = 4, n: int = 5, m: int = 3, dim: int = 6):
+    gen = torch.Generator().manual_seed(seed)
+    users = torch.nn.functional.normalize(torch.randn(batch, n, dim, generator=gen, dtype=torch.float64), dim=-1)
+    items = torch.nn.functional.normalize(torch.randn(batch, m, dim, generator=gen, dtype=torch.float64), dim=-1)
+    history_lengths = torch.tensor([5, 2, 1, 4][:batch])
+    target_lengths = torch.tensor([3, 1, 2, 3][:batch])
+    # Garbage (not unit, large) in padded slots: it must not reach the loss.
+    for b in range(batch):
+        users[b, history_lengths[b] :] = 50.0
+        items[b, target_lengths[b] :] = -50.0
+    return users, items, history_lengths, target_lengths
+
+
+@pytest.mark.parametrize("seed, temperature, alpha, beta", [(0, 0.5, 10.0, 10000.0), (1, 0.2, 2.0, 50.0), (2, 1.0, 10.0, 10000.0)])
+def test_loss_equals_reference_loop(seed: int, temperature: float, alpha: float, beta: float) -> None:
+    """Vectorised loss == plain-Python loop, with variable lengths, recency weights and padding garbage."""
+    users, items, hl, tl = random_batch(seed)
+    got = dense_all_action_infonce(users.float(), items.float(), hl, tl, temperature, alpha, beta)
+    expected = reference_loss(users, items, hl, tl, temperature, alpha, beta)
+    assert got.item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_loss_with_a_single_user_has_no_negatives() -> None:
+    """A batch of one has no negatives: every pair's loss is -log(1) = 0 (not NaN)."""
+    users, items, hl, tl = random_batch(0, batch=1)
+    loss = dense_all_action_infonce(users.float(), items.float(), hl, tl, 0.1)
+    assert loss.item() == 0.0
+
+
+def test_loss_gradient_flows_to_real_positions_only() -> None:
+    users, items, hl, tl = random_batch(3)
+    users, items = users.float().requires_grad_(), items.float().requires_grad_()
+    dense_all_action_infonce(users, items, hl, tl, 0.5).backward()
+    for b in range(len(hl)):
+        assert users.grad[b, hl[b] :].abs().sum() == 0 and users.grad[b, : hl[b]].abs().sum() > 0
+        assert items.grad[b, tl[b] :].abs().sum() == 0 and items.grad[b, : tl[b]].abs().sum() > 0
+
+
+def test_recency_weights() -> None:
+    """Rows sum to one, zero on padding, strictly increasing with position; a length-1 row is [1, 0, ...]."""
+    lengths = torch.tensor([6, 3, 1, 2])
+    weights = recency_weights(lengths, 6)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(4))
+    for row, n in zip(weights, lengths.tolist()):
+        assert (row[n:] == 0).all() and (row[:n] > 0).all()
+        assert (row[1:n] > row[: n - 1]).all()
+    assert weights[2].tolist() == [1.0, 0, 0, 0, 0, 0]
+    # The newest position gets log(beta) / sum: check the un-normalised endpoints of row 0.
+    expected = torch.log(torch.tensor([10.0 + i * (10000.0 - 10.0) / 5 for i in range(6)]))
+    torch.testing.assert_close(weights[0], expected / expected.sum())
+
+
+# --- training signal --------------------------------------------------------------------
+
+
+def test_tiny_model_overfits_disjoint_users(single_thread) -> None:
+    """8 users with 6 disjoint items each: the loss collapses, and after the first 3 items the
+    user's other 3 items are exactly the top 3 of the whole 48-item gallery."""
+    torch.manual_seed(0)
+    n_users, per_user = 8, 6
+    inputs = ItemInputs(content=torch.randn(n_users * per_user, CONTENT_DIM))
+    sequences = torch.arange(n_users * per_user).view(n_users, per_user)
+    model = PCH(tiny_pch_config(variant=2, dropout=0.0, max_len=8), content_dim=CONTENT_DIM)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(200):
+        cut = 1 + step % (per_user - 1)  # every item is a target at some step
+        history, targets = sequences[:, :cut], sequences[:, cut:]
+        loss = dense_all_action_infonce(
+            model.user_embeddings(inputs.gather(history)),
+            model.target_embeddings(inputs.gather(targets)),
+            torch.full((n_users,), cut),
+            torch.full((n_users,), per_user - cut),
+            0.1,
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.05 * np.mean(losses[:5]), (losses[:5], losses[-5:])
+
+    model.eval()
+    histories = [s[:3].numpy() for s in sequences]
+    users = user_vectors(model, inputs, histories)
+    items = item_vectors(model, inputs, np.arange(n_users * per_user))
+    ranked = rank_items(users, items, histories, depth=3)
+    for user in range(n_users):
+        assert set(ranked[user].tolist()) == set(sequences[user, 3:].tolist()), user
+
+
+# --- variants --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", [1, 2, 3])
+def test_variant_shapes_and_unit_norm(variant: int) -> None:
+    model = content_model(variant)
+    x = torch.randn(2, 5, CONTENT_DIM)
+    users, targets = model.user_embeddings(x), model.target_embeddings(x[:, :4])
+    items = model.item_embeddings(x[0])
+    assert users.shape == (2, 5, 16) and targets.shape == (2, 4, 16) and items.shape == (5, 16)
+    for out in (users, targets, items):
+        torch.testing.assert_close(out.norm(dim=-1), torch.ones(out.shape[:-1]))
+    assert (model.raw_item_head is not None) == (variant == 3)
+
+
+def test_variant1_targets_are_a_causal_sequence() -> None:
+    """Variant 1: the first target equals the item alone, later ones depend on earlier targets."""
+    model = content_model(1)
+    x = torch.randn(2, 4, CONTENT_DIM)
+    targets, alone = model.target_embeddings(x), model.item_embeddings(x.flatten(0, 1)).view(2, 4, -1)
+    torch.testing.assert_close(targets[:, 0], alone[:, 0], atol=1e-6, rtol=0)
+    assert not torch.allclose(targets[:, 1:], alone[:, 1:], atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", [2, 3])
+def test_variant2_and_3_targets_are_items_alone(variant: int) -> None:
+    model = content_model(variant)
+    x = torch.randn(3, 4, CONTENT_DIM)
+    targets = model.target_embeddings(x)
+    for b in range(3):
+        for j in range(4):
+            torch.testing.assert_close(targets[b, j], model.item_embeddings(x[b, j : j + 1])[0], atol=1e-6, rtol=0)
+    if variant == 3:  # the raw content through one linear map, nothing else
+        expected = torch.nn.functional.normalize(x @ model.raw_item_head.weight.T + model.raw_item_head.bias, dim=-1)
+        torch.testing.assert_close(targets, expected)
+
+
+def test_variant3_with_ids_is_refused() -> None:
+    with pytest.raises(LearnFeaturesError, match="variant 3"):
+        PCH(tiny_pch_config(variant=3), num_items=10)
+    with pytest.raises(ValueError, match="exactly one"):
+        PCH(tiny_pch_config(), content_dim=4, num_items=4)
+    with pytest.raises(LearnFeaturesError, match="model.variant"):
+        tiny_pch_config(variant=4)
+    with pytest.raises(LearnFeaturesError, match="divisible"):
+        tiny_pch_config(d_model=30)
+
+
+# --- ID baseline -----------------------------------------------------------------------
+
+
+def test_id_baseline_cold_items_share_the_unknown_embedding() -> None:
+    """Items without a trained slot all map to slot 0 and get one identical vector; trained ones differ."""
+    trained = np.array([1, 3, 3, 5, 7, 8])
+    inputs = ItemInputs.from_training_items(10, trained, CPU)
+    assert inputs.id_slots.tolist() == [0, 1, 0, 2, 0, 3, 0, 4, 5, 0] and inputs.num_id_slots == 5
+    model = id_model(num_items=inputs.num_id_slots)
+    vectors = item_vectors(model, inputs, np.arange(10))
+    cold = [0, 2, 4, 6, 9]
+    for i in cold[1:]:  # same input; only float rounding across batch rows may differ
+        np.testing.assert_allclose(vectors[i], vectors[cold[0]], atol=1e-6, rtol=0)
+    warm = vectors[[1, 3, 5, 7, 8]]
+    distances = np.linalg.norm(warm[:, None] - np.vstack([warm, vectors[:1]])[None], axis=-1)
+    assert (distances + np.eye(5, 6) * 10 > 1e-4).all()
+
+
+def test_id_inputs_for_new_catalog_map_unknown_ids_to_slot_zero() -> None:
+    model = id_model(num_items=3)
+    payload = checkpoint.model_payload(model, None, ["a", "b", "c"], {})
+    inputs = checkpoint.id_inputs_for(payload, ["c", "new", "a", "b", "other"], CPU)
+    assert inputs.id_slots.tolist() == [3, 0, 1, 2, 0]
+
+
+# --- checkpoints -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["v1", "v3", "ids"])
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path, kind: str) -> None:
+    if kind == "ids":
+        model, ids = id_model(num_items=6, seed=3), [f"i{k}" for k in range(6)]
+        inputs = ItemInputs(id_slots=torch.arange(8) % 7)
+        payload = checkpoint.model_payload(model, None, ids, {"method": "id_baseline"})
+    else:
+        model = content_model(int(kind[1]), seed=3)
+        inputs = ItemInputs.from_content(np.random.default_rng(0).normal(size=(8, CONTENT_DIM)), CPU)
+        payload = checkpoint.model_payload(model, CONTENT_DIM, None, {"method": kind})
+    # Perturb the weights away from init so a model rebuilt from scratch would not match by luck.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    payload = checkpoint.model_payload(model, payload["content_dim"], payload["trained_item_ids"], {"method": kind})
+    path = tmp_path / "best.pt"
+    checkpoint.save(path, payload)
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+    loaded = checkpoint.load_payload(path)
+    rebuilt = checkpoint.build_model(loaded, CPU)
+    assert not rebuilt.training and loaded["method"] == kind
+    histories = [np.array([0, 1, 2]), np.array([5]), np.array([7, 6])]
+    assert np.array_equal(user_vectors(rebuilt, inputs, histories), user_vectors(model, inputs, histories))
+    assert np.array_equal(item_vectors(rebuilt, inputs, np.arange(8)), item_vectors(model, inputs, np.arange(8)))
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(LearnFeaturesError, match="checkpoint not found"):
+        checkpoint.load_payload(tmp_path / "best.pt")
+
+
+def test_model_version_tracks_the_weights(tmp_path: Path) -> None:
+    """Same weights (even after a save/load) -> same version; any weight change -> a new one."""
+    model = content_model(seed=5)
+    payload = checkpoint.model_payload(model, CONTENT_DIM, None, {})
+    version = checkpoint.model_version(payload, "learn_v1")
+    assert version.startswith("learn_v1-") and len(version) == len("learn_v1-") + 12
+    assert checkpoint.model_version(checkpoint.model_payload(content_model(seed=5), CONTENT_DIM, None, {}), "learn_v1") == version
+    checkpoint.save(tmp_path / "m.pt", payload)
+    assert checkpoint.model_version(checkpoint.load_payload(tmp_path / "m.pt"), "learn_v1") == version
+    assert checkpoint.model_version(payload, "learn_v2").split("-")[1] == version.split("-")[1]
+    with torch.no_grad():
+        model.head.bias[0] += 1e-6
+    changed = checkpoint.model_version(checkpoint.model_payload(model, CONTENT_DIM, None, {}), "learn_v1")
+    assert changed != version
+    assert checkpoint.model_version(checkpoint.model_payload(content_model(seed=6), CONTENT_DIM, None, {}), "learn_v1") != version

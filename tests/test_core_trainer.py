@@ -1,0 +1,227 @@
+"""train_towers: reproducible, resumable, skips finished work, and learns on clustered data."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core_fixtures import *  # noqa: F401,F403
+from core_fixtures import cluster_content, clustered_split, tiny_pch_config
+from learn_features.data.split import EvalUsers, Split
+from learn_features.errors import LearnFeaturesError
+from learn_features.pch import checkpoint
+from learn_features.pch.inputs import ItemInputs
+from learn_features.pch.model import PCH
+from training import trainer
+from training.trainer import BEST, LAST, TrainConfig, sample_epoch, train_towers, validation_score
+
+N_ITEMS = 120
+HISTORY_LEN, TARGET_LEN = 8, 4
+MODEL = tiny_pch_config(max_len=8)
+TRAIN = TrainConfig(
+    lr=3e-3, epochs=6, batch_size=8, samples_per_user=2, patience=10, seed=0, device="cpu", select_metric="recall@10"
+)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[Split, ItemInputs]:
+    """150 users in 6 item clusters; content = cluster centroid + heavy noise (signal, not a giveaway)."""
+    split = clustered_split(n_users=150, n_items=N_ITEMS, history_len=HISTORY_LEN, target_len=TARGET_LEN)
+    inputs = ItemInputs.from_content(cluster_content(n_items=N_ITEMS, noise=2.0), torch.device("cpu"))
+    return split, inputs
+
+
+def run(out_dir: Path, data: tuple[Split, ItemInputs], config: TrainConfig = TRAIN, **kwargs) -> trainer.TrainResult:
+    split, inputs = data
+    return train_towers(out_dir, MODEL, config, split, inputs, HISTORY_LEN, TARGET_LEN, "learn_v1", progress=False, **kwargs)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return checkpoint.load_payload(path)["state_dict"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+@pytest.fixture
+def loss_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts training steps (one loss evaluation per optimizer step)."""
+    calls: list[int] = []
+    original = trainer.dense_all_action_infonce
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "dense_all_action_infonce", counting)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, trainer.TrainResult]:
+    """One uninterrupted seeded run that the other tests compare against."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("reference")
+        return out, run(out, data)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_seeded_runs_are_bit_identical(reference, data, tmp_path: Path, single_thread) -> None:
+    """Same seed, same data, CPU: best.pt and last.pt weights and the whole history match exactly."""
+    ref_dir, ref_result = reference
+    result = run(tmp_path, data)
+    assert_same_weights(tmp_path / BEST, ref_dir / BEST)
+    assert_same_weights(tmp_path / LAST, ref_dir / LAST)
+    assert result.history == ref_result.history and result.best_epoch == ref_result.best_epoch
+    other_seed = run(tmp_path / "seed1", data, dataclasses.replace(TRAIN, seed=1, epochs=1))
+    assert not torch.equal(weights(tmp_path / "seed1" / LAST)["head.weight"], weights(ref_dir / BEST)["head.weight"])
+    assert other_seed.best_checkpoint.exists()
+
+
+def test_interrupted_run_resumes_to_identical_weights(
+    reference, data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, single_thread
+) -> None:
+    """Ctrl-C in the middle of epoch 3, then a plain re-run: it resumes from last.pt (epoch 2)
+    and finishes with the weights, best checkpoint and history of the uninterrupted run."""
+    ref_dir, ref_result = reference
+    steps_per_epoch = int(np.ceil(len(data[0].train) * TRAIN.samples_per_user / TRAIN.batch_size))
+    original = trainer.dense_all_action_infonce
+    calls: list[int] = []
+
+    def interrupt_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2 * steps_per_epoch + 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "dense_all_action_infonce", interrupt_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, data)
+    saved = checkpoint.load_payload(tmp_path / LAST)
+    assert saved["state"]["epoch"] == 1 and len(saved["state"]["history"]) == 2
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+    resumed_steps: list[int] = []
+
+    def counting(*args, **kwargs):
+        resumed_steps.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "dense_all_action_infonce", counting)
+    result = run(tmp_path, data)
+    assert len(resumed_steps) == (TRAIN.epochs - 2) * steps_per_epoch  # epochs 1-2 not redone
+    assert_same_weights(tmp_path / LAST, ref_dir / LAST)
+    assert_same_weights(tmp_path / BEST, ref_dir / BEST)
+    assert result.history == ref_result.history and result.best_epoch == ref_result.best_epoch
+
+
+def test_finished_run_does_no_training_steps(reference, data, loss_calls, single_thread) -> None:
+    ref_dir, ref_result = reference
+    last_bytes, best_bytes = (ref_dir / LAST).read_bytes(), (ref_dir / BEST).read_bytes()
+    result = run(ref_dir, data)
+    assert loss_calls == []
+    assert (ref_dir / LAST).read_bytes() == last_bytes and (ref_dir / BEST).read_bytes() == best_bytes
+    assert (result.best_epoch, result.best_score, result.history) == (ref_result.best_epoch, ref_result.best_score, ref_result.history)
+
+
+def test_changed_configuration_retrains_from_scratch(reference, data, tmp_path: Path, loss_calls, single_thread) -> None:
+    """A last.pt from another configuration is not resumed (its fingerprint differs)."""
+    ref_dir, _ = reference
+    (tmp_path / LAST).write_bytes((ref_dir / LAST).read_bytes())
+    changed = dataclasses.replace(TRAIN, lr=1e-3, epochs=1)
+    run(tmp_path, data, changed)
+    assert len(loss_calls) > 0 and checkpoint.load_payload(tmp_path / LAST)["state"]["epoch"] == 0
+
+
+def test_validation_score_improves_over_random_init(reference, data) -> None:
+    """On clustered data the selected model beats the untrained towers on validation users."""
+    split, inputs = data
+    _, result = reference
+    torch.manual_seed(TRAIN.seed)
+    untrained = PCH(MODEL, content_dim=inputs.content_dim)
+    initial = validation_score(untrained, inputs, split.val, len(split.item_ids), TRAIN.select_metric)
+    assert result.best_score >= initial + 0.1 and result.best_score >= 1.5 * initial
+    best = checkpoint.load_payload(result.best_checkpoint)
+    assert best["epoch"] == result.best_epoch and best["val_score"] == result.best_score
+    rebuilt = checkpoint.build_model(best, torch.device("cpu"))
+    assert validation_score(rebuilt, inputs, split.val, len(split.item_ids), TRAIN.select_metric) == pytest.approx(result.best_score)
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+
+
+def test_test_users_do_not_influence_training(reference, data, tmp_path: Path, single_thread) -> None:
+    """Scrambling every test user's history and targets leaves the trained weights unchanged."""
+    split, inputs = data
+    rng = np.random.default_rng(5)
+    scrambled_test = EvalUsers(
+        split.test.user_ids,
+        [rng.integers(0, N_ITEMS, len(h)) for h in split.test.histories],
+        [rng.integers(0, N_ITEMS, len(t)) for t in split.test.targets],
+        [rng.integers(0, N_ITEMS, len(e)) for e in split.test.exclude],
+    )
+    scrambled = dataclasses.replace(split, test=scrambled_test)
+    run(tmp_path, (scrambled, inputs), dataclasses.replace(TRAIN, epochs=2))
+    ref_dir = tmp_path / "ref"
+    run(ref_dir, data, dataclasses.replace(TRAIN, epochs=2))
+    assert_same_weights(tmp_path / LAST, ref_dir / LAST)
+
+
+def test_patience_stops_training(data, tmp_path: Path, single_thread) -> None:
+    """With a learning rate too small to change the ranking, training stops after ``patience`` flat epochs."""
+    config = dataclasses.replace(TRAIN, lr=1e-12, epochs=6, patience=2)
+    result = run(tmp_path, data, config)
+    assert result.best_epoch == 1 and len(result.history) == 3
+
+
+def test_id_baseline_checkpoint_carries_its_item_ids(data, tmp_path: Path, single_thread) -> None:
+    split, _ = data
+    trained = np.unique(np.concatenate(list(split.train.values())))
+    inputs = ItemInputs.from_training_items(len(split.item_ids), trained, torch.device("cpu"))
+    ids = [split.item_ids[i] for i in trained]
+    result = train_towers(
+        tmp_path, MODEL, dataclasses.replace(TRAIN, epochs=1), split, inputs, HISTORY_LEN, TARGET_LEN, "id_baseline", ids, progress=False
+    )
+    payload = checkpoint.load_payload(result.best_checkpoint)
+    assert payload["trained_item_ids"] == ids and payload["content_dim"] is None
+    model = checkpoint.build_model(payload, torch.device("cpu"))
+    rebuilt_inputs = checkpoint.id_inputs_for(payload, split.item_ids, torch.device("cpu"))
+    assert torch.equal(rebuilt_inputs.id_slots, inputs.id_slots)
+    assert model.input.num_embeddings == len(ids) + 1
+
+
+def test_sample_epoch_draws_contiguous_windows(data) -> None:
+    """Each training user gives ``samples_per_user`` (history, target) pairs: adjacent slices of their sequence."""
+    split, _ = data
+    config = dataclasses.replace(TRAIN, samples_per_user=3)
+    samples = sample_epoch(split.train, config, HISTORY_LEN, TARGET_LEN, epoch=0)
+    assert len(samples) == 3 * len(split.train)
+    sequences = [s.tolist() for s in split.train.values()]
+    for history, target in samples:
+        assert 1 <= len(history) <= HISTORY_LEN and 1 <= len(target) <= TARGET_LEN
+        joined = history.tolist() + target.tolist()
+        assert any(
+            seq[i : i + len(joined)] == joined and (len(history) == HISTORY_LEN or i == 0)
+            for seq in sequences
+            for i in range(len(seq))
+        )
+    again = sample_epoch(split.train, config, HISTORY_LEN, TARGET_LEN, epoch=0)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(samples, again))
+    other = sample_epoch(split.train, config, HISTORY_LEN, TARGET_LEN, epoch=1)
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(samples, other))
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": 1}, {"lr": 0.0}, {"epochs": 0}, {"warmup_ratio": 1.0}])
+def test_train_config_validation(kwargs: dict) -> None:
+    with pytest.raises(LearnFeaturesError):
+        TrainConfig(**kwargs)

@@ -1,0 +1,167 @@
+"""Labelled impressions, point-in-time statistics and embeddings, and the no-leakage proof."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from learn_features.embeddings_io import EmbeddingTable, write_table
+from learn_features.errors import LearnFeaturesError
+from ranking.config import BootstrapConfig, DataConfig, DNNConfig, ExperimentConfig, LGBMConfig, SplitConfig
+from ranking.dataset import build_dataset, movielens_impressions, point_in_time_stats, validate_impressions
+from ranking.embeddings import ParquetEmbeddingJoiner
+from ranking.experiment import train_models
+from ranking.synthetic import make_world, write_learn_snapshot
+
+T0 = pd.Timestamp("2021-01-01", tz="UTC")
+
+
+def test_movielens_labels_and_history(tmp_path):
+    path = tmp_path / "ratings.csv"
+    pd.DataFrame(
+        {"userId": [1, 1, 1, 1, 2], "movieId": [10, 11, 12, 13, 10], "rating": [5.0, 4.0, 3.5, 3.0, 0.5], "timestamp": [1, 2, 3, 4, 5]}
+    ).to_csv(path, index=False)
+    impressions, history = movielens_impressions(path)
+    assert impressions["item_id"].tolist() == ["10", "11", "13", "10"]  # the 3.5 is no impression
+    assert impressions["label"].tolist() == [1, 1, 0, 0]
+    assert len(history) == 5 and history["label"].tolist() == [1, 1, 0, 0, 0]  # ...but it is activity
+    assert str(impressions["timestamp"].dtype) == "datetime64[ns, UTC]"
+
+
+def test_generic_impressions_reject_bad_labels_and_timestamps():
+    df = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["x", "y"], "timestamp": pd.to_datetime(["2021-01-01", "2021-01-02"], utc=True)})
+    with pytest.raises(LearnFeaturesError, match=r"row 1: label 'yes' is not 0/1"):
+        validate_impressions(df.assign(label=[1, "yes"]), "imp.csv")
+    with pytest.raises(LearnFeaturesError, match="missing column"):
+        validate_impressions(df, "imp.csv")
+    with pytest.raises(LearnFeaturesError, match="numeric"):
+        validate_impressions(df.assign(label=[0, 1], timestamp=[1, 2]), "imp.csv")
+    with pytest.raises(LearnFeaturesError, match="timezone-naive"):
+        validate_impressions(df.assign(label=[0, 1], timestamp=pd.to_datetime(["2021-01-01", "2021-01-02"])), "imp.csv")
+
+
+def test_point_in_time_stats_match_a_loop_and_are_strict():
+    rng = np.random.default_rng(0)
+    n = 400
+    hist = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 15, n).astype(str),
+            "item_id": rng.integers(0, 25, n).astype(str),
+            "timestamp": T0 + pd.to_timedelta(rng.integers(0, 40, n), unit="D"),  # many equal times
+            "label": rng.integers(0, 2, n),
+        }
+    )
+    rows = hist.sample(120, random_state=1).reset_index(drop=True)
+    got = point_in_time_stats(hist, rows, rows["timestamp"])
+    for r, g in zip(rows.itertuples(), got.itertuples()):
+        earlier = hist[hist["timestamp"] < r.timestamp]  # strictly before: same-time events are not history
+        u, i = earlier[earlier["user_id"] == r.user_id], earlier[earlier["item_id"] == r.item_id]
+        assert (g.user_n, g.user_pos, g.item_n, g.item_pos) == (len(u), u["label"].sum(), len(i), i["label"].sum())
+
+
+def _snapshot(tmp_path, name, entity, ids, vectors, at, version):
+    path = tmp_path / name / f"{entity}.parquet"
+    return write_table(EmbeddingTable(entity, ids, np.asarray(vectors, np.float32), at, version), path)
+
+
+def test_parquet_joiner_takes_latest_snapshot_not_after_row_time(tmp_path):
+    t1, t2 = T0 + pd.Timedelta(days=10), T0 + pd.Timedelta(days=20)
+    users = [_snapshot(tmp_path, s, "user", ["a"], [[float(k)]], t, f"v{k}") for k, (s, t) in enumerate([("s1", t1), ("s2", t2)], 1)]
+    items = [_snapshot(tmp_path, s, "item", ["x"], [[float(k)]], t, f"v{k}") for k, (s, t) in enumerate([("s1", t1), ("s2", t2)], 1)]
+    times = [T0, t1, t1 + pd.Timedelta(days=1), t2, t2 + pd.Timedelta(days=5)]
+    entity = pd.DataFrame({"user_id": ["a"] * 5, "item_id": ["x"] * 5, "event_timestamp": times, "extra": range(5)})
+    out = ParquetEmbeddingJoiner(users, items)(entity.iloc[::-1])  # order must be preserved, not re-sorted
+    assert out["extra"].tolist() == [4, 3, 2, 1, 0]
+    assert out["user_model_version"].tolist() == ["v2", "v2", "v1", "v1", None]
+    assert [None if v is None else float(v[0]) for v in out["item_embedding"]] == [2.0, 2.0, 1.0, 1.0, None]
+    # With a TTL (Feast's rule) a snapshot older than max_age no longer counts.
+    ttl = ParquetEmbeddingJoiner(users, items, max_age=pd.Timedelta(days=3))(entity)
+    assert ttl["user_model_version"].tolist() == [None, "v1", "v1", "v2", None]
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world(n_users=80, n_items=150, n_impressions=2500, seed=3)
+
+
+def _config() -> ExperimentConfig:
+    return ExperimentConfig(
+        data=DataConfig(interactions="unused"),
+        split=SplitConfig(cut_quantile=0.8, valid_fraction=0.15),
+        lgbm=LGBMConfig(max_rounds=60, early_stopping_rounds=10),
+        dnn=DNNConfig(max_epochs=3, hidden=[32], aux_hidden=[16]),
+        bootstrap=BootstrapConfig(n_resamples=50),
+        num_threads=1,
+    )
+
+
+def test_no_leakage_from_the_evaluation_period(world, tmp_path):
+    """Everything at or after the cut is rewritten: labels flipped, a LEARN model 'trained on the
+    future' published after the cut. No feature and no prediction of any model may change."""
+    cfg = _config()
+    user_p, item_p = write_learn_snapshot(world, tmp_path / "past", world.start, "learn-past", user_ids=sorted(world.user_latent))
+    clean = build_dataset(world.impressions, cfg.split, items=world.items, joiner=ParquetEmbeddingJoiner([user_p], [item_p]))
+    cut = clean.periods.cut
+
+    poisoned = world.impressions.copy()
+    after = poisoned["timestamp"] >= cut
+    poisoned.loc[after, "label"] = 1 - poisoned.loc[after, "label"]
+    # Future item vectors that encode post-cut labels: a leak would make them very predictive.
+    future_rate = poisoned[after].groupby("item_id")["label"].mean()
+    leak = write_learn_snapshot(world, tmp_path / "future", cut + pd.Timedelta(seconds=1), "learn-future", noise=0.0, user_ids=sorted(world.user_latent))
+    fut_items = pd.read_parquet(leak[1])
+    leak_item = _snapshot(
+        tmp_path, "future2", "item", fut_items["item_id"].tolist(),
+        [[future_rate.get(i, 0.5)] * 8 for i in fut_items["item_id"]], cut + pd.Timedelta(seconds=1), "learn-future",
+    )  # fmt: skip
+    joiner = ParquetEmbeddingJoiner([user_p, leak[0]], [item_p, leak_item])
+    dirty = build_dataset(poisoned, cfg.split, items=world.items, joiner=joiner)
+
+    assert dirty.periods == clean.periods
+    feature_cols = [c for c in clean.test.columns if c != "label"]
+    for name in ("train", "valid", "test"):
+        a, b = clean.split(name), dirty.split(name)
+        cols = list(a.columns) if name != "test" else feature_cols
+        pd.testing.assert_frame_equal(a[cols].drop(columns=["user_embedding", "item_embedding"]), b[cols].drop(columns=["user_embedding", "item_embedding"]))
+        for col in ("user_embedding", "item_embedding"):
+            assert all((x is None and y is None) or np.array_equal(x, y) for x, y in zip(a[col], b[col]))
+        assert "learn-future" not in set(b["user_model_version"]) | set(b["item_model_version"])
+    assert not np.array_equal(clean.test["label"], dirty.test["label"])
+
+    for name, model in train_models(clean, cfg).items():
+        other = train_models(dirty, dataclasses.replace(cfg, models=[name]))[name]
+        np.testing.assert_array_equal(model.predict(clean.test), other.predict(dirty.test), err_msg=name)
+
+    # Negative control: joined at the raw impression time (no clamp to the cut), the future
+    # model *would* be read, so the assertions above are not vacuous.
+    raw = poisoned[after].rename(columns={"timestamp": "event_timestamp"})
+    assert "learn-future" in set(joiner(raw)["item_model_version"])
+
+
+def test_statistics_freeze_at_the_cut(world):
+    ds = build_dataset(world.impressions, _config().split, items=world.items)
+    before = world.impressions[world.impressions["timestamp"] < ds.periods.cut]
+    per_user = before.groupby("user_id").size()
+    expected = ds.test["user_id"].map(per_user).fillna(0).astype(int)
+    np.testing.assert_array_equal(ds.test["user_n"], expected)
+    assert (ds.test["as_of"] == ds.periods.cut).all()
+
+
+def test_unexpected_model_version_is_rejected(world, tmp_path):
+    user_p, item_p = write_learn_snapshot(world, tmp_path, world.start, "v-other", user_ids=["u0", "u1"])
+    with pytest.raises(LearnFeaturesError, match="model version 'v-other', expected 'v-cut'"):
+        build_dataset(world.impressions, _config().split, joiner=ParquetEmbeddingJoiner([user_p], [item_p]), expected_model_version="v-cut")
+
+
+def test_embeddings_newer_than_all_training_rows_are_a_clear_error(world, tmp_path):
+    from ranking.features import fit_feature_spec
+
+    cfg = _config()
+    user_p, item_p = write_learn_snapshot(world, tmp_path, world.end, "late")
+    ds = build_dataset(world.impressions, cfg.split, joiner=ParquetEmbeddingJoiner([user_p], [item_p]))
+    assert ds.train["item_embedding"].isna().all()
+    with pytest.raises(LearnFeaturesError, match="split.train_start"):
+        fit_feature_spec(ds.train, [], False, with_learn=True, pca_dims=2, seed=0)

@@ -1,0 +1,63 @@
+"""The pipeline's configuration: one dataclass tree, one TOML file per experiment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from learn_features.cex.extractor import EncoderConfig
+from learn_features.data.split import SplitConfig
+from learn_features.errors import LearnFeaturesError
+from learn_features.pch.model import PCHConfig
+from learn_features.retrieval import DEFAULT_KS
+from training.methods import METHODS
+from training.trainer import TrainConfig
+
+DATA_SOURCES = ("movielens", "files")
+
+
+@dataclass
+class DataConfig:
+    """``movielens``: an ml-latest-* folder; ``files``: interactions + catalog in CSV/Parquet."""
+
+    source: str = "movielens"
+    movielens_dir: str = "data/ml-latest-small"
+    interactions: str | None = None
+    catalog: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in DATA_SOURCES:
+            raise LearnFeaturesError(f"data.source must be one of {DATA_SOURCES}, got {self.source!r}")
+        if self.source == "files" and not (self.interactions and self.catalog):
+            raise LearnFeaturesError("data.source = 'files' needs data.interactions and data.catalog paths")
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: list(DEFAULT_KS))
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    primary_method: str = "learn_v1"  # whose embeddings `embed` publishes
+    bootstrap_rounds: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.primary_method not in METHODS or not METHODS[self.primary_method].trained:
+            raise LearnFeaturesError(f"eval.primary_method must be a trained method, got {self.primary_method!r}")
+
+
+@dataclass
+class PipelineConfig:
+    run_dir: str = "runs/default"
+    cache_dir: str = ".cache/learn-features"
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    llm: EncoderConfig = field(default_factory=EncoderConfig)
+    text_encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(model="shipped:minilm"))
+    model: PCHConfig = field(default_factory=PCHConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        longest = max(self.split.history_len, self.split.target_len)
+        if self.model.max_len < longest:
+            raise LearnFeaturesError(
+                f"model.max_len ({self.model.max_len}) must cover split.history_len and split.target_len ({longest})"
+            )

@@ -1,0 +1,200 @@
+"""The LEARN job, stage by stage: extract -> train -> embed -> evaluate.
+
+Every stage reads the config, reloads and re-splits the data (seconds, deterministic), and
+writes its outputs atomically under ``run_dir``:
+
+- ``content/<encoder>.npz``: content embeddings aligned to the catalog (``extract``);
+- ``models/<method>/{best,last}.pt``: trained towers, resumable (``train``);
+- ``embeddings/{user,item}_embeddings.parquet`` + ``manifest.json`` (``embed``);
+- ``metrics.json`` + ``metrics.md`` (``evaluate``).
+
+Re-running a finished stage is cheap: extraction hits the cache, training finds its last
+checkpoint complete, and outputs are rewritten with identical content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from learn_features.atomic import atomic_path, write_json_atomic, write_text_atomic
+from learn_features.cex.extractor import ContentExtractor, EncoderConfig
+from learn_features.cex.model_loading import pick_device
+from learn_features.cex.prompt import render_prompts
+from learn_features.data.movielens import load_movielens_catalog, load_movielens_interactions
+from learn_features.data.split import Split, resolve_cut_time, split_dataset
+from learn_features.data.tables import Dataset, LoadReport, assemble, load_generic
+from learn_features.embeddings_io import ITEM_FILE, USER_FILE, EmbeddingTable, write_table
+from learn_features.errors import LearnFeaturesError
+from learn_features.pch import checkpoint
+from learn_features.pch.inference import MANIFEST, item_vectors, user_vectors
+from learn_features.pch.inputs import ItemInputs
+from learn_features.retrieval import rank_items
+from training.config import PipelineConfig
+from training.evaluation import method_metrics, metrics_markdown
+from training.methods import Method, get_methods
+from training.trainer import BEST, TrainResult, train_towers
+
+
+@dataclass
+class Prepared:
+    """Validated data and its split: the common starting point of every stage."""
+
+    config: PipelineConfig
+    dataset: Dataset
+    split: Split
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.run_dir)
+
+
+def prepare(config: PipelineConfig) -> Prepared:
+    data = config.data
+    if data.source == "movielens":
+        interactions = load_movielens_interactions(data.movielens_dir)
+        cut = resolve_cut_time(interactions, config.split)
+        catalog = load_movielens_catalog(data.movielens_dir, tags_before=cut)
+        dataset = assemble(interactions, catalog, str(Path(data.movielens_dir) / "ratings.csv"), LoadReport())
+    else:
+        dataset = load_generic(data.interactions, data.catalog)
+    split = split_dataset(dataset.interactions, dataset.catalog, config.split)
+    run_dir = Path(config.run_dir)
+    write_json_atomic(run_dir / "config.json", asdict(config))
+    write_json_atomic(run_dir / "split.json", {"load": asdict(dataset.report), "split": split.summary()})
+    return Prepared(config, dataset, split)
+
+
+def encoder_for(config: PipelineConfig, content: str) -> EncoderConfig:
+    return config.llm if content == "llm" else config.text_encoder
+
+
+def content_path(run_dir: Path, content: str) -> Path:
+    return run_dir / "content" / f"{content}.npz"
+
+
+def extract(prep: Prepared, progress: bool = True) -> dict[str, Path]:
+    """Content embeddings for every catalog item, for each encoder the chosen methods use."""
+    needed = sorted({m.content for m in get_methods(prep.config.eval.methods) if m.content != "ids"})
+    written = {}
+    for content in needed:
+        encoder = encoder_for(prep.config, content)
+        extractor = ContentExtractor(encoder, prep.config.cache_dir)
+        vectors = extractor.embed_texts(render_prompts(prep.dataset.catalog, encoder.prompt_template), progress)
+        path = content_path(prep.run_dir, content)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, item_ids=np.asarray(prep.split.item_ids), vectors=vectors, model=extractor.source.fingerprint)
+        written[content] = path
+    return written
+
+
+def load_content(prep: Prepared, content: str) -> np.ndarray:
+    path = content_path(prep.run_dir, content)
+    if not path.exists():
+        raise LearnFeaturesError(f"{path}: content embeddings not found; run `learn-features extract` first")
+    with np.load(path) as data:
+        if data["item_ids"].tolist() != prep.split.item_ids:
+            raise LearnFeaturesError(f"{path}: items differ from the current catalog; re-run `learn-features extract`")
+        return data["vectors"]
+
+
+def training_item_ids(split: Split) -> list[str]:
+    trained = np.unique(np.concatenate(list(split.train.values())))
+    return [split.item_ids[i] for i in trained]
+
+
+def inputs_for(prep: Prepared, method: Method, device) -> ItemInputs:
+    if method.content == "ids":
+        trained = np.concatenate(list(prep.split.train.values()))
+        return ItemInputs.from_training_items(len(prep.split.item_ids), trained, device)
+    return ItemInputs.from_content(load_content(prep, method.content), device)
+
+
+def train(prep: Prepared, only: list[str] | None = None, progress: bool = True) -> dict[str, TrainResult]:
+    config = prep.config
+    device = pick_device(config.train.device)
+    results = {}
+    for method in get_methods(only or config.eval.methods):
+        if not method.trained:
+            continue
+        model_config = replace(config.model, variant=method.variant)
+        results[method.name] = train_towers(
+            prep.run_dir / "models" / method.name,
+            model_config,
+            config.train,
+            prep.split,
+            inputs_for(prep, method, device),
+            config.split.history_len,
+            config.split.target_len,
+            method.name,
+            training_item_ids(prep.split) if method.content == "ids" else None,
+            progress,
+        )
+    return results
+
+
+def method_vectors(prep: Prepared, method: Method, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(user vectors for ``histories``, item vectors for the whole catalog) of one method."""
+    if not method.trained:
+        content = load_content(prep, method.content)
+        content = content / np.linalg.norm(content, axis=1, keepdims=True)
+        users = np.stack([content[h].mean(axis=0) for h in histories])
+        return users / np.linalg.norm(users, axis=1, keepdims=True), content
+    payload = checkpoint.load_payload(prep.run_dir / "models" / method.name / BEST)
+    device = pick_device(prep.config.train.device)
+    model = checkpoint.build_model(payload, device)
+    inputs = inputs_for(prep, method, device)
+    return user_vectors(model, inputs, histories), item_vectors(model, inputs, np.arange(len(prep.split.item_ids)))
+
+
+def embed(prep: Prepared) -> dict[str, Path]:
+    """Publishable LEARN embeddings of the primary method: every user with a past, every item."""
+    config = prep.config
+    method = get_methods([config.eval.primary_method])[0]
+    best_path = prep.run_dir / "models" / method.name / BEST
+    payload = checkpoint.load_payload(best_path)
+    version = checkpoint.model_version(payload, method.name)
+    user_ids = sorted(prep.split.profiles)
+    users, items = method_vectors(prep, method, [prep.split.profiles[u] for u in user_ids])
+    out = prep.run_dir / "embeddings"
+    as_of = prep.split.cut_time
+    paths = {
+        "user": write_table(EmbeddingTable("user", user_ids, users, as_of, version), out / USER_FILE),
+        "item": write_table(EmbeddingTable("item", prep.split.item_ids, items, as_of, version), out / ITEM_FILE),
+    }
+    write_json_atomic(
+        out / MANIFEST,
+        {
+            "model_version": version,
+            "method": method.name,
+            "dim": int(users.shape[1]),
+            "as_of": as_of.isoformat(),
+            "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
+            "checkpoint": str(best_path.resolve()),
+            "encoder": asdict(encoder_for(config, method.content)),
+            "cache_dir": str(Path(config.cache_dir).resolve()),
+            "users": len(user_ids),
+            "items": len(prep.split.item_ids),
+        },
+    )
+    return paths
+
+
+def evaluate(prep: Prepared, progress: bool = True) -> dict[str, dict]:
+    """Retrieval metrics of every method on the held-out test users, overall and on cold items."""
+    config, split = prep.config, prep.split
+    test = split.test
+    cold_targets = [t[~split.warm_items[t]] for t in test.targets]
+    results = {}
+    for method in tqdm(get_methods(config.eval.methods), desc="evaluating", disable=not progress):
+        users, items = method_vectors(prep, method, test.histories)
+        ranked = rank_items(users, items, test.exclude, max(config.eval.ks))
+        results[method.name] = method_metrics(ranked, test.targets, cold_targets, config.eval)
+    write_json_atomic(prep.run_dir / "metrics.json", results)
+    write_text_atomic(prep.run_dir / "metrics.md", metrics_markdown(results, split.summary(), config.eval.ks))
+    return results
