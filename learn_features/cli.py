@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             sub.add_argument("--method", action="append", help="train only this method (repeatable); default: all in eval.methods")
         sub.set_defaults(func=func)
+    # The delivery (Feast) and ranking-report commands live next to their code.
+    from learn_features import feast_cli
+    from ranking import cli as ranking_cli
+
+    feast_cli.register(subparsers)
+    ranking_cli.register(subparsers)
     return parser
 
 

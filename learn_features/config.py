@@ -25,6 +25,12 @@ def _is_dataclass_type(tp: Any) -> bool:
 
 def _check_scalar(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        # A closed set of choices (e.g. a data format): anything else is a typo, not a new mode.
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise LearnFeaturesError(f"{where}: {value!r} is not one of {list(allowed)}")
+        return value
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(tp)
         if value is None and type(None) in options:

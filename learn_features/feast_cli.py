@@ -67,7 +67,7 @@ def run_publish(args: argparse.Namespace) -> int:
     result = publish_run(args.run_dir, args.repo, args.event_time)
     pub = result.publication
     if not result.created:
-        print(f"{pub.model_version} is already the active publication ({pub.publication_id}); nothing to do")
+        print(f"{pub.model_version} is already published at {pub.published_at.isoformat()} ({pub.publication_id}); nothing to do")
         return 0
     print(
         f"published {pub.model_version}: {pub.rows.get('user', 0)} users, {pub.rows.get('item', 0)} items, "

@@ -20,9 +20,14 @@ Rules, all enforced here:
   strictly later than every earlier publication. Feast's materialize-incremental only
   reads rows newer than its last run, and online stores (Redis) keep a value unless the
   new one is newer, so a rollout stamped with an older time would be silently ignored.
-* Re-publishing the active version with the same vectors is a no-op (idempotent). A
-  version already published with *different* vectors is refused: a version string must
-  name one set of vectors, or user and item vectors of "the same" version could mix.
+* Re-publishing the active version with the same vectors is a no-op (idempotent), and so
+  is asking again for an explicit event time at which the same vectors were already
+  published. A version already published with *different* vectors is refused: a version
+  string must name one set of vectors, or user and item vectors of "the same" version
+  could mix.
+* One version may therefore be published twice on purpose: first as of its data cut (a
+  replay, so point-in-time joins of historical impressions see it), then live at "now"
+  (so materialize-incremental and online serving see it). ``make run`` does exactly that.
 * Re-publishing an older version (same vectors) is a rollback: a new publication that is
   newer than everything else.
 * Pushed cold-start items (``kind == "push"``) must carry the active full version.
@@ -337,8 +342,13 @@ def publish_run(run_dir: str | Path, repo_path: str | Path, event_time: str = "n
     with publish_lock(repo_path):
         pubs = list_publications(repo_path)
         full = [p for p in pubs if p.kind == "full"]
-        if full and full[-1].model_version == version and full[-1].digest == digest:
-            return PublishResult(full[-1], created=False)
+        same = [p for p in full if p.model_version == version and p.digest == digest]
+        as_of = parse_event_time("as-of", manifest["as_of"])
+        if requested is None and same and full[-1] is same[-1] and full[-1].published_at != as_of:
+            return PublishResult(full[-1], created=False)  # already live (not just a replay)
+        done = next((p for p in same if p.published_at == requested), None)
+        if done is not None:
+            return PublishResult(done, created=False)  # this replay was published before
         clash = next((p for p in full if p.model_version == version and p.digest != digest), None)
         if clash is not None:
             raise LearnFeaturesError(

@@ -32,11 +32,16 @@ ITEM_VIEW = "learn_item_embedding"
 ITEM_PUSH_SOURCE = "learn_item_push"
 RANKER_SERVICE = "learn_ranker"
 
-# How long a published embedding stays valid. Feast uses it as the look-back window of
-# point-in-time joins and as the start of the first materialize-incremental; the serving
-# client flags older online rows as stale. LEARN vectors describe content and long-term
-# taste, so they age slowly; a model should be retrained well within this window.
-EMBEDDING_TTL = timedelta(days=180)
+# Feast view TTL of the embeddings: 0, which Feast reads as "never expires". A LEARN vector
+# stays valid until a newer publication replaces it, and a TTL would silently null it in
+# point-in-time joins of impressions more than one TTL after the publication (a replay of
+# months of ranker training data). Age is a serving policy instead: see STALE_AFTER.
+EMBEDDING_TTL = timedelta(0)
+
+# The serving client flags (but still scores) vectors older than this by default.
+# LEARN vectors describe content and long-term taste, so they age slowly; a model should
+# be retrained well within this window.
+STALE_AFTER = timedelta(days=180)
 
 # Published Parquet lives in one directory per publication under this folder (see
 # feast_publish). The FileSources glob over it, so a publication appears in the offline

@@ -9,7 +9,7 @@ Its guarantees, which a ranker can rely on without re-checking:
 * A user and an item vector of different model versions are never combined: such a
   candidate is flagged ``version_mismatch`` and gets a NaN vector row and NaN score.
   The reference version is the one pinned on the client, else the user's own.
-* A vector older than ``max_age`` (default: its view's TTL) is flagged ``stale`` but
+* A vector older than ``max_age`` (default ``STALE_AFTER``, 180 days) is flagged ``stale`` but
   still scored; whether to trust it is the ranker's policy.
 * An unreachable online store raises ``LearnFeaturesError`` naming the config file.
 """
@@ -28,6 +28,7 @@ from learn_features.errors import LearnFeaturesError
 from learn_features.feast_repo import (
     ITEM,
     RANKER_SERVICE,
+    STALE_AFTER,
     USER,
     EntityFields,
     open_store,
@@ -122,8 +123,7 @@ class LearnFeatureClient:
         self.model_version = model_version
         with store_errors("reading the Feast registry", self._config_path):
             self._store.get_feature_service(RANKER_SERVICE)  # fail now, not at the first request
-            ttls = {f.view: self._store.get_feature_view(f.view).ttl for f in (USER, ITEM)}
-        self._max_age = {view: (max_age if max_age is not None else ttl) for view, ttl in ttls.items()}
+        self._max_age = STALE_AFTER if max_age is None else max_age
 
     def _read(self, fields: EntityFields, ids: list[str]) -> _Read:
         refs = [f"{fields.view}:{fields.embedding}", f"{fields.view}:{fields.model_version}"]
@@ -131,11 +131,10 @@ class LearnFeatureClient:
             response = self._store.get_online_features(features=refs, entity_rows={fields.join_key: ids})
         return _parse(response, fields, len(ids))
 
-    def _is_stale(self, view: str, age_seconds: np.ndarray) -> np.ndarray:
-        limit = self._max_age[view]
-        if limit is None or limit.total_seconds() <= 0:  # a TTL of 0 means "never expires" in Feast
+    def _is_stale(self, age_seconds: np.ndarray) -> np.ndarray:
+        if self._max_age.total_seconds() <= 0:  # max_age=timedelta(0): nothing is ever stale
             return np.zeros(age_seconds.shape, dtype=bool)
-        return age_seconds > limit.total_seconds()
+        return age_seconds > self._max_age.total_seconds()
 
     def score(self, user_id: str, item_ids: Sequence[str]) -> ScoreResult:
         """Vectors, scores and missing/stale/version flags for ``item_ids`` (ids are str()-ed)."""
@@ -174,13 +173,13 @@ class LearnFeatureClient:
             user_vector=user_vec,
             user_model_version=user_ver,
             user_missing=user_vec is None,
-            user_stale=bool(user_vec is not None and self._is_stale(USER.view, user.age_seconds)[0]),
+            user_stale=bool(user_vec is not None and self._is_stale(user.age_seconds)[0]),
             user_version_mismatch=bool(user_mismatch),
             item_vectors=matrix,
             item_model_versions=items.versions,
             scores=scores.astype(np.float32, copy=False),
             missing=missing,
-            stale=~missing & self._is_stale(ITEM.view, items.age_seconds),
+            stale=~missing & self._is_stale(items.age_seconds),
             version_mismatch=mismatch,
             model_version=reference,
             metric=self.metric,

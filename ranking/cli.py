@@ -8,21 +8,35 @@ LightGBM, matplotlib) happen inside ``cmd_report`` so ``--help`` stays instant. 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ranking.config import ExperimentConfig
 
 HELP = "rank with baseline and LEARN rankers on a time split; write report.html/.md/.json (paper Tables 6-7)"
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def report_config(args: argparse.Namespace) -> ExperimentConfig:
+    """The experiment config of a ``report`` invocation: the file, then ``--set``, then ``--run-dir``.
+
+    ``--run-dir`` is the shortcut for ``embeddings.run_dir`` and clears explicit snapshot
+    paths, which would otherwise win over the run directory.
+    """
     from ranking.config import load_config
+
+    overrides = list(args.set or [])
+    if args.run_dir:
+        overrides += [f"embeddings.run_dir={json.dumps(args.run_dir)}", "embeddings.user_paths=[]", "embeddings.item_paths=[]"]
+    return load_config(args.config, overrides)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
     from ranking.experiment import run_ranking_experiment
     from ranking.report import write_report
 
-    config = load_config(args.config)
-    if args.run_dir:
-        config.embeddings.run_dir = args.run_dir
-        config.embeddings.user_paths, config.embeddings.item_paths = [], []
-    results = run_ranking_experiment(config)
+    results = run_ranking_experiment(report_config(args))
     paths = write_report(results, args.out)
     for note in results.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -32,7 +46,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("report", help=HELP, description=HELP)
-    parser.add_argument("-c", "--config", required=True, help="ranking experiment TOML (see docs/ranking.md)")
+    parser.add_argument("-c", "--config", required=True, help="ranking experiment TOML (see docs/ranking.md, ranking/configs/)")
+    parser.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. split.valid_fraction=0.2 (repeatable)"
+    )
     parser.add_argument(
         "--run-dir",
         help="LEARN run directory whose embeddings/ folder holds the user/item embedding Parquet files "

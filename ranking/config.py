@@ -8,13 +8,13 @@ Unknown keys in a TOML file are an error (a typo must not silently fall back to 
 from __future__ import annotations
 
 import dataclasses
-import tomllib
-import types
-import typing
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from learn_features.config import load_config as load_library_config
+from learn_features.config import parse_override
 from learn_features.errors import LearnFeaturesError
 
 BASELINE_MODELS = ("lgbm_baseline", "dnn_baseline")
@@ -66,7 +66,8 @@ class EmbeddingConfig:
     ``run_dir/user_embeddings.parquet`` and ``run_dir/item_embeddings.parquet``); ``feast``
     joins them point-in-time through ``get_historical_features`` in ``feast_repo``; ``none``
     runs the baselines only. ``expected_model_version``, when set, rejects any joined
-    embedding from another model version (e.g. one trained past the cut).
+    embedding from another model version (e.g. one trained past the cut); ``"run"`` takes
+    the version from ``run_dir/embeddings/manifest.json``.
     """
 
     source: Literal["parquet", "feast", "none"] = "parquet"
@@ -75,8 +76,8 @@ class EmbeddingConfig:
     item_paths: list[str] = field(default_factory=list)
     feast_repo: str | None = None
     expected_model_version: str | None = None
-    #: Parquet source only: ignore snapshots older than this, like Feast's view TTL (180 days
-    #: in feature_repo/). None keeps a snapshot valid until the next one.
+    #: Parquet source only: ignore snapshots older than this (a view TTL). None keeps a
+    #: snapshot valid until the next one, as the Feast views of feature_repo/ do (TTL 0).
     max_age_days: float | None = None
 
 
@@ -161,68 +162,36 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Instantiate dataclass ``cls`` from a TOML table, recursing into nested dataclasses."""
-    if not isinstance(values, dict):
-        raise LearnFeaturesError(f"{where}: expected a table, got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise LearnFeaturesError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        hint = hints[key]
-        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, f"{where}.{key}")
-        else:
-            kwargs[key] = _check_scalar(hint, value, f"{where}.{key}")
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # a required key is missing
-        raise LearnFeaturesError(f"{where}: {exc}") from exc
+#: Config fields that hold filesystem paths, as (section, key).
+PATH_FIELDS = (
+    ("data", "interactions"),
+    ("data", "items"),
+    ("embeddings", "run_dir"),
+    ("embeddings", "feast_repo"),
+    ("embeddings", "user_paths"),
+    ("embeddings", "item_paths"),
+)
 
 
-def _check_scalar(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is Literal:
-        if value not in args:
-            raise LearnFeaturesError(f"{where}: {value!r} is not one of {list(args)}")
-        return value
-    if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in args:
-            return None
-        return _check_scalar(next(a for a in args if a is not type(None)), value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise LearnFeaturesError(f"{where}: expected a list, got {value!r}")
-        return [_check_scalar(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise LearnFeaturesError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read an ``ExperimentConfig`` from a TOML file plus ``section.key=value`` overrides.
 
-
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read an ``ExperimentConfig`` from a TOML file; relative paths resolve against its folder."""
-    path = Path(path)
-    if not path.exists():
-        raise LearnFeaturesError(f"{path}: config file not found")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise LearnFeaturesError(f"{path}: invalid TOML: {exc}") from exc
-    config = _build(ExperimentConfig, raw, str(path))
-    base = path.parent
-    config.data.interactions = _resolve(base, config.data.interactions)
-    config.data.items = _resolve(base, config.data.items)
-    emb = config.embeddings
-    emb.run_dir = _resolve(base, emb.run_dir)
-    emb.feast_repo = _resolve(base, emb.feast_repo)
-    emb.user_paths = [str(_resolve(base, p)) for p in emb.user_paths]
-    emb.item_paths = [str(_resolve(base, p)) for p in emb.item_paths]
+    Parsing and type checks are the library's (``learn_features.config``), so the ranking
+    config refuses unknown keys and wrong types exactly like the pipeline config. Relative
+    paths written in the file resolve against the file's folder, so a config keeps working
+    from any working directory; paths given as overrides are left as typed (relative to the
+    working directory), like ``--run-dir`` and every other command-line path.
+    """
+    config = load_library_config(ExperimentConfig, path, overrides)
+    overridden = {tuple(parse_override(o)[0]) for o in overrides or []}
+    base = Path(path).parent
+    for section, key in PATH_FIELDS:
+        if (section, key) in overridden:
+            continue
+        table = getattr(config, section)
+        value = getattr(table, key)
+        resolved = [_resolve(base, v) for v in value] if isinstance(value, list) else _resolve(base, value)
+        setattr(table, key, resolved)
     return config
 
 
@@ -230,4 +199,5 @@ def _resolve(base: Path, value: str | None) -> str | None:
     if value is None:
         return None
     p = Path(value).expanduser()
-    return str(p if p.is_absolute() else (base / p))
+    # normpath folds the "../.." of a config stored inside the package, so reports show data/... paths.
+    return str(p) if p.is_absolute() else os.path.normpath(base / p)

@@ -11,13 +11,15 @@ feature value, so it cannot change a single prediction of a model trained before
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from learn_features.data.movielens import YEAR_SUFFIX, load_movielens_ratings
+from learn_features.data.split import parse_time
+from learn_features.data.tables import parse_timestamps, read_table, require_columns
 from learn_features.errors import LearnFeaturesError
 from ranking.config import DataConfig, SplitConfig
 from ranking.embeddings import JOINED_COLUMNS, EmbeddingJoiner
@@ -25,7 +27,6 @@ from ranking.metrics import check_labels
 
 IMPRESSION_COLUMNS = ("user_id", "item_id", "timestamp", "label")
 STAT_COLUMNS = ("user_n", "user_pos", "item_n", "item_pos")
-_YEAR = re.compile(r"\((\d{4})\)\s*$")
 
 
 def validate_impressions(df: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -39,26 +40,11 @@ def validate_impressions(df: pd.DataFrame, source: str) -> pd.DataFrame:
         if empty.any():
             raise LearnFeaturesError(f"{source}: row {int(np.flatnonzero(empty)[0])}: {col} is empty")
         out[col] = out[col].astype("string")
-    out["timestamp"] = _utc_timestamps(out["timestamp"], source)
+    # The library's rules (unix seconds, ISO strings or datetimes; naive = UTC), so the ranker
+    # and LEARN read one timestamp column the same way. One unit (ns) keeps the joins exact.
+    out["timestamp"] = parse_timestamps(out["timestamp"], source).astype("datetime64[ns, UTC]")
     out["label"] = check_labels(out["label"].to_numpy(), source)
     return out
-
-
-def _utc_timestamps(ts: pd.Series, source: str) -> pd.Series:
-    if pd.api.types.is_numeric_dtype(ts):
-        raise LearnFeaturesError(
-            f"{source}: column timestamp is numeric; convert it to timezone-aware datetimes "
-            "(e.g. pd.to_datetime(x, unit='s', utc=True)) so the unit is not guessed"
-        )
-    if pd.api.types.is_datetime64_any_dtype(ts) and not isinstance(ts.dtype, pd.DatetimeTZDtype):
-        raise LearnFeaturesError(f"{source}: column timestamp is timezone-naive; localise it to UTC first")
-    try:
-        out = pd.to_datetime(ts, utc=True)
-    except (ValueError, TypeError) as exc:
-        raise LearnFeaturesError(f"{source}: column timestamp does not parse as datetimes: {exc}") from exc
-    if out.isna().any():
-        raise LearnFeaturesError(f"{source}: row {int(np.flatnonzero(out.isna())[0])}: timestamp is empty")
-    return out.astype("datetime64[ns, UTC]")
 
 
 def movielens_impressions(
@@ -68,45 +54,32 @@ def movielens_impressions(
 
     ``history`` holds every rating (all are user activity); ``impressions`` only those with a
     label: rating >= ``positive_min_rating`` is a conversion, <= ``negative_max_rating`` not.
+    The ratings are read by the library's MovieLens reader, the one LEARN trains on.
     """
-    path = Path(ratings_path)
-    if not path.exists():
-        raise LearnFeaturesError(f"{path}: ratings file not found")
-    raw = pd.read_csv(path)
-    missing = [c for c in ("userId", "movieId", "rating", "timestamp") if c not in raw.columns]
-    if missing:
-        raise LearnFeaturesError(f"{path}: missing MovieLens column(s) {missing}")
     if negative_max_rating >= positive_min_rating:
         raise LearnFeaturesError(
             f"data: negative_max_rating {negative_max_rating} must be below positive_min_rating {positive_min_rating}"
         )
-    history = pd.DataFrame(
-        {
-            "user_id": raw["userId"].astype(str).astype("string"),
-            "item_id": raw["movieId"].astype(str).astype("string"),
-            "timestamp": pd.to_datetime(raw["timestamp"], unit="s", utc=True).astype("datetime64[ns, UTC]"),
-            "rating": raw["rating"].astype(float),
-        }
-    )
-    history["label"] = np.where(history["rating"] >= positive_min_rating, 1, 0).astype(np.int8)
+    ratings = load_movielens_ratings(ratings_path)
+    ratings["label"] = (ratings["rating"] >= positive_min_rating).astype(np.int8)
+    history = validate_impressions(ratings, str(ratings_path))
     labelled = (history["rating"] >= positive_min_rating) | (history["rating"] <= negative_max_rating)
     return history[labelled].reset_index(drop=True), history
 
 
 def movielens_items(movies_path: str | Path) -> pd.DataFrame:
-    """Item side table: ``item_id``, ``genres`` (list of str) and release ``year`` from the title."""
-    path = Path(movies_path)
-    if not path.exists():
-        raise LearnFeaturesError(f"{path}: movies file not found")
-    raw = pd.read_csv(path)
-    missing = [c for c in ("movieId", "title", "genres") if c not in raw.columns]
-    if missing:
-        raise LearnFeaturesError(f"{path}: missing MovieLens column(s) {missing}")
+    """Item side table: ``item_id``, ``genres`` (list of str) and release ``year`` from the title.
+
+    Read with the library's reader and year pattern, as LEARN's catalog is, so both see the
+    same ids and years.
+    """
+    raw = read_table(movies_path)
+    require_columns(raw, ("movieId", "title", "genres"), f"{movies_path} (MovieLens movies)")
     return pd.DataFrame(
         {
             "item_id": raw["movieId"].astype(str).astype("string"),
             "genres": raw["genres"].fillna("").map(_split_genres),
-            "year": raw["title"].fillna("").map(lambda t: float(m.group(1)) if (m := _YEAR.search(t.strip())) else np.nan),
+            "year": raw["title"].fillna("").str.extract(YEAR_SUFFIX)[0].astype(float),
         }
     )
 
@@ -118,26 +91,26 @@ def _split_genres(value: str) -> list[str]:
 def generic_items(path: str | Path) -> pd.DataFrame:
     """Item side table for the generic path: ``item_id``, optional pipe-separated ``genres``,
     any other numeric columns used as-is."""
-    path = Path(path)
-    df = _read_table(path)
-    if "item_id" not in df.columns:
-        raise LearnFeaturesError(f"{path}: missing column item_id")
+    df = read_table(path)
+    require_columns(df, ("item_id",), str(path))
     df["item_id"] = df["item_id"].astype(str).astype("string")
     if "genres" in df.columns:
         df["genres"] = df["genres"].fillna("").map(_split_genres)
     keep = ["item_id", *(["genres"] if "genres" in df.columns else [])]
-    keep += [c for c in df.columns if c not in keep and pd.api.types.is_numeric_dtype(df[c])]
-    return df[keep]
+    numeric = {c: _as_numbers(df[c]) for c in df.columns if c not in keep}
+    return df[keep].assign(**{c: v for c, v in numeric.items() if v is not None})
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        raise LearnFeaturesError(f"{path}: file not found")
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    if path.suffix in (".csv", ".tsv"):
-        return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
-    raise LearnFeaturesError(f"{path}: unsupported table format {path.suffix!r} (use .csv, .tsv or .parquet)")
+def _as_numbers(column: pd.Series) -> pd.Series | None:
+    """The column as numbers if every non-empty cell is one, else None (a text column, not a feature).
+
+    ``read_table`` gives CSV cells as strings (ids must stay exact), so numeric item features
+    are recognised here, by the same rule pandas' own CSV type inference uses.
+    """
+    if pd.api.types.is_numeric_dtype(column):
+        return column
+    numbers = pd.to_numeric(column, errors="coerce")
+    return numbers if numbers.notna().sum() == column.notna().sum() else None
 
 
 def load_data(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
@@ -146,7 +119,7 @@ def load_data(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
         impressions, history = movielens_impressions(cfg.interactions, cfg.positive_min_rating, cfg.negative_max_rating)
         items = movielens_items(cfg.items) if cfg.items else None
     else:
-        impressions = validate_impressions(_read_table(Path(cfg.interactions)), cfg.interactions)
+        impressions = validate_impressions(read_table(cfg.interactions), cfg.interactions)
         history = impressions
         items = generic_items(cfg.items) if cfg.items else None
     return impressions, history, items
@@ -165,21 +138,13 @@ class Periods:
         return {k: v.isoformat() for k, v in self.__dict__.items()}
 
 
-def _parse_time(value: str, what: str) -> pd.Timestamp:
-    try:
-        ts = pd.Timestamp(value)
-    except ValueError as exc:
-        raise LearnFeaturesError(f"config split.{what}: {value!r} is not an ISO-8601 timestamp") from exc
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
 def resolve_periods(impressions: pd.DataFrame, cfg: SplitConfig) -> Periods:
     ts = impressions["timestamp"]
     if ts.empty:
         raise LearnFeaturesError("impressions: no rows")
-    cut = _parse_time(cfg.cut, "cut") if cfg.cut else ts.quantile(cfg.cut_quantile)
-    train_start = _parse_time(cfg.train_start, "train_start") if cfg.train_start else ts.min()
-    eval_end = _parse_time(cfg.eval_end, "eval_end") if cfg.eval_end else ts.max()
+    cut = parse_time(cfg.cut, "split.cut") if cfg.cut else ts.quantile(cfg.cut_quantile)
+    train_start = parse_time(cfg.train_start, "split.train_start") if cfg.train_start else ts.min()
+    eval_end = parse_time(cfg.eval_end, "split.eval_end") if cfg.eval_end else ts.max()
     before = ts[(ts >= train_start) & (ts < cut)]
     if before.empty:
         raise LearnFeaturesError(f"split: no impressions in [{train_start}, {cut}); move the cut or train_start")

@@ -75,7 +75,7 @@ def point_in_time(
     entity_df: pd.DataFrame, snapshots: pd.DataFrame, entity: Entity, max_age: pd.Timedelta | None = None
 ) -> tuple[list, list]:
     """For each row, the latest snapshot of its entity with ``event_timestamp <= row time``
-    (and, with ``max_age``, no older than that: the Feast views' TTL rule).
+    (and, with ``max_age``, no older than that: the rule of a Feast view with a TTL).
 
     Returns (vectors, model_versions) aligned with ``entity_df`` rows; None where no snapshot
     qualifies. ``merge_asof`` needs both sides sorted by time, so rows are sorted and put

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from learn_features.data.split import parse_time
 from learn_features.embeddings_io import ITEM_FILE, USER_FILE
 from learn_features.errors import LearnFeaturesError
 from ranking.bootstrap import PairedDelta, paired_bootstrap
@@ -31,6 +32,8 @@ from ranking.tiers import TIER_NAMES, Thresholds, assign_tiers, resolve_threshol
 
 MANIFEST = Path("embeddings") / "manifest.json"
 TRAIN_START_FROM_EMBEDDINGS = "embeddings"
+#: ``embeddings.expected_model_version`` value meaning "the model_version in the run manifest".
+MODEL_VERSION_FROM_RUN = "run"
 
 
 @dataclass
@@ -60,12 +63,14 @@ class TierResult:
     n_single_class_users: int
     auc: PairedDelta | None
     uauc: PairedDelta | None
+    wuauc: PairedDelta | None
     note: str | None
 
     def to_dict(self) -> dict[str, object]:
         d = dict(self.__dict__)
-        d["auc"] = None if self.auc is None else self.auc.to_dict()
-        d["uauc"] = None if self.uauc is None else self.uauc.to_dict()
+        for metric in ("auc", "uauc", "wuauc"):
+            delta = getattr(self, metric)
+            d[metric] = None if delta is None else delta.to_dict()
         return d
 
 
@@ -112,17 +117,43 @@ def make_joiner(cfg: EmbeddingConfig) -> EmbeddingJoiner | None:
     return ParquetEmbeddingJoiner(users, items, max_age)
 
 
-def learn_training_end(cfg: EmbeddingConfig) -> pd.Timestamp | None:
-    """The LEARN model's data cut from its run manifest (``as_of``), when a run dir is known."""
+def _run_manifest_value(cfg: EmbeddingConfig, key: str) -> tuple[Path, object] | None:
+    """``(manifest path, value of key)`` from the LEARN run's manifest, None without a manifest."""
     if cfg.run_dir is None:
         return None
     path = Path(cfg.run_dir) / MANIFEST
     if not path.exists():
         return None
     try:
-        return pd.Timestamp(json.loads(path.read_text(encoding="utf-8"))["as_of"]).tz_convert("UTC")
-    except (KeyError, ValueError, json.JSONDecodeError) as exc:
-        raise LearnFeaturesError(f"{path}: cannot read the LEARN data cut 'as_of': {exc}") from exc
+        return path, json.loads(path.read_text(encoding="utf-8"))[key]
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise LearnFeaturesError(f"{path}: cannot read {key!r}: {exc}") from exc
+
+
+def learn_training_end(cfg: EmbeddingConfig) -> pd.Timestamp | None:
+    """The LEARN model's data cut from its run manifest (``as_of``), when a run dir is known."""
+    found = _run_manifest_value(cfg, "as_of")
+    if found is None:
+        return None
+    path, as_of = found
+    return parse_time(str(as_of), f"{path}: the LEARN data cut 'as_of'")
+
+
+def expected_model_version(cfg: EmbeddingConfig) -> str | None:
+    """The model version every joined embedding must carry.
+
+    ``"run"`` pins the version in the run manifest, so a config need not hard-code a weights
+    hash, yet a Feast repo holding another model's publication can never feed the ranker.
+    """
+    if cfg.expected_model_version != MODEL_VERSION_FROM_RUN:
+        return cfg.expected_model_version
+    found = _run_manifest_value(cfg, "model_version")
+    if found is None:
+        raise LearnFeaturesError(
+            f"embeddings.expected_model_version={MODEL_VERSION_FROM_RUN!r} needs embeddings.run_dir (or --run-dir) "
+            f"with {MANIFEST}; got run_dir {cfg.run_dir!r}"
+        )
+    return str(found[1])
 
 
 def _earliest_snapshot(joiner: EmbeddingJoiner | None, cfg: EmbeddingConfig) -> pd.Timestamp:
@@ -131,8 +162,8 @@ def _earliest_snapshot(joiner: EmbeddingJoiner | None, cfg: EmbeddingConfig) -> 
     manifest_cut = learn_training_end(cfg)
     if manifest_cut is None:
         raise LearnFeaturesError(
-            f"split.train_start={TRAIN_START_FROM_EMBEDDINGS!r} needs parquet embeddings or a run dir with {MANIFEST}; "
-            "give an ISO timestamp instead"
+            f"split.train_start={TRAIN_START_FROM_EMBEDDINGS!r} needs parquet embeddings or a run dir with {MANIFEST} "
+            f"(embeddings.run_dir is {cfg.run_dir!r}); run the LEARN job first, or give an ISO timestamp instead"
         )
     return manifest_cut
 
@@ -151,7 +182,7 @@ def run_ranking_experiment(config: ExperimentConfig) -> ExperimentResults:
         history=history,
         items=items,
         joiner=joiner,
-        expected_model_version=config.embeddings.expected_model_version,
+        expected_model_version=expected_model_version(config.embeddings),
     )
     learn_cut = learn_training_end(config.embeddings) if config.embeddings.source != "none" else None
     if learn_cut is not None and learn_cut > dataset.periods.cut:
@@ -177,7 +208,7 @@ def run_on_dataset(
             if len(frame) and frame["item_embedding"].isna().all():
                 notes.append(
                     f"no {name}-period impression has an item LEARN embedding point-in-time: the snapshot is newer "
-                    "than these rows, or older than the store's TTL (Feast views: 180 days)"
+                    "than these rows, or older than the TTL (embeddings.max_age_days)"
                 )
     rankers = train_models(dataset, config)
     test = dataset.test
@@ -262,7 +293,7 @@ def tier_table(predictions: pd.DataFrame, config: ExperimentConfig) -> list[Tier
         for k, (dim, tier, mask) in enumerate(slices):
             sub = predictions[mask]
             if sub.empty:
-                rows.append(TierResult(pair, dim, tier, 0, 0.0, 0, 0, None, None, "no evaluation impressions in this tier"))
+                rows.append(TierResult(pair, dim, tier, 0, 0.0, 0, 0, None, None, None, "no evaluation impressions in this tier"))
                 continue
             labels, users = sub["label"].to_numpy(), sub["user_id"].to_numpy()
             deltas = paired_bootstrap(
@@ -277,12 +308,22 @@ def tier_table(predictions: pd.DataFrame, config: ExperimentConfig) -> list[Tier
             single = grouped_auc(labels, sub[base].to_numpy(), users).n_single_class
             note = None
             if deltas["auc"] is None:
-                note = "only one label class in this tier: AUC and UAUC undefined"
+                note = "only one label class in this tier: AUC, UAUC and WUAUC undefined"
             elif deltas["uauc"] is None:
-                note = "no user in this tier has both positives and negatives: UAUC undefined"
+                note = "no user in this tier has both positives and negatives: UAUC and WUAUC undefined"
             rows.append(
                 TierResult(
-                    pair, dim, tier, len(sub), len(sub) / total, int(pd.unique(users).size), single, deltas["auc"], deltas["uauc"], note
+                    pair,
+                    dim,
+                    tier,
+                    len(sub),
+                    len(sub) / total,
+                    int(pd.unique(users).size),
+                    single,
+                    deltas["auc"],
+                    deltas["uauc"],
+                    deltas["wuauc"],
+                    note,
                 )
             )
     return rows

@@ -43,9 +43,23 @@ def _delta(d: PairedDelta | None) -> str:
     return f"{d.delta_pp:+.2f} [{d.ci_low_pp:+.2f}, {d.ci_high_pp:+.2f}]"
 
 
+def _headline_delta(row: dict[str, object], metric: str) -> str:
+    """Table 6 cell: the difference, with its interval where the row carries one."""
+    delta, ci = row[f"delta_{metric}_pp"], row.get(f"delta_{metric}_ci_pp")
+    if delta is None:
+        return "—"
+    text = f"{delta:+.2f}"
+    return text if ci is None else f"{text} [{ci[0]:+.2f}, {ci[1]:+.2f}]"  # type: ignore[index]
+
+
 def headline_rows(results: ExperimentResults) -> list[dict[str, object]]:
-    """Table 6: one row per model; LEARN rows carry their difference to the paired baseline."""
+    """Table 6: one row per model; LEARN rows carry their difference to the paired baseline.
+
+    The WUAUC difference also carries its interval, taken from the pair's "all" tier row: that
+    row is the same paired bootstrap on the same evaluation rows, so the interval costs nothing.
+    """
     baseline_of = {learn: base for base, learn in MODEL_PAIRS}
+    all_rows = {t.pair: t for t in results.tiers if t.dimension == "all"}
     rows = []
     order = [n for pair in MODEL_PAIRS for n in pair if n in results.metrics]
     for name in order:
@@ -55,6 +69,9 @@ def headline_rows(results: ExperimentResults) -> list[dict[str, object]]:
         for metric in ("auc", "uauc", "wuauc"):
             mine, theirs = getattr(m, metric), getattr(base, metric) if base else None
             row[f"delta_{metric}_pp"] = None if mine is None or theirs is None else (mine - theirs) * 100.0
+        paired = all_rows.get(name.split("_")[0]) if base else None
+        wuauc = paired.wuauc if paired else None
+        row["delta_wuauc_ci_pp"] = None if wuauc is None else [wuauc.ci_low_pp, wuauc.ci_high_pp]
         rows.append(row)
     return rows
 
@@ -135,7 +152,7 @@ def _plots(results: ExperimentResults) -> dict[str, tuple[str, bytes]]:
 
 def _tables(results: ExperimentResults) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) for every table, shared by the Markdown and HTML renderers."""
-    head = ["Model", "AUC", "UAUC", "WUAUC", "Logloss", "ΔAUC pp", "ΔUAUC pp", "ΔWUAUC pp", "Users in UAUC", "Best iter/epoch"]
+    head = ["Model", "AUC", "UAUC", "WUAUC", "Logloss", "ΔAUC pp", "ΔUAUC pp", "ΔWUAUC pp [95% CI]", "Users in UAUC", "Best iter/epoch"]
     rows = []
     for r in headline_rows(results):
         rows.append(
@@ -145,7 +162,7 @@ def _tables(results: ExperimentResults) -> list[tuple[str, list[str], list[list[
                 _fmt(r["uauc"]),  # type: ignore[arg-type]
                 _fmt(r["wuauc"]),  # type: ignore[arg-type]
                 _fmt(r["logloss"]),  # type: ignore[arg-type]
-                *(("—" if r[f"delta_{m}_pp"] is None else f"{r[f'delta_{m}_pp']:+.2f}") for m in ("auc", "uauc", "wuauc")),
+                *(_headline_delta(r, m) for m in ("auc", "uauc", "wuauc")),
                 f"{r['n_users_uauc']} (+{r['n_single_class_users']} single-class excluded)",
                 str(r["best_iteration"]),
             ]
@@ -153,7 +170,7 @@ def _tables(results: ExperimentResults) -> list[tuple[str, list[str], list[list[
     tables = [("Table 6 — evaluation period, all impressions", head, rows)]
     tier_head = [
         "Tier", "Impressions", "Share", "Users", "AUC base", "AUC LEARN", "ΔAUC pp [95% CI]",
-        "UAUC base", "UAUC LEARN", "ΔUAUC pp [95% CI]", "Note",
+        "UAUC base", "UAUC LEARN", "ΔUAUC pp [95% CI]", "WUAUC base", "WUAUC LEARN", "ΔWUAUC pp [95% CI]", "Note",
     ]  # fmt: skip
     for pair in dict.fromkeys(t.pair for t in results.tiers):
         trs = []
@@ -170,6 +187,9 @@ def _tables(results: ExperimentResults) -> list[tuple[str, list[str], list[list[
                     _fmt(t.uauc.base if t.uauc else None),
                     _fmt(t.uauc.learn if t.uauc else None),
                     _delta(t.uauc),
+                    _fmt(t.wuauc.base if t.wuauc else None),
+                    _fmt(t.wuauc.learn if t.wuauc else None),
+                    _delta(t.wuauc),
                     t.note or "",
                 ]
             )

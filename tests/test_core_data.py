@@ -11,7 +11,7 @@ import pytest
 
 from core_fixtures import *  # noqa: F401,F403
 from core_fixtures import MOVIELENS_DIR, needs_movielens
-from learn_features.data.movielens import load_movielens_catalog, load_movielens_interactions
+from learn_features.data.movielens import load_movielens_catalog, load_movielens_interactions, load_movielens_ratings
 from learn_features.data.tables import LoadReport, load_generic, read_table, validate_catalog, validate_interactions
 from learn_features.errors import LearnFeaturesError
 
@@ -101,8 +101,15 @@ def test_parquet_native_timestamp_column_loads(tmp_path: Path) -> None:
     assert sorted(dataset.interactions["timestamp"]) == list(expected)
 
 
+def test_tsv_reads_like_csv(tmp_path: Path) -> None:
+    csv_path, tsv_path = tmp_path / "i.csv", tmp_path / "i.tsv"
+    INTERACTIONS.to_csv(csv_path, index=False)
+    INTERACTIONS.to_csv(tsv_path, index=False, sep="\t")
+    pd.testing.assert_frame_equal(read_table(tsv_path), read_table(csv_path))
+
+
 def test_unsupported_extension_and_missing_file(tmp_path: Path) -> None:
-    """Only .csv/.parquet are read; anything else, or a missing file, is refused by name."""
+    """Only .csv/.tsv/.parquet are read; anything else, or a missing file, is refused by name."""
     path = tmp_path / "interactions.json"
     INTERACTIONS.to_json(path)
     with pytest.raises(LearnFeaturesError, match=r"interactions\.json.*unsupported format '\.json'"):
@@ -307,3 +314,23 @@ def test_movielens_without_tags_file_and_missing_files(tmp_path: Path) -> None:
     shutil.move(directory / "ratings.csv", directory / "ratings.bak")
     with pytest.raises(LearnFeaturesError, match=r"ratings\.csv: MovieLens file not found"):
         load_movielens_interactions(directory)
+
+
+def test_movielens_ratings_file_reads_to_utc_and_needs_its_columns(tmp_path: Path) -> None:
+    """The ratings reader LEARN and the ranker share: str ids, UTC times, and the file named on error."""
+    path = _small_movielens(tmp_path) / "ratings.csv"
+    ratings = load_movielens_ratings(path)
+    assert list(ratings.columns) == ["user_id", "item_id", "timestamp", "rating"]
+    assert list(ratings["item_id"]) == ["1", "2", "3"] and list(ratings["rating"]) == [4.0, 3.0, 5.0]
+    assert ratings["timestamp"].iloc[0] == pd.Timestamp(100, unit="s", tz="UTC")
+    pd.read_csv(path).drop(columns="rating").to_csv(path, index=False)
+    with pytest.raises(LearnFeaturesError, match=r"ratings\.csv \(MovieLens ratings\): missing required column\(s\) \['rating'\]"):
+        load_movielens_ratings(path)
+
+
+def test_millisecond_timestamps_are_reported_not_overflowed(tmp_path: Path) -> None:
+    """Unix milliseconds are out of range as seconds: a clear error by row, never an overflow."""
+    bad = INTERACTIONS.astype({"timestamp": object})
+    bad.loc[1, "timestamp"] = 1_700_000_000_000
+    message = load_error(tmp_path, bad, CATALOG)
+    assert "1 unparseable" in message and "rows 2" in message

@@ -14,7 +14,7 @@ from learn_features.embeddings_io import EmbeddingTable
 from learn_features.errors import LearnFeaturesError
 from learn_features.feast_publish import Publication, publish_run
 from learn_features.feast_push import push_item_embeddings
-from learn_features.feast_repo import EMBEDDING_TTL, apply_repo, open_store
+from learn_features.feast_repo import apply_repo, open_store
 from learn_features.feast_training import historical_learn_features
 
 DIM = 8
@@ -48,14 +48,14 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> History:
 
 
 def _expected(h: History, entity: str, key: str, ts: pd.Timestamp) -> tuple[str | None, np.ndarray | None, pd.Timestamp | None]:
-    """The latest vector published at or before ts (within the TTL), straight from the fixtures."""
+    """The latest vector published at or before ts, straight from the fixtures (the views never expire)."""
     best: tuple[str | None, np.ndarray | None, pd.Timestamp | None] = (None, None, None)
     for pub, table in (
         (h.p1, h.v1.users if entity == "user" else h.v1.items),
         (h.p2, h.v2.users if entity == "user" else h.v2.items),
         (h.p_push, {} if entity == "user" else h.pushed),
     ):
-        if key in table and pub.published_at <= ts and ts - pub.published_at <= EMBEDDING_TTL:
+        if key in table and pub.published_at <= ts:
             best = (pub.model_version, table[key], pub.published_at)
     return best
 
@@ -100,15 +100,16 @@ def test_no_embedding_published_after_an_impression_is_joined(history: History) 
     assert (out["item_id"].eq("fresh") & out["item_embedding"].notna()).any()
 
 
-def test_duplicate_rows_and_ttl(history: History) -> None:
+def test_duplicate_rows_and_no_expiry(history: History) -> None:
+    """Duplicated entity rows all come back, and a vector years old still joins (TTL 0)."""
     ts = history.p2.published_at + pd.Timedelta(hours=1)
-    late = history.p2.published_at + EMBEDDING_TTL + pd.Timedelta(days=1)
+    late = history.p2.published_at + pd.Timedelta(days=3 * 365)
     impressions = pd.DataFrame(
         {"user_id": ["u1", "u1", "u2", "u1"], "item_id": ["i1", "i1", "i1", "i1"], "event_timestamp": [ts, ts, ts, late]}
     )
     out = historical_learn_features(history.repo, impressions)
-    assert len(out) == 4 and out["user_model_version"].tolist() == ["v2", "v2", "v2", None]
-    assert out["user_embedding"].iloc[3] is None and out["item_embedding"].iloc[3] is None
+    assert len(out) == 4 and out["user_model_version"].tolist() == ["v2", "v2", "v2", "v2"]
+    assert out["user_embedding"].iloc[3].tobytes() == history.v2.users["u1"].tobytes()
 
 
 def test_pinned_model_version(history: History) -> None:

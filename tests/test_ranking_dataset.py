@@ -37,10 +37,21 @@ def test_generic_impressions_reject_bad_labels_and_timestamps():
         validate_impressions(df.assign(label=[1, "yes"]), "imp.csv")
     with pytest.raises(LearnFeaturesError, match="missing column"):
         validate_impressions(df, "imp.csv")
-    with pytest.raises(LearnFeaturesError, match="numeric"):
-        validate_impressions(df.assign(label=[0, 1], timestamp=[1, 2]), "imp.csv")
-    with pytest.raises(LearnFeaturesError, match="timezone-naive"):
-        validate_impressions(df.assign(label=[0, 1], timestamp=pd.to_datetime(["2021-01-01", "2021-01-02"])), "imp.csv")
+    with pytest.raises(LearnFeaturesError, match=r"imp\.csv: field 'timestamp' has 1 unparseable value\(s\) \(rows 2; first value 'soon'\)"):
+        validate_impressions(df.assign(label=[0, 1], timestamp=["2021-01-01", "soon"]), "imp.csv")
+
+
+def test_generic_impression_timestamps_follow_the_library_rules():
+    """Unix seconds, ISO strings and naive datetimes all mean UTC, as in learn_features.data."""
+    df = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["x", "y"], "label": [0, 1]})
+    expected = pd.Series(pd.to_datetime(["2021-01-01", "2021-01-02"], utc=True), name="timestamp")
+    for timestamps in (
+        [int(t.timestamp()) for t in expected],
+        ["2021-01-01T01:00:00+01:00", "2021-01-02"],
+        pd.to_datetime(["2021-01-01", "2021-01-02"]),
+    ):
+        got = validate_impressions(df.assign(timestamp=timestamps), "imp.csv")["timestamp"]
+        pd.testing.assert_series_equal(got, expected.astype("datetime64[ns, UTC]"))
 
 
 def test_point_in_time_stats_match_a_loop_and_are_strict():

@@ -89,11 +89,23 @@ def test_report_end_to_end(workdir, capsys):
             assert t["note"] == "no evaluation impressions in this tier" and t["auc"] is None
         elif t["uauc"] is not None:
             assert t["uauc"]["ci_low_pp"] <= t["uauc"]["delta_pp"] <= t["uauc"]["ci_high_pp"]
+            assert t["wuauc"].keys() == t["uauc"].keys()
+            assert t["wuauc"]["ci_low_pp"] <= t["wuauc"]["delta_pp"] <= t["wuauc"]["ci_high_pp"]
+    # Table 6's WUAUC interval is the "all" tier's: same bootstrap, same rows, same difference.
+    for r in report["headline"]:
+        if r["model"].endswith("_baseline"):
+            assert r["delta_wuauc_ci_pp"] is None
+            continue
+        wuauc = tiers[r["model"].split("_")[0], "all", "all"]["wuauc"]
+        assert r["delta_wuauc_pp"] == pytest.approx(wuauc["delta_pp"])
+        assert r["delta_wuauc_ci_pp"] == [wuauc["ci_low_pp"], wuauc["ci_high_pp"]]
 
     html = (root / "out" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4
+    assert "<th>WUAUC LEARN</th><th>ΔWUAUC pp [95% CI]</th>" in html
     md = (root / "out" / "report.md").read_text()
     assert "Table 6" in md and "Table 7" in md and "(plots/calibration.png)" in md
+    assert "| UAUC base | UAUC LEARN | ΔUAUC pp [95% CI] | WUAUC base | WUAUC LEARN | ΔWUAUC pp [95% CI] | Note |" in md
     assert (root / "out" / "plots" / "tier_deltas_dnn.png").stat().st_size > 1000
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from learn_features.errors import LearnFeaturesError
 from ranking.bootstrap import paired_bootstrap, user_multiplicities
-from ranking.config import TierConfig
+from ranking.config import BootstrapConfig, DataConfig, ExperimentConfig, TierConfig
+from ranking.experiment import tier_table
 from ranking.tiers import resolve_thresholds, tier_of
 
 T0 = pd.Timestamp("2021-01-01", tz="UTC")
@@ -77,6 +79,9 @@ def test_better_model_has_interval_above_zero_and_is_reproducible():
     assert a == b
     for d in a.values():
         assert d is not None and d.delta_pp > 10 and d.ci_low_pp > 0 and d.ci_low_pp <= d.delta_pp <= d.ci_high_pp
+    # Every user has 20 impressions, so WUAUC is UAUC; equal intervals show both read the same draws.
+    assert a["wuauc"] is not None and a["uauc"] is not None
+    assert a["wuauc"].to_dict() == pytest.approx(a["uauc"].to_dict())
 
 
 def test_interval_widens_with_fewer_users():
@@ -98,4 +103,47 @@ def test_undefined_metrics_are_none_not_nan():
     assert out["uauc"] is None  # every user single-class
     assert out["auc"] is not None  # but both classes exist overall
     out = paired_bootstrap(np.ones(4, int), np.arange(4.0), np.arange(4.0), users, 50, 0.95, seed=0)
-    assert out == {"auc": None, "uauc": None}
+    assert out == {"auc": None, "uauc": None, "wuauc": None}
+
+
+def _tier_predictions() -> pd.DataFrame:
+    """Users with 4..37 impressions (so WUAUC and UAUC differ), tied scores, one single-class user."""
+    rng = np.random.default_rng(3)
+    counts = rng.integers(4, 38, size=14)
+    users = np.repeat([f"u{k:02d}" for k in range(len(counts))], counts)
+    labels = rng.integers(0, 2, len(users))
+    labels[users == "u00"] = 0  # no positives: excluded from the mean, not NaN
+    base = np.round(rng.random(len(users)), 1)  # one decimal: many ties within a user
+    return pd.DataFrame(
+        {
+            "user_id": users,
+            "label": labels,
+            "lgbm_baseline": base,
+            "lgbm_learn": np.round(base + 0.4 * labels * rng.random(len(users)), 1),
+            "user_tier": np.where(np.isin(users, ["u00", "u01", "u02", "u03", "u04"]), "long-tail", "others"),
+            "item_tier": rng.choice(["cold-start", "long-tail", "others"], len(users)),
+        }
+    )
+
+
+def _sklearn_wuauc(frame: pd.DataFrame, scores: str) -> float:
+    """Reference: a loop of per-user ``roc_auc_score`` over two-class users, weighted by impressions."""
+    two_class = [g for _, g in frame.groupby("user_id") if g["label"].nunique() == 2]
+    return float(np.average([roc_auc_score(g["label"], g[scores]) for g in two_class], weights=[len(g) for g in two_class]))
+
+
+def test_tier_wuauc_is_the_impression_weighted_mean_of_per_user_sklearn_auc():
+    predictions = _tier_predictions()
+    config = ExperimentConfig(data=DataConfig(interactions="unused.csv"), bootstrap=BootstrapConfig(n_resamples=300))
+    rows = {(r.dimension, r.tier): r for r in tier_table(predictions, config)}
+    assert len(rows) == 7 and rows["user", "cold-start"].wuauc is None  # empty tier
+    for (dim, tier), row in rows.items():
+        if row.n_impressions == 0:
+            continue
+        sub = predictions if dim == "all" else predictions[predictions[f"{dim}_tier"] == tier]
+        base, learn = _sklearn_wuauc(sub, "lgbm_baseline"), _sklearn_wuauc(sub, "lgbm_learn")
+        d = row.wuauc
+        assert d is not None and row.uauc is not None
+        assert (d.base, d.learn, d.delta_pp) == pytest.approx((base, learn, (learn - base) * 100.0), abs=1e-12)
+        assert d.ci_low_pp <= d.delta_pp <= d.ci_high_pp and d.n_resamples == 300
+    assert rows["all", "all"].wuauc.base != pytest.approx(rows["all", "all"].uauc.base)  # the weights matter here

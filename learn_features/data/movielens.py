@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from learn_features.data.tables import parse_timestamps, read_table, validate_catalog, validate_interactions
+from learn_features.data.tables import parse_timestamps, read_table, require_columns, validate_catalog, validate_interactions
 from learn_features.errors import LearnFeaturesError
 
 YEAR_SUFFIX = re.compile(r"\s*\((\d{4})\)\s*$")
 MAX_TAGS_PER_ITEM = 12
+RATING_COLUMNS = ("userId", "movieId", "rating", "timestamp")
 
 
 def _require(directory: Path, name: str) -> Path:
@@ -26,11 +27,21 @@ def _require(directory: Path, name: str) -> Path:
     return path
 
 
+def load_movielens_ratings(path: str | Path) -> pd.DataFrame:
+    """A MovieLens ratings file as ``user_id``, ``item_id``, ``timestamp`` (UTC), ``rating``.
+
+    The one reader of ratings for both LEARN and the ranking experiment, so the two never
+    disagree on ids or times; each labels the ratings its own way.
+    """
+    path = Path(path)
+    raw = read_table(path)
+    require_columns(raw, RATING_COLUMNS, f"{path} (MovieLens ratings)")
+    return validate_interactions(raw.rename(columns={"userId": "user_id", "movieId": "item_id"}), str(path))
+
+
 def load_movielens_interactions(directory: str | Path) -> pd.DataFrame:
     """ratings.csv as the generic interactions schema; rating >= 4 is a positive label."""
-    path = _require(Path(directory), "ratings.csv")
-    raw = read_table(path).rename(columns={"userId": "user_id", "movieId": "item_id"})
-    interactions = validate_interactions(raw, str(path))
+    interactions = load_movielens_ratings(_require(Path(directory), "ratings.csv"))
     interactions["label"] = (interactions["rating"] >= 4.0).astype(int)
     return interactions
 

@@ -82,13 +82,22 @@ class Split:
         }
 
 
+def parse_time(value: str, field: str) -> pd.Timestamp:
+    """An ISO-8601 time from config ``field`` as UTC; naive means UTC, as in the data tables.
+
+    Shared by every configured time (the LEARN cut, the ranking periods) so that one string
+    names the same instant everywhere.
+    """
+    try:
+        ts = pd.Timestamp(value)
+    except ValueError as exc:
+        raise LearnFeaturesError(f"{field} {value!r} is not an ISO-8601 time: {exc}") from None
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
 def resolve_cut_time(interactions: pd.DataFrame, config: SplitConfig) -> pd.Timestamp:
     if config.cut_time:
-        try:
-            cut = pd.Timestamp(config.cut_time)
-        except ValueError as exc:
-            raise LearnFeaturesError(f"split.cut_time {config.cut_time!r} is not an ISO-8601 time: {exc}") from None
-        return cut.tz_localize("UTC") if cut.tzinfo is None else cut.tz_convert("UTC")
+        return parse_time(config.cut_time, "split.cut_time")
     ordered = interactions["timestamp"].sort_values(kind="stable").reset_index(drop=True)
     return ordered.iloc[int(config.cut_quantile * (len(ordered) - 1))]
 

@@ -1,6 +1,6 @@
 """Reading and validating the two inputs: an interactions table and an item catalog.
 
-Formats (CSV or Parquet, chosen by file extension):
+Formats (CSV, TSV or Parquet, chosen by file extension):
 - interactions: ``user_id``, ``item_id``, ``timestamp`` (unix seconds or ISO-8601), optional
   ``rating``, ``label`` (0/1) and ``event_type``;
 - catalog: ``item_id`` plus any text fields (title, category, brand, price, keywords,
@@ -23,6 +23,7 @@ from learn_features.errors import LearnFeaturesError
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 OPTIONAL_INTERACTION_COLUMNS = ("rating", "label", "event_type")
+MAX_UNIX_SECONDS = 9.2e9  # pandas' nanosecond timestamps end in 2262
 
 
 @dataclass
@@ -38,15 +39,16 @@ class LoadReport:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
+    """A CSV/TSV (every cell a string, so ids like ``007`` stay exact) or Parquet table."""
     path = Path(path)
     if not path.exists():
         raise LearnFeaturesError(f"{path}: file not found")
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return pd.read_csv(path, dtype=str, keep_default_na=True)
+    if suffix in (".csv", ".tsv"):
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=True)
     if suffix in (".parquet", ".pq"):
         return pd.read_parquet(path)
-    raise LearnFeaturesError(f"{path}: unsupported format {suffix!r}; use .csv or .parquet")
+    raise LearnFeaturesError(f"{path}: unsupported format {suffix!r}; use .csv, .tsv or .parquet")
 
 
 def _first_rows(mask: np.ndarray | pd.Series, limit: int = 5) -> str:
@@ -55,7 +57,8 @@ def _first_rows(mask: np.ndarray | pd.Series, limit: int = 5) -> str:
     return shown + (", ..." if rows.size > limit else "")
 
 
-def _require_columns(df: pd.DataFrame, columns: tuple[str, ...], source: str) -> None:
+def require_columns(df: pd.DataFrame, columns: tuple[str, ...], source: str) -> None:
+    """Refuse a table without ``columns``, listing what it has (a misnamed header is the usual cause)."""
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise LearnFeaturesError(f"{source}: missing required column(s) {missing}; found {list(df.columns)}")
@@ -80,7 +83,13 @@ def parse_timestamps(values: pd.Series, source: str, column: str = "timestamp") 
         parsed = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
     else:
         as_number = pd.to_numeric(values, errors="coerce")
-        parsed = pd.to_datetime(as_number, unit="s", utc=True, errors="coerce")
+        parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+        # Only numbers that can be unix seconds (before year 2262, nanosecond range) are
+        # converted: a millisecond timestamp or a stray huge value stays NaT and is reported
+        # below by row, instead of overflowing inside pandas.
+        seconds = as_number.abs() < MAX_UNIX_SECONDS
+        if seconds.any():
+            parsed[seconds] = pd.to_datetime(as_number[seconds], unit="s", utc=True)
         textual = as_number.isna() & values.notna()
         if textual.any():
             parsed[textual] = pd.to_datetime(values[textual], utc=True, errors="coerce", format="mixed")
@@ -96,7 +105,7 @@ def parse_timestamps(values: pd.Series, source: str, column: str = "timestamp") 
 
 def validate_interactions(df: pd.DataFrame, source: str) -> pd.DataFrame:
     """Normalise types (ids to str, timestamp to UTC) and reject rows that cannot be used."""
-    _require_columns(df, INTERACTION_COLUMNS, source)
+    require_columns(df, INTERACTION_COLUMNS, source)
     df = df.reset_index(drop=True)
     for column in ("user_id", "item_id", "timestamp"):
         _reject_empty(df, column, source)
@@ -130,7 +139,7 @@ def validate_interactions(df: pd.DataFrame, source: str) -> pd.DataFrame:
 
 def validate_catalog(df: pd.DataFrame, source: str, report: LoadReport | None = None) -> pd.DataFrame:
     """Item ids to str; identical duplicate rows are merged (and counted), conflicting ones refused."""
-    _require_columns(df, ("item_id",), source)
+    require_columns(df, ("item_id",), source)
     df = df.reset_index(drop=True)
     _reject_empty(df, "item_id", source)
     df = df.copy()

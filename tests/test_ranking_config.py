@@ -1,0 +1,123 @@
+"""Ranking config loading: the library's checks, the shipped MovieLens config, ``report --set``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from learn_features.config import from_dict
+from learn_features.config import load_config as load_library_config
+from learn_features.data.movielens import load_movielens_ratings
+from learn_features.data.split import SplitConfig as LearnSplitConfig
+from learn_features.data.split import resolve_cut_time
+from learn_features.errors import LearnFeaturesError
+from ranking.cli import register, report_config
+from ranking.config import EmbeddingConfig, load_config
+from ranking.dataset import movielens_impressions, resolve_periods
+from ranking.experiment import expected_model_version
+
+REPO = Path(__file__).resolve().parents[1]
+MOVIELENS_CONFIG = REPO / "ranking" / "configs" / "movielens.toml"
+
+
+@dataclass
+class _Inner:
+    mode: Literal["fast", "exact"] = "fast"
+    maybe: Literal["on"] | None = None
+
+
+@dataclass
+class _Outer:
+    inner: _Inner = field(default_factory=_Inner)
+
+
+def test_literal_values_must_be_one_of_the_choices(tmp_path):
+    assert from_dict(_Outer, {"inner": {"mode": "exact", "maybe": "on"}}, "").inner == _Inner("exact", "on")
+    assert from_dict(_Outer, {"inner": {"maybe": None}}, "").inner.maybe is None
+    with pytest.raises(LearnFeaturesError, match=r"^inner\.mode: 'slow' is not one of \['fast', 'exact'\]$"):
+        from_dict(_Outer, {"inner": {"mode": "slow"}}, "")
+    path = tmp_path / "c.toml"
+    path.write_text('[inner]\nmode = "exact"\n')
+    with pytest.raises(LearnFeaturesError, match=r"c\.toml: inner\.mode: 1 is not one of \['fast', 'exact'\]"):
+        load_library_config(_Outer, path, ["inner.mode=1"])
+
+
+def test_shipped_movielens_config_resolves_against_its_folder(monkeypatch):
+    config = load_config(MOVIELENS_CONFIG)
+    data = REPO / "data" / "ml-latest-small"
+    assert Path(config.data.interactions) == data / "ratings.csv" and (data / "ratings.csv").is_file()
+    assert Path(config.data.items) == data / "movies.csv" and (data / "movies.csv").is_file()
+    assert Path(config.embeddings.feast_repo) == REPO / "feature_repo" and (REPO / "feature_repo" / "feature_store.yaml").is_file()
+    assert Path(config.embeddings.run_dir) == REPO / "runs" / "movielens"
+    assert (config.embeddings.source, config.embeddings.expected_model_version) == ("feast", "run")
+    assert config.split.train_start == "embeddings"
+    monkeypatch.chdir(REPO)  # from the repository root, the "../../" folds away
+    assert load_config("ranking/configs/movielens.toml").data.interactions == "data/ml-latest-small/ratings.csv"
+
+
+def test_shipped_movielens_split_follows_the_learn_run():
+    """With training from the default LEARN run's data cut, the periods are in order
+    (train < validation < evaluation, LEARN cut <= ranking cut) and none is small."""
+    config = load_config(MOVIELENS_CONFIG)
+    learn_split = tomllib.loads((REPO / "training" / "configs" / "movielens.toml").read_text())["split"]
+    learn_cut = resolve_cut_time(
+        load_movielens_ratings(config.data.interactions), LearnSplitConfig(cut_quantile=learn_split["cut_quantile"])
+    )
+    impressions, _ = movielens_impressions(config.data.interactions)
+    periods = resolve_periods(impressions, dataclasses.replace(config.split, train_start=learn_cut.isoformat()))
+    assert learn_cut == periods.train_start < periods.valid_start < periods.cut < periods.eval_end
+    ts = impressions["timestamp"]
+    counts = [
+        ((ts >= periods.train_start) & (ts < periods.valid_start)).sum(),
+        ((ts >= periods.valid_start) & (ts < periods.cut)).sum(),
+        ((ts >= periods.cut) & (ts <= periods.eval_end)).sum(),
+    ]
+    assert min(counts) >= 2000, counts
+
+
+def _report_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="learn-features")
+    register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["report", "--config", str(MOVIELENS_CONFIG), "--out", "out", *argv])
+
+
+def test_report_set_overrides_the_config():
+    config = report_config(
+        _report_args(
+            "--set", "split.valid_fraction=0.2",
+            "--set", 'models=["lgbm_baseline"]',
+            "--set", "embeddings.source=none",
+            "--set", "data.items=elsewhere/movies.csv",
+        )
+    )  # fmt: skip
+    assert config.split.valid_fraction == 0.2 and config.models == ["lgbm_baseline"]
+    assert config.embeddings.source == "none"
+    assert config.data.items == "elsewhere/movies.csv"  # a command-line path is relative to the working directory
+    assert config.data.interactions == str(REPO / "data" / "ml-latest-small" / "ratings.csv")  # the file's: to the file
+
+    config = report_config(_report_args("--run-dir", "runs/other", "--set", 'embeddings.user_paths=["u.parquet"]'))
+    assert (config.embeddings.run_dir, config.embeddings.user_paths) == ("runs/other", [])  # --run-dir wins
+
+    with pytest.raises(LearnFeaturesError, match=r"movielens\.toml: embeddings\.source: 'parket' is not one of"):
+        report_config(_report_args("--set", "embeddings.source=parket"))
+    with pytest.raises(LearnFeaturesError, match=r"unknown key\(s\) \['valid_fracton'\]"):
+        report_config(_report_args("--set", "split.valid_fracton=0.2"))
+    with pytest.raises(LearnFeaturesError, match="LEARN models are requested"):
+        report_config(_report_args("--set", "embeddings.source=none"))
+
+
+def test_expected_model_version_from_the_run_manifest(tmp_path):
+    (tmp_path / "embeddings").mkdir()
+    (tmp_path / "embeddings" / "manifest.json").write_text(json.dumps({"as_of": "2016-03-22T08:26:11Z", "model_version": "learn_v1-abc"}))
+    assert expected_model_version(EmbeddingConfig(run_dir=str(tmp_path), expected_model_version="run")) == "learn_v1-abc"
+    assert expected_model_version(EmbeddingConfig(run_dir=str(tmp_path), expected_model_version="v2")) == "v2"
+    assert expected_model_version(EmbeddingConfig(run_dir=str(tmp_path))) is None
+    with pytest.raises(LearnFeaturesError, match=r"expected_model_version='run' needs embeddings\.run_dir"):
+        expected_model_version(EmbeddingConfig(run_dir=str(tmp_path / "missing"), expected_model_version="run"))
