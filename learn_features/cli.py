@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -31,6 +32,8 @@ def _pipeline_config(args: argparse.Namespace):
     if args.device:
         overrides += [f"train.device={json.dumps(args.device)}", f"llm.device={json.dumps(args.device)}",
                       f"text_encoder.device={json.dumps(args.device)}"]
+    if getattr(args, "shard", None):
+        overrides += [f"llm.shard={json.dumps(args.shard)}", f"text_encoder.shard={json.dumps(args.shard)}"]
     return load_config(PipelineConfig, args.config, overrides)
 
 
@@ -45,8 +48,9 @@ def _prepared(args: argparse.Namespace):
 
 def cmd_extract(args: argparse.Namespace) -> int:
     pipeline, prep = _prepared(args)
-    for content, path in pipeline.extract(prep, progress=not args.quiet).items():
-        print(f"{content}: {path}")
+    # os.environ: under torchrun without --shard, each rank embeds the shard RANK/WORLD_SIZE.
+    for content, result in pipeline.extract(prep, progress=not args.quiet, env=os.environ).items():
+        print(f"{content}: {result}")
     return 0
 
 
@@ -112,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         _add_pipeline_options(sub)
         if name == "train":
             sub.add_argument("--method", action="append", help="train only this method (repeatable); default: all in eval.methods")
+        if name == "extract":
+            sub.add_argument(
+                "--shard",
+                metavar="I/N",
+                help="embed only shard I of N (0-based) into the shared cache, for one of N GPUs or nodes; "
+                "default under torchrun: RANK/WORLD_SIZE (config: llm.shard, text_encoder.shard)",
+            )
         sub.set_defaults(func=func)
     # The delivery (Feast) and ranking-report commands live next to their code.
     from learn_features import feast_cli

@@ -4,6 +4,8 @@ Every stage reads the config, reloads and re-splits the data (seconds, determini
 writes its outputs atomically under ``run_dir``:
 
 - ``content/<encoder>.npz``: content embeddings aligned to the catalog (``extract``);
+- ``content/<encoder>/``: the same in the fp16 sharded store that training and inference
+  read row by row (built once from the ``.npz`` by the first stage that needs it);
 - ``models/<method>/{best,last}.pt``: trained towers, resumable (``train``);
 - ``embeddings/{user,item}_embeddings.parquet`` + ``manifest.json`` (``embed``);
 - ``metrics.json`` + ``metrics.md`` (``evaluate``).
@@ -14,23 +16,27 @@ checkpoint complete, and outputs are rewritten with identical content.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from learn_features.atomic import atomic_path, write_json_atomic, write_text_atomic
-from learn_features.cex.extractor import ContentExtractor, EncoderConfig
+from learn_features.cex.extractor import ContentExtractor, EncoderConfig, ShardPass
 from learn_features.cex.model_loading import pick_device
 from learn_features.cex.prompt import render_prompts
+from learn_features.cex.sharding import local_device, resolve_shard
 from learn_features.data.movielens import load_movielens_catalog, load_movielens_interactions
 from learn_features.data.split import Split, resolve_cut_time, split_dataset
 from learn_features.data.tables import Dataset, LoadReport, assemble, load_generic
 from learn_features.embeddings_io import ITEM_FILE, USER_FILE, EmbeddingTable, write_table
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
+from learn_features.pch.content_store import ContentStore, items_digest, iter_npz_rows, open_current, write_content_store
 from learn_features.pch.inference import MANIFEST, item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
 from learn_features.retrieval import rank_items
@@ -69,6 +75,9 @@ def prepare(config: PipelineConfig) -> Prepared:
     return Prepared(config, dataset, split)
 
 
+STORE_CHUNK_ROWS = 65_536  # rows read from the .npz per step while building a store
+
+
 def encoder_for(config: PipelineConfig, content: str) -> EncoderConfig:
     return config.llm if content == "llm" else config.text_encoder
 
@@ -77,30 +86,62 @@ def content_path(run_dir: Path, content: str) -> Path:
     return run_dir / "content" / f"{content}.npz"
 
 
-def extract(prep: Prepared, progress: bool = True) -> dict[str, Path]:
-    """Content embeddings for every catalog item, for each encoder the chosen methods use."""
+def extract(prep: Prepared, progress: bool = True, env: Mapping[str, str] | None = None) -> dict[str, Path | ShardPass]:
+    """Content embeddings for every catalog item, for each encoder the chosen methods use.
+
+    An encoder with a shard (``llm.shard``; with ``env``, torchrun's RANK/WORLD_SIZE when none
+    is set) only fills its share of the shared cache and assembles nothing: its value is the
+    ``ShardPass``, and a later unsharded extract finds everything cached and writes the npz.
+    """
     needed = sorted({m.content for m in get_methods(prep.config.eval.methods) if m.content != "ids"})
-    written = {}
+    written: dict[str, Path | ShardPass] = {}
     for content in needed:
         encoder = encoder_for(prep.config, content)
+        shard = resolve_shard(encoder.shard, env)
+        if env is not None:
+            encoder = replace(encoder, device=local_device(encoder.device, env))
         extractor = ContentExtractor(encoder, prep.config.cache_dir)
-        vectors = extractor.embed_texts(render_prompts(prep.dataset.catalog, encoder.prompt_template), progress)
+        prompts = render_prompts(prep.dataset.catalog, encoder.prompt_template)
+        if shard is not None:
+            written[content] = extractor.fill_cache(prompts, shard, progress)
+            continue
+        vectors = extractor.embed_texts(prompts, progress)
         path = content_path(prep.run_dir, content)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, item_ids=np.asarray(prep.split.item_ids), vectors=vectors, model=extractor.source.fingerprint)
+                np.savez(fh, item_ids=np.asarray(prep.split.item_ids), vectors=vectors, model=extractor.fingerprint)
         written[content] = path
     return written
 
 
-def load_content(prep: Prepared, content: str) -> np.ndarray:
+def content_store_dir(run_dir: Path, content: str) -> Path:
+    return run_dir / "content" / content
+
+
+def content_store(prep: Prepared, content: str) -> ContentStore:
+    """The run's content embeddings as an fp16 memory-mapped store, built from ``extract``'s
+    ``.npz`` once and rebuilt only when that file changes; nothing is re-extracted."""
     path = content_path(prep.run_dir, content)
     if not path.exists():
         raise LearnFeaturesError(f"{path}: content embeddings not found; run `learn-features extract` first")
-    with np.load(path) as data:
-        if data["item_ids"].tolist() != prep.split.item_ids:
-            raise LearnFeaturesError(f"{path}: items differ from the current catalog; re-run `learn-features extract`")
-        return data["vectors"]
+    stat = path.stat()
+    source = {"npz": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    directory = content_store_dir(prep.run_dir, content)
+    store = open_current(directory, source)
+    if store is None:
+        with np.load(path) as data:
+            if data["item_ids"].tolist() != prep.split.item_ids:
+                raise LearnFeaturesError(f"{path}: items differ from the current catalog; re-run `learn-features extract`")
+        store = write_content_store(directory, iter_npz_rows(path, "vectors", STORE_CHUNK_ROWS), prep.split.item_ids, source)
+    if store.items_sha256 != items_digest(prep.split.item_ids):
+        raise LearnFeaturesError(f"{directory}: items differ from the current catalog; re-run `learn-features extract`")
+    return store
+
+
+def content_stores(prep: Prepared) -> dict[str, ContentStore]:
+    """Every store the chosen methods read (built now if needed: a distributed run builds them on rank 0 first)."""
+    needed = sorted({m.content for m in get_methods(prep.config.eval.methods) if m.content != "ids"})
+    return {content: content_store(prep, content) for content in needed}
 
 
 def training_item_ids(split: Split) -> list[str]:
@@ -108,11 +149,11 @@ def training_item_ids(split: Split) -> list[str]:
     return [split.item_ids[i] for i in trained]
 
 
-def inputs_for(prep: Prepared, method: Method, device) -> ItemInputs:
+def inputs_for(prep: Prepared, method: Method, device: torch.device) -> ItemInputs:
     if method.content == "ids":
         trained = np.concatenate(list(prep.split.train.values()))
         return ItemInputs.from_training_items(len(prep.split.item_ids), trained, device)
-    return ItemInputs.from_content(load_content(prep, method.content), device)
+    return ItemInputs(store=content_store(prep, method.content))
 
 
 def train(prep: Prepared, only: list[str] | None = None, progress: bool = True) -> dict[str, TrainResult]:
@@ -141,7 +182,8 @@ def train(prep: Prepared, only: list[str] | None = None, progress: bool = True) 
 def method_vectors(prep: Prepared, method: Method, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(user vectors for ``histories``, item vectors for the whole catalog) of one method."""
     if not method.trained:
-        content = load_content(prep, method.content)
+        store = content_store(prep, method.content)
+        content = store.take(np.arange(len(store))).astype(np.float32)
         content = content / np.linalg.norm(content, axis=1, keepdims=True)
         users = np.stack([content[h].mean(axis=0) for h in histories])
         return users / np.linalg.norm(users, axis=1, keepdims=True), content

@@ -5,6 +5,16 @@ sequence: the part before the cut is the history (last N), the part after it the
 (first M). Sampling and dropout are seeded from (seed, epoch), so a run resumed from
 ``last.pt`` continues exactly as an uninterrupted one would. ``best.pt`` keeps the epoch with
 the best validation score (validation users only; test users never influence training).
+
+Speed (all off the CPU default path, which stays fp32 and bit-reproducible): bf16 autocast
+and a fused Adam/AdamW kernel on CUDA, batches built one step ahead in a background thread
+into pinned memory (``training.loader``), and optional ``torch.compile``. Attention goes
+through ``scaled_dot_product_attention`` with ``is_causal`` (see ``PCH.encode``).
+
+Under ``torchrun`` (``training.distributed``) the same loop runs data-parallel: every rank
+draws the same samples, takes its contiguous share of each global batch, and gathers the
+other ranks' targets as negatives (``training.collectives``), so the loss and the gradients
+are those of one process over the global batch; only rank 0 validates and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -12,11 +22,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -24,15 +40,19 @@ from learn_features.cex.model_loading import pick_device
 from learn_features.data.split import EvalUsers, Split
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
-from learn_features.pch.batching import pad_sequences
+from learn_features.pch.batching import Batch, make_batch
 from learn_features.pch.inference import item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
 from learn_features.pch.loss import dense_all_action_infonce
 from learn_features.pch.model import PCH, PCHConfig
 from learn_features.retrieval import rank_items, score_rankings
+from training.collectives import World, gather_targets
+from training.loader import prefetch, to_device_ahead
 
 LAST = "last.pt"
 BEST = "best.pt"
+# Execution choices that leave the training math unchanged: toggling them still resumes last.pt.
+RUNTIME_ONLY = ("prefetch", "compile")
 
 
 @dataclass
@@ -41,7 +61,7 @@ class TrainConfig:
 
     lr: float = 5e-5
     epochs: int = 10
-    batch_size: int = 30
+    batch_size: int = 30  # global: split over the ranks of a distributed run
     warmup_ratio: float = 0.1
     samples_per_user: int = 1
     weight_decay: float = 0.0
@@ -52,12 +72,19 @@ class TrainConfig:
     alpha: float = 10.0  # recency weights: w_i = log(alpha + i (beta - alpha) / (N - 1))
     beta: float = 10000.0
     select_metric: str = "recall@50"
+    optimizer: Literal["adam", "adamw"] = "adam"  # the paper says Adam; adamw decouples weight_decay
+    fused: bool = True  # fused optimizer kernel on CUDA (CPU keeps PyTorch's default kernel)
+    bf16: bool = True  # bf16 autocast on CUDA; CPU always runs fp32
+    prefetch: int = 1  # batches built ahead in a background thread (pinned on CUDA); 0 = inline
+    compile: bool = False  # torch.compile the towers; the first steps pay for compilation
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 2 or self.samples_per_user < 1:
             raise LearnFeaturesError("train.lr must be > 0, train.epochs >= 1, train.batch_size >= 2 (negatives come from other users), train.samples_per_user >= 1")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise LearnFeaturesError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.prefetch < 0:
+            raise LearnFeaturesError(f"train.prefetch must be >= 0 (batches built ahead), got {self.prefetch}")
 
 
 @dataclass
@@ -89,6 +116,76 @@ def _fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Adam (the paper's) or AdamW; on CUDA the fused kernel updates all parameters in one launch."""
+    optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    fused = {"fused": True} if config.fused and device.type == "cuda" else {}
+    return optimizer(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **fused)
+
+
+def step_module(model: PCH, config: TrainConfig, device: torch.device, world: World) -> nn.Module:
+    """What the training forward runs through: DDP when there are several ranks, then torch.compile.
+
+    Checkpoints and validation use ``model`` itself, so state dicts never carry wrapper prefixes.
+    """
+    module: nn.Module = model
+    if world.size > 1:
+        module = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None)
+    return torch.compile(module) if config.compile else module
+
+
+def global_batches(samples: list[tuple[np.ndarray, np.ndarray]], batch_size: int, world: World) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """The epoch's batches; a lone user has no in-batch negatives, and every rank needs a user."""
+    batches = [samples[start : start + batch_size] for start in range(0, len(samples), batch_size)]
+    return [batch for batch in batches if len(batch) >= max(2, world.size)]
+
+
+def host_batches(batches: list[list[tuple[np.ndarray, np.ndarray]]], inputs: ItemInputs, world: World, pin: bool) -> Iterator[Batch]:
+    """This rank's part of each global batch, built on the host (run ahead by ``prefetch``).
+
+    Targets are padded to the global batch's longest so that ranks can gather them.
+    """
+    for batch in batches:
+        host = make_batch(world.part(batch), inputs, target_length=max(len(t) for _, t in batch))
+        yield host.pin_memory() if pin else host
+
+
+def train_step(
+    module: nn.Module,
+    model: PCH,
+    batch: Batch,
+    global_size: int,
+    inputs: ItemInputs,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    world: World,
+    autocast: torch.autocast,
+) -> float:
+    """One optimizer step on this rank's part of a global batch of ``global_size`` users; returns the batch loss."""
+    with autocast:
+        users, items = module(inputs.lookup(batch.history, batch.rows), inputs.lookup(batch.targets, batch.rows))
+    all_items, all_lengths, first_user = gather_targets(world, items.float(), batch.target_lengths, global_size)
+    loss = dense_all_action_infonce(
+        users.float(), all_items, batch.history_lengths, all_lengths, model.config.temperature, config.alpha, config.beta,
+        first_user=first_user, global_batch=None if world.size == 1 else global_size,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    (loss * world.size).backward()  # DDP averages gradients over ranks; the ranks' loss shares must add up instead
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return world.sum(loss.detach()).item()
+
+
+def epoch_score(model: PCH, inputs: ItemInputs, split: Split, config: TrainConfig, mean_loss: float, world: World) -> float:
+    """Validation score (computed by rank 0, shared so every rank takes the same early-stopping decision)."""
+    if not len(split.val):
+        return -mean_loss
+    score = validation_score(model, inputs, split.val, len(split.item_ids), config.select_metric) if world.rank == 0 else None
+    return world.broadcast(score)
+
+
 def train_towers(
     out_dir: Path,
     model_config: PCHConfig,
@@ -101,13 +198,19 @@ def train_towers(
     trained_item_ids: list[str] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train (or resume, or skip if finished) and return where the best model is."""
+    """Train (or resume, or skip if finished) and return where the best model is.
+
+    Runs data-parallel when a torch.distributed process group is initialised (torchrun).
+    """
+    world = World.current()
+    lead = world.rank == 0
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(config.device)
-    fingerprint = _fingerprint(asdict(model_config), asdict(config), split.summary(), method, history_len, target_len)
+    math_config = {k: v for k, v in asdict(config).items() if k not in RUNTIME_ONLY}
+    fingerprint = _fingerprint(asdict(model_config), math_config, split.summary(), method, history_len, target_len)
     torch.manual_seed(config.seed)
     model = PCH(model_config, content_dim=inputs.content_dim, num_items=inputs.num_id_slots).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = build_optimizer(model, config, device)
     steps_per_epoch = math.ceil(len(split.train) * config.samples_per_user / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
@@ -121,56 +224,47 @@ def train_towers(
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
             state = saved["state"]
-        else:
+        elif lead:
             tqdm.write(f"[{method}] configuration or data changed since {last_path}; training from scratch")
 
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    n_items = len(split.item_ids)
+    module = step_module(model, config, device, world)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
+    step = partial(train_step, module, model, inputs=inputs, optimizer=optimizer, scheduler=scheduler, config=config, world=world, autocast=autocast)
     for epoch in range(state["epoch"] + 1, config.epochs):
         if state["bad_epochs"] >= config.patience:
             break
-        torch.manual_seed(config.seed * 100_003 + epoch)
+        torch.manual_seed((config.seed * 100_003 + epoch) * world.size + world.rank)  # own dropout per rank
         model.train()
-        samples = sample_epoch(split.train, config, history_len, target_len, epoch)
+        batches = global_batches(sample_epoch(split.train, config, history_len, target_len, epoch), config.batch_size, world)
         losses = []
-        for start in tqdm(range(0, len(samples), config.batch_size), desc=f"[{method}] epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False):
-            batch = samples[start : start + config.batch_size]
-            if len(batch) < 2:
-                continue  # a lone user has no in-batch negatives
-            history, history_lengths = pad_sequences([h for h, _ in batch], device)
-            targets, target_lengths = pad_sequences([t for _, t in batch], device)
-            with autocast:
-                users = model.user_embeddings(inputs.gather(history))
-                items = model.target_embeddings(inputs.gather(targets))
-            loss = dense_all_action_infonce(
-                users.float(), items.float(), history_lengths, target_lengths, model_config.temperature, config.alpha, config.beta
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
+        with closing(prefetch(host_batches(batches, inputs, world, pin=device.type == "cuda"), config.prefetch)) as ready:
+            steps = zip((len(b) for b in batches), to_device_ahead(ready, device))
+            desc = f"[{method}] epoch {epoch + 1}/{config.epochs}"
+            for global_size, batch in tqdm(steps, total=len(batches), desc=desc, disable=not (progress and lead), leave=False):
+                losses.append(step(batch, global_size))
         mean_loss = float(np.mean(losses)) if losses else float("nan")
-        score = validation_score(model, inputs, split.val, n_items, config.select_metric) if len(split.val) else -mean_loss
+        score = epoch_score(model, inputs, split, config, mean_loss, world)
         state["history"].append({"epoch": epoch + 1, "loss": mean_loss, f"val_{config.select_metric}": score})
-        if progress:
+        if progress and lead:
             tqdm.write(f"[{method}] epoch {epoch + 1}: loss {mean_loss:.4f}, validation {config.select_metric} {score:.4f}")
         if score > state["best_score"]:
             state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
             extra = {"method": method, "epoch": epoch + 1, "val_score": score, "fingerprint": fingerprint}
-            checkpoint.save(out_dir / BEST, checkpoint.model_payload(model, inputs.content_dim, trained_item_ids, extra))
+            if lead:
+                checkpoint.save(out_dir / BEST, checkpoint.model_payload(model, inputs.content_dim, trained_item_ids, extra))
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
-        checkpoint.save(
-            last_path,
-            {
-                "state_dict": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "state": state,
-                "fingerprint": fingerprint,
-            },
-        )
+        if lead:
+            checkpoint.save(
+                last_path,
+                {
+                    "state_dict": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "state": state,
+                    "fingerprint": fingerprint,
+                },
+            )
+    world.barrier()  # no rank moves on before rank 0 has written the checkpoints
     return TrainResult(out_dir / BEST, state["best_epoch"], state["best_score"], state["history"])

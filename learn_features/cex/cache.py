@@ -5,12 +5,17 @@ Layout: ``<root>/<namespace>/shard-*.npz``, each shard holding ``keys`` (hex dig
 interrupted extraction keeps every finished chunk and a re-run embeds only what is missing.
 Items whose text (or the template, or the model) changed get new keys, so they re-embed;
 stale vectors are simply never looked up again.
+
+Opening the cache reads only the keys of each shard; vectors are read when asked for, one
+shard file at a time. A worker of a sharded extraction over a large catalog therefore does
+not hold the whole cache in memory just to learn what is missing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -27,37 +32,54 @@ def cache_key(model_fingerprint: str, template: str, settings: str, text: str) -
 
 
 class EmbeddingCache:
-    """Append-only shard store; reading loads every shard of the namespace once."""
+    """Append-only shard store: an index of key -> (shard file, row), vectors read on demand."""
 
     def __init__(self, root: str | Path, namespace: str):
         safe = hashlib.sha256(namespace.encode()).hexdigest()[:16]
         self.directory = Path(root) / safe
-        self._index: dict[str, np.ndarray] | None = None
+        self._where: dict[str, tuple[Path, int]] | None = None
 
-    def _load(self) -> dict[str, np.ndarray]:
-        if self._index is None:
-            self._index = {}
+    def _index(self) -> dict[str, tuple[Path, int]]:
+        if self._where is None:
+            self._where = {}
             for shard in sorted(self.directory.glob("shard-*.npz")):
                 with np.load(shard) as data:
-                    self._index.update(zip(data["keys"].tolist(), data["vectors"]))
-        return self._index
+                    self._where.update((key, (shard, row)) for row, key in enumerate(data["keys"].tolist()))
+        return self._where
 
     def __contains__(self, key: str) -> bool:
-        return key in self._load()
+        return key in self._index()
 
     def __len__(self) -> int:
-        return len(self._load())
+        return len(self._index())
 
     def get_many(self, keys: list[str]) -> np.ndarray:
-        index = self._load()
-        return np.stack([index[k] for k in keys]).astype(np.float32)
-
-    def put_many(self, keys: list[str], vectors: np.ndarray) -> None:
+        """Vectors for ``keys`` in order (KeyError for a missing one), reading each shard file once."""
         if not keys:
-            return
-        vectors = np.asarray(vectors, dtype=np.float32)
+            return np.zeros((0, 0), np.float32)
+        index = self._index()
+        rows_by_shard: dict[Path, list[tuple[int, int]]] = defaultdict(list)
+        for position, key in enumerate(keys):
+            shard, row = index[key]
+            rows_by_shard[shard].append((position, row))
+        out = None
+        for shard, pairs in rows_by_shard.items():
+            positions, rows = map(list, zip(*pairs))
+            with np.load(shard) as data:
+                vectors = data["vectors"][rows]
+            if out is None:
+                out = np.empty((len(keys), vectors.shape[1]), np.float32)
+            out[positions] = vectors
+        return out
+
+    def write_shard(self, keys: list[str], vectors: np.ndarray) -> Path:
+        """Write one shard file atomically; touches no in-memory state, so any thread may call it."""
         target = self.directory / f"shard-{uuid.uuid4().hex}.npz"
         with atomic_path(target) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, keys=np.asarray(keys), vectors=vectors)
-        self._load().update(zip(keys, vectors))
+                np.savez(fh, keys=np.asarray(keys), vectors=np.asarray(vectors, dtype=np.float32))
+        return target
+
+    def register(self, shard: Path, keys: list[str]) -> None:
+        """Make a shard written by ``write_shard`` visible to lookups."""
+        self._index().update((key, (shard, row)) for row, key in enumerate(keys))

@@ -129,22 +129,47 @@ def is_decoder(config) -> bool:
     return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
-def load_frozen(source: ModelSource, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
-    """Return (tokenizer, model) in eval mode with gradients off, offline."""
-    from transformers import AutoModel, AutoTokenizer  # heavy import, only when a model is needed
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
+    """The backbone's tokenizer, offline, right-padding, with a pad token (decoders often lack one)."""
+    from transformers import AutoTokenizer  # heavy import, only when a model is needed
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.directory, trust_remote_code=trust_remote_code, **kwargs)
-        model = AutoModel.from_pretrained(
-            source.directory, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
-        )
     except (OSError, ValueError) as exc:
-        raise LearnFeaturesError(f"cannot load model from {source.directory}: {exc}") from exc
+        raise LearnFeaturesError(f"cannot load the tokenizer from {source.directory}: {exc}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def _from_pretrained(source: ModelSource, dtype: torch.dtype, trust_remote_code: bool):
+    """AutoModel with PyTorch SDPA attention (fused kernels on GPU) where the architecture has it.
+
+    Transformers refuses ``attn_implementation="sdpa"`` for an architecture without SDPA support
+    (e.g. some ``trust_remote_code`` models) before reading any weights; such a model loads
+    with its own default attention instead. A model that cannot load at all fails both tries,
+    and the second error is the one reported.
+    """
+    from transformers import AutoModel
+
+    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    try:
+        return AutoModel.from_pretrained(
+            source.directory, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation="sdpa", **kwargs
+        )
+    except (ValueError, TypeError):
+        return AutoModel.from_pretrained(source.directory, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
+
+
+def load_frozen(source: ModelSource, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
+    """Return (tokenizer, model) in eval mode with gradients off, offline."""
+    tokenizer = load_tokenizer(source, trust_remote_code)
+    try:
+        model = _from_pretrained(source, dtype, trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise LearnFeaturesError(f"cannot load model from {source.directory}: {exc}") from exc
     model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return tokenizer, model
-

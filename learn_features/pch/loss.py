@@ -12,6 +12,13 @@ Per user: L_b = sum_i w_bi * mean_j l_bij, with the paper's recency weights
 w_bi ∝ log(alpha + i * (beta - alpha) / (n_b - 1)) over the user's n_b real history
 positions (i = 0 oldest), normalised to sum to one. With n_b = 1 the single weight is 1.
 The batch loss is the mean of L_b over users.
+
+Data-parallel training splits a batch over processes. Each process passes its own users and
+the targets of *every* user in the batch (gathered across processes, see
+``training.collectives``), says where its users sit in that gathered batch (``first_user``)
+and how many real users the batch has (``global_batch``), and gets its share of the batch
+mean: sum of its L_b / global_batch. The shares add up to the one-process loss, with the same
+negatives. With the defaults (one process) nothing changes: the plain mean over the batch.
 """
 
 from __future__ import annotations
@@ -37,21 +44,30 @@ def dense_all_action_infonce(
     temperature: float,
     alpha: float = 10.0,
     beta: float = 10000.0,
+    first_user: int = 0,
+    global_batch: int | None = None,
 ) -> torch.Tensor:
-    """users (B, N, D), items (B, M, D), both L2-normalised; lengths count real positions."""
-    batch, n, dim = users.shape
-    m = items.shape[1]
-    device = users.device
-    target_valid = torch.arange(m, device=device).unsqueeze(0) < target_lengths.unsqueeze(1)  # (B, M)
-    logits = users.reshape(batch * n, dim) @ items.reshape(batch * m, dim).T / temperature  # (BN, BM)
-    logits = logits.float().view(batch, n, batch, m)
+    """users (B, N, D) and items (G, M, D), both L2-normalised; lengths count real positions.
 
-    other_user = ~torch.eye(batch, dtype=torch.bool, device=device)  # (B, B')
-    negative = other_user[:, None, :, None] & target_valid[None, None, :, :]  # (B, 1, B', M)
+    User b's own targets are items[first_user + b]. On one process G == B and first_user is 0;
+    rows of ``items`` with target length 0 (padding of a gathered batch) are never negatives.
+    """
+    batch, n, dim = users.shape
+    gathered, m = items.shape[:2]
+    device = users.device
+    target_valid = torch.arange(m, device=device).unsqueeze(0) < target_lengths.unsqueeze(1)  # (G, M)
+    logits = users.reshape(batch * n, dim) @ items.reshape(gathered * m, dim).T / temperature  # (BN, GM)
+    logits = logits.float().view(batch, n, gathered, m)
+
+    own_row = first_user + torch.arange(batch, device=device)  # (B,): each user's row in the gathered batch
+    other_user = own_row.unsqueeze(1) != torch.arange(gathered, device=device).unsqueeze(0)  # (B, G)
+    negative = other_user[:, None, :, None] & target_valid[None, None, :, :]  # (B, 1, G, M)
     lse_negative = logits.masked_fill(~negative, float("-inf")).flatten(2).logsumexp(dim=-1)  # (B, N)
 
-    own = logits.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (B, N, M): s_bij
+    own = logits[torch.arange(batch, device=device), :, own_row]  # (B, N, M): s_bij
+    own_valid = target_valid[own_row]  # (B, M)
     per_pair = F.softplus(lse_negative.unsqueeze(-1) - own)  # -inf negatives (batch of 1) give 0
-    per_position = (per_pair * target_valid.unsqueeze(1)).sum(-1) / target_lengths.clamp_min(1).unsqueeze(1)
+    per_position = (per_pair * own_valid.unsqueeze(1)).sum(-1) / target_lengths[own_row].clamp_min(1).unsqueeze(1)
     weights = recency_weights(history_lengths, n, alpha, beta)
-    return (weights * per_position).sum(dim=1).mean()
+    per_user = (weights * per_position).sum(dim=1)
+    return per_user.mean() if global_batch is None else per_user.sum() / global_batch

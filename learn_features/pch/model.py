@@ -80,7 +80,9 @@ class PCH(nn.Module):
         """(B, L, content_dim) floats or (B, L) ids -> (B, L, d_out) unit vectors, causally.
 
         Sequences are left-aligned with padding at the end; under the causal mask no real
-        position attends to a later (padded) one, so padding needs no key mask.
+        position attends to a later (padded) one, so padding needs no key mask. Passing
+        ``is_causal=True`` with no key mask lets attention drop the explicit mask and call
+        ``scaled_dot_product_attention(is_causal=True)``, which flash/memory-efficient kernels take.
         """
         x = self.input(items)
         length = x.shape[1]
@@ -90,6 +92,14 @@ class PCH(nn.Module):
         mask = nn.Transformer.generate_square_subsequent_mask(length, device=x.device, dtype=x.dtype)
         x = self.transformer(x, mask=mask, is_causal=True)
         return F.normalize(self.head(self.final_norm(x)), dim=-1)
+
+    def forward(self, history: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training step's towers: (user embeddings per history position, target embeddings).
+
+        Training goes through ``forward`` because DistributedDataParallel and torch.compile
+        wrap exactly this method.
+        """
+        return self.user_embeddings(history), self.target_embeddings(targets)
 
     def user_embeddings(self, history: torch.Tensor) -> torch.Tensor:
         """One user embedding per history position (the dense all-action loss uses them all)."""

@@ -1,0 +1,354 @@
+"""Content-extraction throughput: naive batching vs the project's ContentExtractor, same texts.
+
+Both paths embed the same texts with the same backbone, in one run:
+
+- **naive**: arrival order, fixed batches of ``--batch-size``, each padded to its longest
+  text, one forward and a host copy per batch; what a first implementation does;
+- **project**: ``ContentExtractor.embed_texts`` into an empty cache: texts sorted by token
+  length, batches cut in that order, pooled vectors kept on the device per chunk, cache
+  shards written by a background thread. Cache writing is part of its time.
+
+Texts are real MovieLens item prompts (``data/ml-latest-small`` through the project's own
+catalog and prompt code, all tags) drawn in random arrival order. ``--lengths longtail``
+instead cuts windows of those prompts' tokens to lengths drawn from a log-normal (median 96
+tokens, sigma 0.9, clipped to [8, --max-length]), the long-tailed shape of real product
+descriptions.
+
+FLOPs are counted on real tokens only (padding is waste, not work). For a decoder with
+``P`` non-embedding parameters, ``n_layers`` layers of width ``d``, a text of ``l`` tokens costs
+
+    FLOPs(l) = 2 * P * l  +  2 * n_layers * d * l * (l + 1)
+
+The first term is every weight used once per token (multiply + add); the second is causal
+attention, where token ``i`` scores ``i + 1`` keys (QK^T) and mixes ``i + 1`` values (AV), each
+``2 * d`` FLOPs per position, summed over ``i < l``. Embedding lookups and norms are left out.
+Achieved TFLOP/s is divided by the GPU's dense bf16 peak from its spec sheet (table below);
+on CPU, or for an unlisted GPU, the peak is "n/a".
+
+    .venv/bin/python bench/extract.py --model tiny --items 64                    # CPU smoke, seconds
+    .venv/bin/python bench/extract.py --model 7b-shape --items 8192 --lengths longtail   # GPU
+    .venv/bin/python bench/extract.py --model shipped:smollm2 --items 2048
+
+``7b-shape`` is a LlamaModel with Baichuan2-7B's shapes and RANDOM weights (throughput only):
+it is laid out on the meta device to count parameters, and materialized only on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from learn_features.cex.extractor import (  # noqa: E402
+    Backbone,
+    ContentExtractor,
+    EncoderConfig,
+    ExtractionStats,
+    plan_batches,
+    pool,
+)
+from learn_features.cex.model_loading import load_frozen, load_tokenizer, pick_device, pick_dtype, resolve_model  # noqa: E402
+from learn_features.cex.prompt import render_prompts  # noqa: E402
+from learn_features.data.movielens import load_movielens_catalog  # noqa: E402
+from learn_features.errors import LearnFeaturesError  # noqa: E402
+
+MODELS = ("tiny", "7b-shape", "shipped:smollm2")
+TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+BAICHUAN2_7B_SHAPE = dict(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    vocab_size=125696,
+    max_position_embeddings=4096,
+)
+# Dense bf16 tensor-core peaks in TFLOP/s: NVIDIA's data-sheet figures, halved where the sheet
+# quotes them with 2:4 sparsity. The first name contained in torch.cuda.get_device_name() wins,
+# so specific variants come before their family.
+PEAK_BF16_TFLOPS = (
+    ("H200 NVL", 835.5),
+    ("H200", 989.5),
+    ("H100 NVL", 835.5),
+    ("H100 PCIe", 756.5),
+    ("H100", 989.5),  # SXM
+    ("A100", 312.0),  # SXM and PCIe
+)
+LONGTAIL_MEDIAN, LONGTAIL_SIGMA, LONGTAIL_MIN = 96, 0.9, 8
+
+
+@dataclass
+class ModelInfo:
+    """What the FLOP count needs, plus how to label the weights."""
+
+    name: str
+    non_embedding_params: int
+    n_layers: int
+    hidden: int
+    random_weights: bool
+    attention: str
+
+
+@dataclass
+class PathResult:
+    """One path's row of the table."""
+
+    path: str
+    seconds: float
+    items_per_s: float
+    real_tokens_per_s: float
+    padding_fraction: float
+    tflops: float
+    peak_fraction: float | None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=MODELS, default="tiny")
+    parser.add_argument("--items", type=int, default=2048, help="texts to embed (MovieLens has 9,742; more are resampled)")
+    parser.add_argument("--lengths", choices=("movielens", "longtail"), default="movielens")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--chunk-size", type=int, default=512, help="items per cache shard (project path)")
+    parser.add_argument("--max-length", type=int, default=512, help="truncation, in tokens")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32")
+    parser.add_argument("--movielens-dir", type=Path, default=REPO / "data" / "ml-latest-small")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 on a busy small machine)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.items < 1 or args.batch_size < 1 or args.chunk_size < 1 or args.max_length < LONGTAIL_MIN:
+        parser.error(f"--items, --batch-size and --chunk-size must be positive and --max-length >= {LONGTAIL_MIN}")
+    return args
+
+
+# --- texts -------------------------------------------------------------------------------
+
+
+def movielens_prompts(directory: Path) -> list[str]:
+    return render_prompts(load_movielens_catalog(directory))
+
+
+def longtail_texts(prompts: list[str], n: int, tokenizer, max_length: int, rng: np.random.Generator) -> list[str]:
+    """``n`` windows of the prompts' token stream, with log-normal lengths: real words, long tail."""
+    stream = np.concatenate([np.asarray(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]])
+    lengths = np.clip(rng.lognormal(np.log(LONGTAIL_MEDIAN), LONGTAIL_SIGMA, n), LONGTAIL_MIN, max_length).astype(int)
+    starts = rng.integers(0, len(stream) - max_length, n)
+    return [tokenizer.decode(stream[s : s + length].tolist()) for s, length in zip(starts, lengths)]
+
+
+def sample_texts(args: argparse.Namespace, tokenizer, rng: np.random.Generator) -> list[str]:
+    prompts = movielens_prompts(args.movielens_dir)
+    if args.lengths == "longtail":
+        return longtail_texts(prompts, args.items, tokenizer, args.max_length, rng)
+    picked = rng.choice(len(prompts), args.items, replace=args.items > len(prompts))
+    return [prompts[i] for i in picked]
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+def non_embedding_params(model: torch.nn.Module) -> int:
+    embedding = model.get_input_embeddings().weight.numel()
+    return sum(p.numel() for p in model.parameters()) - embedding
+
+
+def random_llama(shape: dict, vocab_size: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """A LlamaModel (no lm_head) with random weights, built directly on ``device``."""
+    from transformers import AutoModel, LlamaConfig
+
+    config = LlamaConfig(**{"vocab_size": vocab_size, **shape})
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModel.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    return model.eval().requires_grad_(False)
+
+
+def model_info(name: str, model: torch.nn.Module, random_weights: bool) -> ModelInfo:
+    c = model.config
+    return ModelInfo(
+        name, non_embedding_params(model), c.num_hidden_layers, c.hidden_size, random_weights,
+        getattr(c, "_attn_implementation", None) or "default",
+    )
+
+
+def build_backbone(name: str, device: torch.device, dtype: torch.dtype) -> tuple[Backbone | None, ModelInfo]:
+    """The backbone to time, or None for ``7b-shape`` without a GPU (its info is still exact)."""
+    if name == "shipped:smollm2":
+        source = resolve_model(name)
+        tokenizer, model = load_frozen(source, device, dtype)
+        return Backbone(tokenizer, model, source.fingerprint), model_info(name, model, random_weights=False)
+    if name == "tiny":
+        tokenizer = load_tokenizer(resolve_model("shipped:minilm"))
+        model = random_llama(TINY_SHAPE, len(tokenizer), device, dtype)
+        return Backbone(tokenizer, model, "random:tiny"), model_info(name, model, random_weights=True)
+    tokenizer = load_tokenizer(resolve_model("shipped:smollm2"))  # BPE, ids < 125696: a stand-in for Baichuan2's
+    meta = random_llama(BAICHUAN2_7B_SHAPE, BAICHUAN2_7B_SHAPE["vocab_size"], torch.device("meta"), dtype)
+    info = model_info(name, meta, random_weights=True)
+    if device.type != "cuda":
+        return Backbone(tokenizer, meta, "random:7b-shape"), info
+    model = random_llama(BAICHUAN2_7B_SHAPE, BAICHUAN2_7B_SHAPE["vocab_size"], device, dtype)
+    return Backbone(tokenizer, model, "random:7b-shape"), info
+
+
+# --- measurement -------------------------------------------------------------------------
+
+
+def flops(lengths: list[int], info: ModelInfo) -> float:
+    """Useful FLOPs of embedding texts of these token lengths (formula in the module docstring)."""
+    total = 0.0
+    for length in lengths:
+        total += 2.0 * info.non_embedding_params * length + 2.0 * info.n_layers * info.hidden * length * (length + 1)
+    return total
+
+
+def planned_padding(lengths: list[int], batch_size: int, chunk_size: int) -> dict[str, float]:
+    """Padding fraction of each path from the token lengths alone: exact, and the same on any device."""
+    naive, project = ExtractionStats(), ExtractionStats()
+    for start in range(0, len(lengths), batch_size):
+        naive.add_batch(lengths[start : start + batch_size])
+    for chunk in plan_batches(lengths, batch_size, chunk_size):
+        for rows in chunk:
+            project.add_batch([lengths[i] for i in rows])
+    return {"naive": naive.padding_fraction, "project": project.padding_fraction}
+
+
+def peak_tflops(device: torch.device, dtype: torch.dtype) -> tuple[str, float | None]:
+    """(device name, dense bf16/fp16 peak) or a None peak where no comparison is meaningful."""
+    if device.type != "cuda":
+        return "cpu", None
+    name = torch.cuda.get_device_name(device)
+    if dtype not in (torch.bfloat16, torch.float16):
+        return name, None
+    return name, next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
+
+
+def timed(fn: Callable[[], tuple[np.ndarray, ExtractionStats]], device: torch.device) -> tuple[np.ndarray, ExtractionStats, float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    vectors, stats = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return vectors, stats, time.perf_counter() - start
+
+
+@torch.inference_mode()
+def naive_pass(extractor: ContentExtractor, backbone: Backbone, texts: list[str]) -> tuple[np.ndarray, ExtractionStats]:
+    """Arrival order, fixed batches padded to their longest text, a host copy per batch.
+
+    Tokenized by the extractor, so both paths feed the model the very same token ids.
+    """
+    encoded, batch_size, device = extractor.tokenize(texts), extractor.config.batch_size, extractor.device
+    stats, out = ExtractionStats(), []
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start : start + batch_size]
+        padded = backbone.tokenizer.pad({"input_ids": batch}, padding=True, return_tensors="pt")
+        input_ids, mask = padded["input_ids"].to(device), padded["attention_mask"].to(device)
+        hidden = backbone.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        out.append(pool(hidden, mask, extractor.config.pooling).cpu().numpy())
+        stats.add_batch([len(ids) for ids in batch])
+    return np.concatenate(out), stats
+
+
+def project_pass(config: EncoderConfig, backbone: Backbone, texts: list[str]) -> tuple[np.ndarray, ExtractionStats]:
+    """The pipeline's own path, into a fresh cache so that every text is computed."""
+    with tempfile.TemporaryDirectory(prefix="bench-extract-cache-") as cache:
+        extractor = ContentExtractor(config, cache, backbone)
+        return extractor.embed_texts(texts, progress=False), extractor.stats
+
+
+def result(path: str, seconds: float, stats: ExtractionStats, work: float, peak: float | None) -> PathResult:
+    tflops = work / seconds / 1e12
+    return PathResult(
+        path, seconds, stats.items / seconds, stats.real_tokens / seconds, stats.padding_fraction, tflops,
+        tflops / peak if peak else None,
+    )
+
+
+# --- report ------------------------------------------------------------------------------
+
+
+def describe(args: argparse.Namespace, info: ModelInfo, device_name: str, dtype: torch.dtype, peak: float | None) -> None:
+    weights = "RANDOM weights (throughput only; the vectors mean nothing)" if info.random_weights else "real weights"
+    print(f"model: {info.name}, {weights}")
+    print(f"  {info.non_embedding_params / 1e6:,.1f}M non-embedding params, {info.n_layers} layers, hidden {info.hidden}, "
+          f"attention {info.attention}")
+    print(f"  FLOPs/token = 2 x non-embedding params = {2 * info.non_embedding_params / 1e9:.4g} GFLOP, plus causal attention")
+    print(f"device: {device_name}, dtype {str(dtype).removeprefix('torch.')}; "
+          + (f"peak: {peak:.1f} TFLOP/s dense bf16" if peak else "peak: n/a"))
+    print(f"batch size {args.batch_size}, chunk size {args.chunk_size}, max length {args.max_length}, lengths: {args.lengths}")
+
+
+def print_table(rows: list[PathResult]) -> None:
+    print(f"{'path':<8} {'seconds':>8} {'items/s':>10} {'real tok/s':>11} {'padding':>8} {'TFLOP/s':>9} {'of peak':>8}")
+    for r in rows:
+        share = f"{r.peak_fraction:.1%}" if r.peak_fraction is not None else "n/a"
+        print(f"{r.path:<8} {r.seconds:>8.3f} {r.items_per_s:>10.1f} {r.real_tokens_per_s:>11.0f} "
+              f"{r.padding_fraction:>8.1%} {r.tflops:>9.4f} {share:>8}")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the benchmark, print its table, return the numbers (for --json)."""
+    device = pick_device(args.device)
+    dtype = pick_dtype(device, args.dtype)
+    backbone, info = build_backbone(args.model, device, dtype)
+    device_name, peak = peak_tflops(device, dtype)
+    describe(args, info, device_name, dtype, peak)
+    config = EncoderConfig(model=args.model, max_length=args.max_length, batch_size=args.batch_size,
+                           chunk_size=args.chunk_size, device=str(device), dtype=args.dtype)
+    extractor = ContentExtractor(config, tempfile.gettempdir(), backbone)
+    texts = sample_texts(args, backbone.tokenizer, np.random.default_rng(args.seed))
+    lengths = [len(ids) for ids in extractor.tokenize(texts)]
+    print(f"texts: {len(texts)}, tokens p50 {np.percentile(lengths, 50):.0f}, p90 {np.percentile(lengths, 90):.0f}, "
+          f"p99 {np.percentile(lengths, 99):.0f}, max {max(lengths)}")
+    padding = planned_padding(lengths, args.batch_size, args.chunk_size)
+    print(f"padding from the token lengths: naive {padding['naive']:.1%}, project {padding['project']:.1%}")
+    report = {"args": {k: str(v) for k, v in vars(args).items()}, "model": asdict(info), "device": device_name,
+              "dtype": str(dtype), "peak_tflops": peak, "flops_per_token": 2 * info.non_embedding_params,
+              "planned_padding": padding}
+    if next(backbone.model.parameters()).device.type == "meta":
+        print("not timed: --model 7b-shape is materialized only on a GPU (28 GB of fp32 weights otherwise)")
+        return report
+    work = flops(lengths, info)
+    naive_pass(extractor, backbone, texts[: args.batch_size])  # warm-up: CUDA context, kernel choice
+    naive_vectors, naive_stats, naive_s = timed(lambda: naive_pass(extractor, backbone, texts), device)
+    project_vectors, project_stats, project_s = timed(lambda: project_pass(config, backbone, texts), device)
+    rows = [result("naive", naive_s, naive_stats, work, peak), result("project", project_s, project_stats, work, peak)]
+    print_table(rows)
+    print(f"project/naive: {rows[1].items_per_s / rows[0].items_per_s:.2f}x items/s")
+    print(f"max |naive - project| over all vectors: {np.abs(naive_vectors - project_vectors).max():.2e} "
+          "(padding-invariant pooling: differences are rounding only)")
+    report["results"] = [asdict(r) for r in rows]
+    report["speedup"] = rows[1].items_per_s / rows[0].items_per_s
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        report = run(args)
+    except LearnFeaturesError as exc:
+        print(f"bench/extract.py: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
