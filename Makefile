@@ -24,13 +24,13 @@ install: $(STAMP)
 
 ## The main job end to end on the embedded default: MovieLens + SmolLM2 -> LEARN embeddings
 ## and retrieval metrics -> Feast (SQLite online store) -> ranking report.
-## MovieLens is history (2016-2018), so the embeddings are published twice (docs/feast.md):
-## as of the LEARN data cut, for the ranker's point-in-time joins, and live, for serving.
+## MovieLens is history (2016-2018): the ranker's point-in-time joins read a per-run replay
+## repo (runs/movielens/feast_replay) stamped at the LEARN data cut; see docs/feast.md.
 run: $(STAMP)
 	$(BIN)/learn-features run --config $(CONFIG) --run-dir $(RUN_DIR)
-	$(BIN)/learn-features publish --run-dir $(RUN_DIR) --repo feature_repo --event-time as-of
 	$(BIN)/learn-features publish --run-dir $(RUN_DIR) --repo feature_repo
 	cd feature_repo && $(BIN)/feast apply && $(BIN)/feast materialize-incremental $$(date -u +%Y-%m-%dT%H:%M:%S)
+	$(BIN)/learn-features publish --run-dir $(RUN_DIR) --repo feature_repo --replay
 	$(BIN)/learn-features report --config $(RANKING_CONFIG) --run-dir $(RUN_DIR) --out $(RUN_DIR)/report
 
 ## The test suite, exactly as CI runs it.

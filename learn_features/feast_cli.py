@@ -21,6 +21,9 @@ Reads <run-dir>/embeddings/{{user,item}}_embeddings.parquet and manifest.json, v
 them, and commits them atomically as one publication under <repo>/data/offline/.
 Re-running with the same run is a no-op. Then load them online from the repo folder:
   cd <repo> && feast apply && feast materialize-incremental $(date -u +%Y-%m-%dT%H:%M:%S)
+
+With --replay the vectors go, stamped at the run's data cut, into <run-dir>/feast_replay
+instead: a per-run copy of the repo for point-in-time joins of historical impressions.
 """
 
 EMBED_HELP = "Embed new catalog items from text with a trained run and push them online."
@@ -45,6 +48,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="Feast event timestamp of the rows: 'now' (default), 'as-of' (the run's data cutoff, for "
         "offline replays), or an ISO time with zone; must be later than every earlier publication",
     )
+    publish.add_argument(
+        "--replay",
+        action="store_true",
+        help="instead of publishing live, publish the run's vectors as of its data cut into its own "
+        "replay repo <run-dir>/feast_replay (definitions copied from --repo, registry applied), for "
+        "point-in-time joins of historical impressions such as the ranking report's",
+    )
     publish.set_defaults(func=run_publish)
 
     embed = subparsers.add_parser("embed-items", help=EMBED_HELP, description=EMBED_DESCRIPTION, formatter_class=raw)
@@ -62,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run_publish(args: argparse.Namespace) -> int:
+    if args.replay:
+        return _run_replay(args)
     from learn_features.feast_publish import publish_run
 
     result = publish_run(args.run_dir, args.repo, args.event_time)
@@ -74,6 +86,18 @@ def run_publish(args: argparse.Namespace) -> int:
         f"dim {pub.dim}, event time {pub.published_at.isoformat()} -> {pub.path}"
     )
     print(f"next: cd {args.repo} && feast apply && feast materialize-incremental $(date -u +%Y-%m-%dT%H:%M:%S)")
+    return 0
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    if args.event_time != "now":
+        raise LearnFeaturesError("publish --replay always stamps the run's as_of; drop --event-time")
+    from learn_features.feast_replay import publish_replay, replay_repo_path
+
+    result = publish_replay(args.run_dir, args.repo)
+    pub = result.publication
+    state = "published" if result.created else "already published"
+    print(f"replay: {pub.model_version} {state} as of {pub.published_at.isoformat()} in {replay_repo_path(args.run_dir)} (applied)")
     return 0
 
 

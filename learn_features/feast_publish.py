@@ -25,9 +25,8 @@ Rules, all enforced here:
   published. A version already published with *different* vectors is refused: a version
   string must name one set of vectors, or user and item vectors of "the same" version
   could mix.
-* One version may therefore be published twice on purpose: first as of its data cut (a
-  replay, so point-in-time joins of historical impressions see it), then live at "now"
-  (so materialize-incremental and online serving see it). ``make run`` does exactly that.
+* Replays of history (vectors stamped at the run's data cut) go to a per-run copy of the
+  repo, not here: see ``feast_replay``.
 * Re-publishing an older version (same vectors) is a rollback: a new publication that is
   newer than everything else.
 * Pushed cold-start items (``kind == "push"``) must carry the active full version.
@@ -310,6 +309,11 @@ def _load_run_table(path: Path, entity: Entity, model_version: str, dim: int) ->
     return EntityVectors.sorted(df[id_column(entity)].astype(str).to_numpy(), matrix)
 
 
+def run_model_version(run_dir: str | Path) -> str:
+    """The model version a run's embed step stamped on its vectors (its manifest's)."""
+    return str(_read_run_manifest(Path(run_dir))["model_version"])
+
+
 def parse_event_time(value: str, as_of: object) -> pd.Timestamp | None:
     """``now`` → None (publish time), ``as-of`` → the run's as_of, else an ISO time with zone."""
     if value == "now":
@@ -343,9 +347,8 @@ def publish_run(run_dir: str | Path, repo_path: str | Path, event_time: str = "n
         pubs = list_publications(repo_path)
         full = [p for p in pubs if p.kind == "full"]
         same = [p for p in full if p.model_version == version and p.digest == digest]
-        as_of = parse_event_time("as-of", manifest["as_of"])
-        if requested is None and same and full[-1] is same[-1] and full[-1].published_at != as_of:
-            return PublishResult(full[-1], created=False)  # already live (not just a replay)
+        if requested is None and same and full[-1] is same[-1]:
+            return PublishResult(full[-1], created=False)  # already the active publication
         done = next((p for p in same if p.published_at == requested), None)
         if done is not None:
             return PublishResult(done, created=False)  # this replay was published before

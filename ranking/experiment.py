@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from learn_features.feast_replay import replay_repo_path
 from learn_features.data.split import parse_time
 from learn_features.embeddings_io import ITEM_FILE, USER_FILE
 from learn_features.errors import LearnFeaturesError
@@ -105,13 +106,20 @@ def embedding_paths(cfg: EmbeddingConfig) -> tuple[list[Path], list[Path]]:
     return [folder / USER_FILE], [folder / ITEM_FILE]
 
 
+def feast_repo_for(cfg: EmbeddingConfig) -> str:
+    """``feast_repo``, else the LEARN run's replay repo (``learn-features publish --replay``)."""
+    if cfg.feast_repo is not None:
+        return cfg.feast_repo
+    if cfg.run_dir is None:
+        raise LearnFeaturesError("embeddings.source='feast' needs embeddings.feast_repo or embeddings.run_dir (or --run-dir)")
+    return str(replay_repo_path(cfg.run_dir))
+
+
 def make_joiner(cfg: EmbeddingConfig) -> EmbeddingJoiner | None:
     if cfg.source == "none":
         return None
     if cfg.source == "feast":
-        if cfg.feast_repo is None:
-            raise LearnFeaturesError("embeddings.source='feast' needs embeddings.feast_repo")
-        return FeastEmbeddingJoiner(cfg.feast_repo)
+        return FeastEmbeddingJoiner(feast_repo_for(cfg))
     users, items = embedding_paths(cfg)
     max_age = None if cfg.max_age_days is None else pd.Timedelta(days=cfg.max_age_days)
     return ParquetEmbeddingJoiner(users, items, max_age)
@@ -362,6 +370,6 @@ def data_fingerprint(
         "periods": dataset.periods.to_dict(),
         "learn_model_data_cut": None if learn_cut is None else learn_cut.isoformat(),
         "embedding_source": emb.source,
-        "feast_repo": emb.feast_repo if emb.source == "feast" else None,
+        "feast_repo": feast_repo_for(emb) if emb.source == "feast" else None,
         "splits": splits,
     }

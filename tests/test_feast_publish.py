@@ -143,22 +143,6 @@ def test_event_time_options(repo: Path, tmp_path: Path) -> None:
     )
 
 
-def test_replay_then_live_publication_of_one_version_and_rerun(repo: Path, tmp_path: Path) -> None:
-    """As of the data cut for historical joins, then live at now; running both again adds nothing."""
-    run = write_run(tmp_path / "run", "v1", 4, 6, 4, seed=11, as_of="2016-03-22T08:26:11+00:00")
-    replay = publish_run(run.run_dir, repo, event_time="as-of")
-    live = publish_run(run.run_dir, repo)
-    assert replay.created and live.created
-    assert replay.publication.published_at == pd.Timestamp("2016-03-22T08:26:11Z")
-    assert live.publication.published_at > pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=5)
-    files = publication_files(repo)
-    assert not publish_run(run.run_dir, repo, event_time="as-of").created
-    assert not publish_run(run.run_dir, repo).created
-    assert publication_files(repo) == files
-    assert active_publication(repo) == live.publication
-    assert len(_rows(repo, "item")) == 12  # the same 6 vectors at two times
-
-
 def _rewrite(path: Path, change) -> None:  # type: ignore[no-untyped-def]
     table = pq.read_table(path)
     pq.write_table(change(table), path)

@@ -21,7 +21,7 @@ from learn_features.errors import LearnFeaturesError
 from ranking.cli import register, report_config
 from ranking.config import EmbeddingConfig, load_config
 from ranking.dataset import movielens_impressions, resolve_periods
-from ranking.experiment import expected_model_version
+from ranking.experiment import expected_model_version, feast_repo_for
 
 REPO = Path(__file__).resolve().parents[1]
 MOVIELENS_CONFIG = REPO / "ranking" / "configs" / "movielens.toml"
@@ -54,7 +54,8 @@ def test_shipped_movielens_config_resolves_against_its_folder(monkeypatch):
     data = REPO / "data" / "ml-latest-small"
     assert Path(config.data.interactions) == data / "ratings.csv" and (data / "ratings.csv").is_file()
     assert Path(config.data.items) == data / "movies.csv" and (data / "movies.csv").is_file()
-    assert Path(config.embeddings.feast_repo) == REPO / "feature_repo" and (REPO / "feature_repo" / "feature_store.yaml").is_file()
+    assert config.embeddings.feast_repo is None  # the run's replay repo
+    assert Path(feast_repo_for(config.embeddings)) == REPO / "runs" / "movielens" / "feast_replay"
     assert Path(config.embeddings.run_dir) == REPO / "runs" / "movielens"
     assert (config.embeddings.source, config.embeddings.expected_model_version) == ("feast", "run")
     assert config.split.train_start == "embeddings"
