@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from learn_features.data.tables import read_table, require_columns
 from learn_features.embeddings_io import write_table
 from learn_features.errors import LearnFeaturesError
 
@@ -102,24 +103,12 @@ def _run_replay(args: argparse.Namespace) -> int:
 
 
 def read_catalog(path: Path) -> pd.DataFrame:
-    """New catalog rows with string item ids; CSV or Parquet by extension."""
-    if not path.is_file():
-        raise LearnFeaturesError(f"{path}: catalog file not found")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        catalog = pd.read_csv(path, dtype={"item_id": str}, keep_default_na=False)
-    elif suffix in (".parquet", ".pq"):
-        catalog = pd.read_parquet(path)
-    else:
-        raise LearnFeaturesError(f"{path}: catalog must be .csv or .parquet")
-    if "item_id" not in catalog.columns:
-        raise LearnFeaturesError(f"{path}: missing column 'item_id'; found {list(catalog.columns)}")
+    """New catalog rows, read exactly as training reads its catalog (CSV cells stay strings),
+    so an item's prompt, and hence its vector, is the same as in a batch run."""
+    catalog = read_table(path)
+    require_columns(catalog, ("item_id",), str(path))
     if catalog.empty:
         raise LearnFeaturesError(f"{path}: catalog has no rows")
-    empty = catalog["item_id"].isna() | (catalog["item_id"].astype(str).str.strip() == "")
-    if empty.any():
-        raise LearnFeaturesError(f"{path}: row {int(empty.to_numpy().nonzero()[0][0])}: item_id is empty")
-    catalog["item_id"] = catalog["item_id"].astype(str)
     return catalog
 
 

@@ -51,6 +51,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from learn_features.atomic import write_json_atomic
 from learn_features.embeddings_io import (
     ITEM_FILE,
     USER_FILE,
@@ -68,6 +69,7 @@ STAGING_DIR = Path("data") / "staging"
 LOCK_FILE = Path("data") / ".publish.lock"
 RUN_MANIFEST_KEYS = ("model_version", "dim", "as_of", "created_at")
 ONE_MICROSECOND = pd.Timedelta(microseconds=1)
+MAX_LIST_VALUES = 2**31 - 1  # int32 list offsets
 
 Kind = Literal["full", "push"]
 
@@ -195,16 +197,36 @@ def _arrow_table(entity: Entity, table: EntityVectors, published_at: pd.Timestam
     """
     names = FIELDS[entity]
     n, dim = table.vectors.shape
-    offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32) if n else np.zeros(1, np.int32))
     ts_us = published_at.value // 1000
     return pa.table(
         {
             names.join_key: pa.array(table.ids.tolist(), pa.string()),
-            names.embedding: pa.ListArray.from_arrays(offsets, pa.array(table.vectors.reshape(-1), pa.float32())),
+            names.embedding: _list_column(table.vectors),
             "event_timestamp": pa.array(np.full(n, ts_us, dtype=np.int64), pa.timestamp("us", tz="UTC")),
             names.model_version: pa.array([model_version] * n, pa.string()),
         }
     )
+
+
+def _list_column(vectors: np.ndarray) -> pa.ChunkedArray:
+    """``list<float32>`` rows in chunks of under 2^31 values: a list array's int32 offsets
+    would wrap past that (e.g. 34M users x 64 dims) and silently corrupt the vectors."""
+    n, dim = vectors.shape
+    step = max(1, MAX_LIST_VALUES // max(dim, 1))
+    chunks = [
+        pa.ListArray.from_arrays(
+            pa.array(np.arange(0, (len(block) + 1) * dim, dim, dtype=np.int32)),
+            pa.array(block.reshape(-1), pa.float32()),
+        )
+        for block in (vectors[start : start + step] for start in range(0, n, step))
+    ]
+    return pa.chunked_array(chunks, type=pa.list_(pa.float32()))
+
+
+def _flat_values(column: pa.ChunkedArray) -> np.ndarray:
+    """All floats of a ``list<float32>`` column, chunk by chunk (never combined past int32)."""
+    parts = [chunk.flatten().to_numpy() for chunk in column.chunks]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -261,7 +283,7 @@ def commit_publication(
             "rows": {entity: int(t.vectors.shape[0]) for entity, t in tables.items()},
             "source": source,
         }
-        (staged / PUBLICATION_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_json_atomic(staged / PUBLICATION_FILE, meta)  # fsynced before the directory is committed
         _fsync_dir(staged)
         final = offline / pub_id
         os.rename(staged, final)  # the commit point: one atomic rename within data/
@@ -384,7 +406,7 @@ def read_published(repo_path: str | Path, entity: Entity, model_version: str) ->
             continue
         tbl = pq.read_table(path, columns=[names.join_key, names.embedding])
         chunk_ids = tbl.column(names.join_key).to_pylist()
-        flat = tbl.column(names.embedding).combine_chunks().flatten().to_numpy()
+        flat = _flat_values(tbl.column(names.embedding))
         chunks.append(flat.reshape(len(chunk_ids), pub.dim))
         for i in chunk_ids:
             latest[i] = len(ids)  # later publications override earlier rows

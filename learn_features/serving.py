@@ -8,7 +8,8 @@ Its guarantees, which a ranker can rely on without re-checking:
   NaN. Nothing is ever filled with zeros that could pass for a real vector.
 * A user and an item vector of different model versions are never combined: such a
   candidate is flagged ``version_mismatch`` and gets a NaN vector row and NaN score.
-  The reference version is the one pinned on the client, else the user's own.
+  The reference version is the one pinned on the client, else the user's own, else (unknown
+  user) the most common version among the candidates.
 * A vector older than ``max_age`` (default ``STALE_AFTER``, 180 days) is flagged ``stale`` but
   still scored; whether to trust it is the ranker's policy.
 * An unreachable online store raises ``LearnFeaturesError`` naming the config file.
@@ -17,6 +18,7 @@ Its guarantees, which a ranker can rely on without re-checking:
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -146,6 +148,8 @@ class LearnFeatureClient:
         items = self._read(ITEM, ids) if ids else _Read([], [], np.zeros(0))
         user_vec, user_ver = user.vectors[0], user.versions[0]
         reference = self.model_version if self.model_version is not None else user_ver
+        if reference is None:  # no pin and no user vector: still never hand out a mix of versions
+            reference = _most_common([v for v in items.versions if v is not None])
         user_mismatch = user_vec is not None and self.model_version is not None and user_ver != self.model_version
         dim = len(user_vec) if user_vec is not None else next((len(v) for v in items.vectors if v is not None), 0)
 
@@ -184,3 +188,8 @@ class LearnFeatureClient:
             model_version=reference,
             metric=self.metric,
         )
+
+
+def _most_common(versions: list[str]) -> str | None:
+    """The most frequent version (the first seen wins a tie), or None for an empty list."""
+    return Counter(versions).most_common(1)[0][0] if versions else None

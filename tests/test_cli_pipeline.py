@@ -158,3 +158,19 @@ def test_every_subcommand_has_help(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "--config" in capsys.readouterr().out
+
+
+def test_embed_items_reproduces_the_published_vector_of_a_catalog_row(finished_run, tmp_path):
+    """`embed-items` on a row of the run's own catalog CSV gives the vector `embed` published:
+    same reader (cells stay strings), same prompt, same fp16 content rounding."""
+    root, _ = finished_run
+    catalog = pd.read_parquet(root / "catalog.parquet")
+    row = tmp_path / "row.csv"
+    catalog.iloc[[5]].to_csv(row, index=False)
+    out = tmp_path / "vec.parquet"
+    assert main(["embed-items", "--run-dir", str(root / "run"), "--catalog", str(row), "--output", str(out)]) == 0
+    item = catalog["item_id"].iloc[5]
+    published = read_frame(root / "run" / "embeddings" / ITEM_FILE, "item")
+    want = published.loc[published["item_id"] == item, "embedding"].iloc[0]
+    got = read_frame(out, "item")["embedding"].iloc[0]
+    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -320,18 +320,19 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
         checkpoint.load_payload(tmp_path / "best.pt")
 
 
-def test_model_version_tracks_the_weights(tmp_path: Path) -> None:
-    """Same weights (even after a save/load) -> same version; any weight change -> a new one."""
+def test_model_version_tracks_the_weights_and_their_inputs(tmp_path: Path) -> None:
+    """Same weights and inputs (even after a save/load) -> same version; any change -> a new one."""
     model = content_model(seed=5)
     payload = checkpoint.model_payload(model, CONTENT_DIM, None, {})
-    version = checkpoint.model_version(payload, "learn_v1")
+    version = checkpoint.model_version(payload, "learn_v1", "content:a")
     assert version.startswith("learn_v1-") and len(version) == len("learn_v1-") + 12
-    assert checkpoint.model_version(checkpoint.model_payload(content_model(seed=5), CONTENT_DIM, None, {}), "learn_v1") == version
+    assert checkpoint.model_version(checkpoint.model_payload(content_model(seed=5), CONTENT_DIM, None, {}), "learn_v1", "content:a") == version
     checkpoint.save(tmp_path / "m.pt", payload)
-    assert checkpoint.model_version(checkpoint.load_payload(tmp_path / "m.pt"), "learn_v1") == version
-    assert checkpoint.model_version(payload, "learn_v2").split("-")[1] == version.split("-")[1]
+    assert checkpoint.model_version(checkpoint.load_payload(tmp_path / "m.pt"), "learn_v1", "content:a") == version
+    assert checkpoint.model_version(payload, "learn_v2", "content:a").split("-")[1] == version.split("-")[1]
     with torch.no_grad():
         model.head.bias[0] += 1e-6
-    changed = checkpoint.model_version(checkpoint.model_payload(model, CONTENT_DIM, None, {}), "learn_v1")
+    changed = checkpoint.model_version(checkpoint.model_payload(model, CONTENT_DIM, None, {}), "learn_v1", "content:a")
     assert changed != version
-    assert checkpoint.model_version(checkpoint.model_payload(content_model(seed=6), CONTENT_DIM, None, {}), "learn_v1") != version
+    assert checkpoint.model_version(checkpoint.model_payload(content_model(seed=6), CONTENT_DIM, None, {}), "learn_v1", "content:a") != version
+    assert checkpoint.model_version(payload, "learn_v1", "content:b") != version  # same weights, new content

@@ -144,6 +144,16 @@ def test_changed_configuration_retrains_from_scratch(reference, data, tmp_path: 
     assert len(loss_calls) > 0 and checkpoint.load_payload(tmp_path / LAST)["state"]["epoch"] == 0
 
 
+def test_changed_content_retrains_from_scratch(reference, data, tmp_path: Path, loss_calls, single_thread) -> None:
+    """A finished last.pt trained on other content (e.g. a new prompt template) is not reused."""
+    ref_dir, _ = reference
+    (tmp_path / LAST).write_bytes((ref_dir / LAST).read_bytes())
+    split, inputs = data
+    other = ItemInputs.from_content(inputs.content.cpu().numpy() * 1.5, torch.device("cpu"))
+    run(tmp_path, (split, other))
+    assert len(loss_calls) > 0
+
+
 def test_validation_score_improves_over_random_init(reference, data) -> None:
     """On clustered data the selected model beats the untrained towers on validation users."""
     split, inputs = data

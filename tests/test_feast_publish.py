@@ -229,3 +229,18 @@ def test_publish_command(repo: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     with pytest.raises(SystemExit):
         parser.parse_args(["publish", "--help"])
     assert "feast materialize-incremental" in capsys.readouterr().out
+
+
+def test_vectors_past_int32_list_offsets_are_written_in_chunks(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publications larger than 2^31 floats are split into list chunks (shrunk here to 10 values)."""
+    monkeypatch.setattr(feast_publish, "MAX_LIST_VALUES", 10)
+    run = write_run(tmp_path / "run", "v1", 5, 7, 4, seed=3)
+    publish_run(run.run_dir, repo)
+    items = _rows(repo, "item")
+    for iid, vec in zip(items["item_id"], items["item_embedding"]):
+        assert np.asarray(vec, dtype=np.float32).tobytes() == run.items[iid].tobytes()
+    back = read_published(repo, "item", "v1")
+    for iid, vec in zip(back.ids, back.vectors):
+        assert vec.tobytes() == run.items[iid].tobytes()

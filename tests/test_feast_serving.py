@@ -121,6 +121,15 @@ def test_rollout_never_combines_versions(rolled: tuple[Path, SyntheticRun, Synth
     assert pinned.version_mismatch.tolist() == [True, True, False, False]
 
 
+def test_unknown_user_still_gets_one_version_of_candidates(rolled: tuple[Path, SyntheticRun, SyntheticRun]) -> None:
+    """No user vector and no pin: the candidates' majority version is the reference."""
+    repo, _, v2 = rolled
+    res = LearnFeatureClient(repo).score("nobody", ["i0", "i1", "i2", "i5"])
+    assert res.user_missing and res.model_version == "v2"
+    assert res.version_mismatch.tolist() == [False, False, False, True]
+    assert res.item_vectors[0].tobytes() == v2.items["i0"].tobytes() and np.isnan(res.item_vectors[3]).all()
+
+
 def test_stale_rows_are_flagged_but_scored(rolled: tuple[Path, SyntheticRun, SyntheticRun]) -> None:
     repo, _, _ = rolled
     res = LearnFeatureClient(repo, max_age=timedelta(days=5)).score("u0", ["i5", "i0"])
@@ -189,7 +198,7 @@ def test_bad_pushes_are_refused_and_online_data_stays(served: Served, tmp_path: 
     with pytest.raises(LearnFeaturesError, match="nothing to do"):
         _embed_items(argv[:-1])
     pd.DataFrame({"id": ["a"]}).to_csv(catalog, index=False)
-    with pytest.raises(LearnFeaturesError, match=r"c\.csv: missing column 'item_id'"):
+    with pytest.raises(LearnFeaturesError, match=r"c\.csv: missing required column\(s\) \['item_id'\]"):
         _embed_items(argv)
 
     after = served.client.score("u0", ["i7", "i8"])

@@ -200,7 +200,8 @@ def embed(prep: Prepared) -> dict[str, Path]:
     method = get_methods([config.eval.primary_method])[0]
     best_path = prep.run_dir / "models" / method.name / BEST
     payload = checkpoint.load_payload(best_path)
-    version = checkpoint.model_version(payload, method.name)
+    inputs = inputs_for(prep, method, pick_device(config.train.device))
+    version = checkpoint.model_version(payload, method.name, inputs.identity)
     user_ids = sorted(prep.split.profiles)
     users, items = method_vectors(prep, method, [prep.split.profiles[u] for u in user_ids])
     out = prep.run_dir / "embeddings"

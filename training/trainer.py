@@ -207,7 +207,9 @@ def train_towers(
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(config.device)
     math_config = {k: v for k, v in asdict(config).items() if k not in RUNTIME_ONLY}
-    fingerprint = _fingerprint(asdict(model_config), math_config, split.summary(), method, history_len, target_len)
+    fingerprint = _fingerprint(
+        asdict(model_config), math_config, split.summary(), method, history_len, target_len, inputs.identity
+    )
     torch.manual_seed(config.seed)
     model = PCH(model_config, content_dim=inputs.content_dim, num_items=inputs.num_id_slots).to(device)
     optimizer = build_optimizer(model, config, device)

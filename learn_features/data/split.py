@@ -142,7 +142,8 @@ def split_dataset(interactions: pd.DataFrame, catalog: pd.DataFrame, config: Spl
     keep = [i for i, t in enumerate(test.targets) if len(t)]
     test = EvalUsers(*[[getattr(test, f)[i] for i in keep] for f in ("user_ids", "histories", "targets", "exclude")])
 
-    rest = sorted(u for u in past if u not in set(test_ids))
+    held_out = set(test_ids)
+    rest = sorted(u for u in past if u not in held_out)
     rng = np.random.default_rng(config.seed)
     candidates = [u for u in rest if len(past[u]) >= config.min_val_events]
     n_val = int(round(config.val_fraction * len(rest)))

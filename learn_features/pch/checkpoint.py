@@ -58,9 +58,14 @@ def id_inputs_for(payload: dict[str, Any], item_ids: list[str], device: torch.de
     return ItemInputs(id_slots=torch.as_tensor(slots, device=device))
 
 
-def model_version(payload: dict[str, Any], method: str) -> str:
-    """Hash of the weights: the same trained model always publishes under the same version."""
-    digest = hashlib.sha256()
+def model_version(payload: dict[str, Any], method: str, inputs_identity: str) -> str:
+    """Hash of the weights and of the item inputs they read (``ItemInputs.identity``).
+
+    The same trained model over the same content always publishes under the same version;
+    new content (a changed prompt, new catalog items) gives new item vectors and so a new
+    version, even when the weights come out bit-identical.
+    """
+    digest = hashlib.sha256(inputs_identity.encode())
     for name, tensor in sorted(payload["state_dict"].items()):
         digest.update(name.encode())
         digest.update(tensor.numpy().tobytes())

@@ -7,7 +7,7 @@ rows a batch references; the content projection then runs on the device.
 
 Layout of a store directory::
 
-    index.json            {"format", "rows", "dim", "dtype", "items_sha256", "source", "shards": [{"file", "start", "rows"}]}
+    index.json            {"format", "rows", "dim", "dtype", "items_sha256", "vectors_sha256", "source", "shards": [{"file", "start", "rows"}]}
     shard-00000.npy       (rows_0, dim) float16, plain .npy so np.load(mmap_mode="r") maps it
     shard-00001.npy       ...
 
@@ -31,7 +31,7 @@ import numpy as np
 from learn_features.atomic import write_json_atomic
 from learn_features.errors import LearnFeaturesError
 
-FORMAT = 1
+FORMAT = 2  # 2: the index records vectors_sha256
 INDEX = "index.json"
 DTYPE = np.float16
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -65,6 +65,9 @@ class ContentStore:
         self.rows: int = index["rows"]
         self.dim: int = index["dim"]
         self.items_sha256: str = index["items_sha256"]
+        # What the vectors are, independent of where they came from: trained towers and the
+        # published model version are tied to it, so new content never meets old towers.
+        self.vectors_sha256: str = index["vectors_sha256"]
         self.source: dict[str, Any] = index["source"]
         self._files = [shard["file"] for shard in index["shards"]]
         self._starts = np.array([shard["start"] for shard in index["shards"]], dtype=np.int64)
@@ -107,11 +110,15 @@ def _fp16_rows(chunk: np.ndarray, dim: int, where: str) -> np.ndarray:
     return chunk.astype(DTYPE)
 
 
-def _write_shards(directory: Path, chunks: Iterable[np.ndarray], shard_bytes: int, where: str) -> tuple[int, list[dict[str, Any]]]:
+def _write_shards(
+    directory: Path, chunks: Iterable[np.ndarray], shard_bytes: int, where: str
+) -> tuple[int, list[dict[str, Any]], str]:
     """Re-blocks arbitrary chunks into equal shards; holds about one shard in memory.
 
-    Returns the row dimension (taken from the first chunk) and the shard entries of the index.
+    Returns the row dimension (taken from the first chunk), the shard entries of the index
+    and the sha256 of all fp16 rows in order.
     """
+    digest = hashlib.sha256()
     shards: list[dict[str, Any]] = []
     pending: list[np.ndarray] = []
     pending_rows = written = dim = shard_rows = 0
@@ -121,6 +128,7 @@ def _write_shards(directory: Path, chunks: Iterable[np.ndarray], shard_bytes: in
         block = np.concatenate(pending)
         name = f"shard-{len(shards):05d}.npy"
         np.save(directory / name, block[:rows])
+        digest.update(np.ascontiguousarray(block[:rows]).tobytes())
         shards.append({"file": name, "start": written, "rows": rows})
         written += rows
         pending = [block[rows:]] if rows < len(block) else []
@@ -137,7 +145,7 @@ def _write_shards(directory: Path, chunks: Iterable[np.ndarray], shard_bytes: in
             flush(shard_rows)
     if pending_rows:
         flush(pending_rows)
-    return dim, shards
+    return dim, shards, digest.hexdigest()
 
 
 def write_content_store(
@@ -156,12 +164,13 @@ def write_content_store(
     directory.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".building", dir=directory.parent))
     try:
-        dim, shards = _write_shards(building, chunks, shard_bytes, str(directory))
+        dim, shards, vectors_sha256 = _write_shards(building, chunks, shard_bytes, str(directory))
         rows = sum(shard["rows"] for shard in shards)
         if rows == 0 or rows != len(item_ids):
             raise LearnFeaturesError(f"{directory}: {rows} content rows for {len(item_ids)} catalog items")
         index = {"format": FORMAT, "rows": rows, "dim": dim, "dtype": np.dtype(DTYPE).name,
-                 "items_sha256": items_digest(item_ids), "source": source, "shards": shards}
+                 "items_sha256": items_digest(item_ids), "vectors_sha256": vectors_sha256,
+                 "source": source, "shards": shards}
         write_json_atomic(building / INDEX, index)
         _replace_directory(building, directory)
     finally:

@@ -72,6 +72,9 @@ def embed_catalog_items(run_dir: Path, catalog: pd.DataFrame, device: str = "aut
     if payload["trained_item_ids"] is not None:
         inputs = checkpoint.id_inputs_for(payload, ids, extractor.device)
     else:
-        inputs = ItemInputs.from_content(extractor.embed_texts(render_prompts(catalog, encoder.prompt_template)), extractor.device)
+        content = extractor.embed_texts(render_prompts(catalog, encoder.prompt_template))
+        # Rounded as the run's fp16 content store rounds it, so a pushed vector equals the
+        # published one for the same text.
+        inputs = ItemInputs.from_content(content.astype(np.float16).astype(np.float32), extractor.device)
     vectors = item_vectors(model, inputs, np.arange(len(ids)))
     return EmbeddingTable("item", ids, vectors, pd.Timestamp.now(tz="UTC"), manifest["model_version"])

@@ -14,6 +14,7 @@ whole catalog.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,18 @@ class ItemInputs:
         if self.store is not None:
             return self.store.dim
         return None if self.content is None else int(self.content.shape[1])
+
+    @property
+    def identity(self) -> str:
+        """A digest of what the towers read per item. Checkpoints resume, and model versions
+        stay, only while it is unchanged: other content through old towers is another model."""
+        if self.store is not None:
+            return f"store:{self.store.items_sha256}:{self.store.vectors_sha256}"
+        tensor = self.content if self.content is not None else self.id_slots
+        if tensor is None:
+            raise ValueError("ItemInputs holds neither content nor id slots")
+        kind = "content" if self.content is not None else "ids"
+        return f"{kind}:{hashlib.sha256(tensor.detach().cpu().numpy().tobytes()).hexdigest()}"
 
     @property
     def num_id_slots(self) -> int | None:
