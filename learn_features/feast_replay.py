@@ -14,13 +14,17 @@ re-trained model simply rebuilds it, and re-running with the same vectors is a n
 
 from __future__ import annotations
 
+import fcntl
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from learn_features.errors import LearnFeaturesError
 from learn_features.feast_publish import PublishResult, list_publications, publish_run, run_model_version
 
 REPLAY_DIR = "feast_replay"
+LOCK_NAME = ".feast_replay.lock"
 #: What a replay repo copies from the live one: the definitions and the embedded-default store.
 DEFINITION_FILES = (".feastignore", "feature_store.yaml", "learn_repo.py")
 
@@ -43,11 +47,23 @@ def publish_replay(run_dir: str | Path, source_repo: str | Path) -> PublishResul
     from learn_features.feast_repo import apply_repo, open_store  # Feast import: seconds
 
     dest = replay_repo_path(run_dir)
-    _copy_definitions(Path(source_repo), dest)
-    version = run_model_version(run_dir)
-    if any(pub.model_version != version for pub in list_publications(dest)):
-        # The run was re-trained: its old replay is another model's history. Start over.
-        shutil.rmtree(dest / "data")
-    result = publish_run(run_dir, dest, event_time="as-of")
-    apply_repo(open_store(dest), dest)
+    with _replay_lock(Path(run_dir)):  # a concurrent replay must not delete what this one writes
+        _copy_definitions(Path(source_repo), dest)
+        version = run_model_version(run_dir)
+        if any(pub.model_version != version for pub in list_publications(dest)):
+            # The run was re-trained: its old replay is another model's history. Start over.
+            shutil.rmtree(dest / "data")
+        result = publish_run(run_dir, dest, event_time="as-of")
+        apply_repo(open_store(dest), dest)
     return result
+
+
+@contextmanager
+def _replay_lock(run_dir: Path) -> Iterator[None]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_NAME, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
