@@ -20,11 +20,9 @@ Rules, all enforced here:
   strictly later than every earlier publication. Feast's materialize-incremental only
   reads rows newer than its last run, and online stores (Redis) keep a value unless the
   new one is newer, so a rollout stamped with an older time would be silently ignored.
-* Re-publishing the active version with the same vectors is a no-op (idempotent), and so
-  is asking again for an explicit event time at which the same vectors were already
-  published. A version already published with *different* vectors is refused: a version
-  string must name one set of vectors, or user and item vectors of "the same" version
-  could mix.
+* Re-publishing the active version with the same vectors is a no-op (idempotent). A
+  version already published with *different* vectors is refused: a version string must
+  name one set of vectors, or user and item vectors of "the same" version could mix.
 * Replays of history (vectors stamped at the run's data cut) go to a per-run copy of the
   repo, not here: see ``feast_replay``.
 * Re-publishing an older version (same vectors) is a rollback: a new publication that is
@@ -60,6 +58,7 @@ from learn_features.embeddings_io import (
     frame_to_matrix,
     id_column,
     read_frame,
+    read_run_manifest,
 )
 from learn_features.errors import LearnFeaturesError
 from learn_features.feast_repo import FIELDS, OFFLINE_DIR
@@ -67,7 +66,6 @@ from learn_features.feast_repo import FIELDS, OFFLINE_DIR
 PUBLICATION_FILE = "publication.json"
 STAGING_DIR = Path("data") / "staging"
 LOCK_FILE = Path("data") / ".publish.lock"
-RUN_MANIFEST_KEYS = ("model_version", "dim", "as_of", "created_at")
 ONE_MICROSECOND = pd.Timedelta(microseconds=1)
 MAX_LIST_VALUES = 2**31 - 1  # int32 list offsets
 
@@ -294,20 +292,6 @@ def commit_publication(
     return _parse_publication(final / PUBLICATION_FILE)
 
 
-def _read_run_manifest(run_dir: Path) -> dict[str, object]:
-    path = run_dir / "embeddings" / "manifest.json"
-    if not path.is_file():
-        raise LearnFeaturesError(f"{path}: run manifest not found (run the embed step first)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise LearnFeaturesError(f"{path}: not valid JSON: {exc}") from exc
-    missing = [k for k in RUN_MANIFEST_KEYS if k not in manifest]
-    if missing:
-        raise LearnFeaturesError(f"{path}: missing key(s) {missing}")
-    return manifest
-
-
 def _load_run_table(path: Path, entity: Entity, model_version: str, dim: int) -> EntityVectors:
     if path.is_file():  # read_frame indexes the id column before validating; name a missing one first
         names = pq.read_schema(path).names
@@ -333,7 +317,7 @@ def _load_run_table(path: Path, entity: Entity, model_version: str, dim: int) ->
 
 def run_model_version(run_dir: str | Path) -> str:
     """The model version a run's embed step stamped on its vectors (its manifest's)."""
-    return str(_read_run_manifest(Path(run_dir))["model_version"])
+    return str(read_run_manifest(run_dir)["model_version"])
 
 
 def parse_event_time(value: str, as_of: object) -> pd.Timestamp | None:
@@ -357,7 +341,7 @@ def publish_run(run_dir: str | Path, repo_path: str | Path, event_time: str = "n
     sources (and hence what later materializations load) untouched.
     """
     run = Path(run_dir)
-    manifest = _read_run_manifest(run)
+    manifest = read_run_manifest(run)
     version, dim = str(manifest["model_version"]), int(manifest["dim"])  # type: ignore[call-overload]
     tables = {
         "user": _load_run_table(run / "embeddings" / USER_FILE, "user", version, dim),
@@ -368,12 +352,8 @@ def publish_run(run_dir: str | Path, repo_path: str | Path, event_time: str = "n
     with publish_lock(repo_path):
         pubs = list_publications(repo_path)
         full = [p for p in pubs if p.kind == "full"]
-        same = [p for p in full if p.model_version == version and p.digest == digest]
-        if requested is None and same and full[-1] is same[-1]:
-            return PublishResult(full[-1], created=False)  # already the active publication
-        done = next((p for p in same if p.published_at == requested), None)
-        if done is not None:
-            return PublishResult(done, created=False)  # this replay was published before
+        if full and full[-1].model_version == version and full[-1].digest == digest:
+            return PublishResult(full[-1], created=False)
         clash = next((p for p in full if p.model_version == version and p.digest != digest), None)
         if clash is not None:
             raise LearnFeaturesError(

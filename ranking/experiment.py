@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pandas as pd
 
 from learn_features.feast_replay import replay_repo_path
 from learn_features.data.split import parse_time
-from learn_features.embeddings_io import ITEM_FILE, USER_FILE
+from learn_features.embeddings_io import ITEM_FILE, MANIFEST_FILE, USER_FILE, read_run_manifest, run_manifest_path
 from learn_features.errors import LearnFeaturesError
 from ranking.bootstrap import PairedDelta, paired_bootstrap
 from ranking.config import LEARN_MODELS, MODEL_PAIRS, EmbeddingConfig, ExperimentConfig
@@ -31,7 +30,7 @@ from ranking.lgbm import TreeRanker
 from ranking.metrics import auc, grouped_auc, logloss
 from ranking.tiers import TIER_NAMES, Thresholds, assign_tiers, resolve_thresholds
 
-MANIFEST = Path("embeddings") / "manifest.json"
+MANIFEST = Path("embeddings") / MANIFEST_FILE  # as named in messages
 TRAIN_START_FROM_EMBEDDINGS = "embeddings"
 #: ``embeddings.expected_model_version`` value meaning "the model_version in the run manifest".
 MODEL_VERSION_FROM_RUN = "run"
@@ -127,15 +126,9 @@ def make_joiner(cfg: EmbeddingConfig) -> EmbeddingJoiner | None:
 
 def _run_manifest_value(cfg: EmbeddingConfig, key: str) -> tuple[Path, object] | None:
     """``(manifest path, value of key)`` from the LEARN run's manifest, None without a manifest."""
-    if cfg.run_dir is None:
+    if cfg.run_dir is None or not run_manifest_path(cfg.run_dir).exists():
         return None
-    path = Path(cfg.run_dir) / MANIFEST
-    if not path.exists():
-        return None
-    try:
-        return path, json.loads(path.read_text(encoding="utf-8"))[key]
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise LearnFeaturesError(f"{path}: cannot read {key!r}: {exc}") from exc
+    return run_manifest_path(cfg.run_dir), read_run_manifest(cfg.run_dir, required=(key,))[key]
 
 
 def learn_training_end(cfg: EmbeddingConfig) -> pd.Timestamp | None:

@@ -14,8 +14,8 @@ import pytest
 from core_fixtures import tiny_llm_dir  # noqa: F401  (pytest fixture)
 
 from learn_features.cli import main
-from learn_features.embeddings_io import ITEM_FILE, USER_FILE, read_frame
-from learn_features.pch.inference import embed_catalog_items, read_manifest
+from learn_features.embeddings_io import ITEM_FILE, USER_FILE, read_frame, read_run_manifest
+from learn_features.pch.inference import embed_catalog_items
 from training.methods import METHODS
 
 GENRES = ["space opera", "romantic comedy", "crime thriller", "nature documentary"]
@@ -105,7 +105,7 @@ def test_run_evaluates_every_method_with_cold_item_breakdown(finished_run):
 
 def test_published_embeddings_follow_the_contract(finished_run):
     root, _ = finished_run
-    manifest = read_manifest(root / "run")
+    manifest = read_run_manifest(root / "run")
     users = read_frame(root / "run" / "embeddings" / USER_FILE, "user")
     items = read_frame(root / "run" / "embeddings" / ITEM_FILE, "item")
     assert len(items) == 64 and users["user_id"].str.startswith("u").all()
@@ -129,7 +129,7 @@ def test_cold_start_item_gets_an_embedding_from_text_alone(finished_run):
     root, _ = finished_run
     new_items = pd.DataFrame({"item_id": ["brand-new"], "title": ["Space Opera number 999"], "category": ["space opera"]})
     table = embed_catalog_items(root / "run", new_items, device="cpu")
-    manifest = read_manifest(root / "run")
+    manifest = read_run_manifest(root / "run")
     assert table.ids == ["brand-new"] and table.model_version == manifest["model_version"]
     assert table.vectors.shape == (1, manifest["dim"]) and np.isfinite(table.vectors).all()
     np.testing.assert_allclose(np.linalg.norm(table.vectors, axis=1), 1.0, rtol=1e-5)

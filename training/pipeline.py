@@ -33,11 +33,11 @@ from learn_features.cex.sharding import local_device, resolve_shard
 from learn_features.data.movielens import load_movielens_catalog, load_movielens_interactions
 from learn_features.data.split import Split, resolve_cut_time, split_dataset
 from learn_features.data.tables import Dataset, LoadReport, assemble, load_generic
-from learn_features.embeddings_io import ITEM_FILE, USER_FILE, EmbeddingTable, write_table
+from learn_features.embeddings_io import ITEM_FILE, USER_FILE, EmbeddingTable, run_manifest_path, write_table
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
 from learn_features.pch.content_store import ContentStore, items_digest, iter_npz_rows, open_current, write_content_store
-from learn_features.pch.inference import MANIFEST, item_vectors, user_vectors
+from learn_features.pch.inference import item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
 from learn_features.retrieval import rank_items
 from training.config import PipelineConfig
@@ -78,6 +78,11 @@ def prepare(config: PipelineConfig) -> Prepared:
 STORE_CHUNK_ROWS = 65_536  # rows read from the .npz per step while building a store
 
 
+def needed_contents(config: PipelineConfig) -> list[str]:
+    """The content encoders ("llm", "text_encoder") that the configured methods read."""
+    return sorted({m.content for m in get_methods(config.eval.methods) if m.content != "ids"})
+
+
 def encoder_for(config: PipelineConfig, content: str) -> EncoderConfig:
     return config.llm if content == "llm" else config.text_encoder
 
@@ -93,9 +98,8 @@ def extract(prep: Prepared, progress: bool = True, env: Mapping[str, str] | None
     is set) only fills its share of the shared cache and assembles nothing: its value is the
     ``ShardPass``, and a later unsharded extract finds everything cached and writes the npz.
     """
-    needed = sorted({m.content for m in get_methods(prep.config.eval.methods) if m.content != "ids"})
     written: dict[str, Path | ShardPass] = {}
-    for content in needed:
+    for content in needed_contents(prep.config):
         encoder = encoder_for(prep.config, content)
         shard = resolve_shard(encoder.shard, env)
         if env is not None:
@@ -140,8 +144,7 @@ def content_store(prep: Prepared, content: str) -> ContentStore:
 
 def content_stores(prep: Prepared) -> dict[str, ContentStore]:
     """Every store the chosen methods read (built now if needed: a distributed run builds them on rank 0 first)."""
-    needed = sorted({m.content for m in get_methods(prep.config.eval.methods) if m.content != "ids"})
-    return {content: content_store(prep, content) for content in needed}
+    return {content: content_store(prep, content) for content in needed_contents(prep.config)}
 
 
 def training_item_ids(split: Split) -> list[str]:
@@ -211,7 +214,7 @@ def embed(prep: Prepared) -> dict[str, Path]:
         "item": write_table(EmbeddingTable("item", prep.split.item_ids, items, as_of, version), out / ITEM_FILE),
     }
     write_json_atomic(
-        out / MANIFEST,
+        run_manifest_path(prep.run_dir),
         {
             "model_version": version,
             "method": method.name,

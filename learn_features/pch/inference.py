@@ -8,7 +8,6 @@ the same tower that produced the published ones.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,15 +18,12 @@ import torch
 from learn_features.cex.extractor import ContentExtractor, EncoderConfig
 from learn_features.cex.prompt import render_prompts
 from learn_features.data.tables import validate_catalog
-from learn_features.embeddings_io import EmbeddingTable
+from learn_features.embeddings_io import EmbeddingTable, read_run_manifest
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
 from learn_features.pch.batching import pad_sequences
 from learn_features.pch.inputs import ItemInputs
 from learn_features.pch.model import PCH
-
-MANIFEST = "manifest.json"
-
 
 @torch.inference_mode()
 def user_vectors(model: PCH, inputs: ItemInputs, histories: Sequence[np.ndarray], batch_size: int = 256) -> np.ndarray:
@@ -53,16 +49,9 @@ def item_vectors(model: PCH, inputs: ItemInputs, items: np.ndarray, batch_size: 
     return torch.cat(out).numpy() if out else np.zeros((0, model.config.d_out), np.float32)
 
 
-def read_manifest(run_dir: Path) -> dict:
-    path = Path(run_dir) / "embeddings" / MANIFEST
-    if not path.exists():
-        raise LearnFeaturesError(f"{path}: not found; run `learn-features embed` for this run first")
-    return json.loads(path.read_text())
-
-
 def embed_catalog_items(run_dir: Path, catalog: pd.DataFrame, device: str = "auto") -> EmbeddingTable:
     """Item vectors for (new) catalog rows from their text alone, stamped with the run's model version."""
-    manifest = read_manifest(run_dir)
+    manifest = read_run_manifest(run_dir, required=("model_version", "checkpoint", "encoder", "cache_dir"))
     catalog = validate_catalog(catalog, "new catalog rows")
     payload = checkpoint.load_payload(Path(manifest["checkpoint"]))
     encoder = EncoderConfig(**{**manifest["encoder"], "device": device})
