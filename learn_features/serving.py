@@ -68,7 +68,7 @@ class ScoreResult:
 
 
 @dataclass(frozen=True)
-class _Read:
+class OnlineRows:
     """Parsed online rows of one view: vectors (None when absent), versions, ages."""
 
     vectors: list[np.ndarray | None]
@@ -76,7 +76,7 @@ class _Read:
     age_seconds: np.ndarray
 
 
-def _parse(response: Any, fields: EntityFields, n: int) -> _Read:
+def _parse(response: Any, fields: EntityFields, n: int) -> OnlineRows:
     from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 
     present = int(FieldStatus.PRESENT)
@@ -92,7 +92,7 @@ def _parse(response: Any, fields: EntityFields, n: int) -> _Read:
         if status == present and value.WhichOneof("val") == "string_val":
             versions[i] = value.string_val
     seconds = np.fromiter((ts.seconds for ts in emb.event_timestamps), dtype=np.float64, count=n)
-    return _Read(vectors, versions, time.time() - seconds)
+    return OnlineRows(vectors, versions, time.time() - seconds)
 
 
 def l2_normalise(m: np.ndarray) -> np.ndarray:
@@ -127,7 +127,8 @@ class LearnFeatureClient:
             self._store.get_feature_service(RANKER_SERVICE)  # fail now, not at the first request
         self._max_age = STALE_AFTER if max_age is None else max_age
 
-    def _read(self, fields: EntityFields, ids: list[str]) -> _Read:
+    def read(self, fields: EntityFields, ids: list[str]) -> OnlineRows:
+        """One view's raw online rows for ``ids``, unchecked (``score`` does the checking)."""
         refs = [f"{fields.view}:{fields.embedding}", f"{fields.view}:{fields.model_version}"]
         with store_errors("reading the online store", self._config_path):
             response = self._store.get_online_features(features=refs, entity_rows={fields.join_key: ids})
@@ -144,8 +145,8 @@ class LearnFeatureClient:
         ids = [str(i) for i in item_ids]
         # Two reads (the ranker service's two views) rather than one read of the service
         # with the user id repeated on every candidate row: measured 25% faster.
-        user = self._read(USER, [user_id])
-        items = self._read(ITEM, ids) if ids else _Read([], [], np.zeros(0))
+        user = self.read(USER, [user_id])
+        items = self.read(ITEM, ids) if ids else OnlineRows([], [], np.zeros(0))
         user_vec, user_ver = user.vectors[0], user.versions[0]
         reference = self.model_version if self.model_version is not None else user_ver
         if reference is None:  # no pin and no user vector: still never hand out a mix of versions

@@ -22,7 +22,9 @@ from learn_features.atomic import write_json_atomic
 from learn_features.embeddings_io import ITEM_FILE, USER_FILE, EmbeddingTable, write_table
 
 REPO_SRC = Path(__file__).resolve().parents[1] / "feature_repo"
-REPO_FILES = (".feastignore", "feature_store.yaml", "feature_store.redis.yaml", "feature_store.postgres.yaml", "learn_repo.py")
+REPO_FILES = (
+    ".feastignore", "feature_store.yaml", "feature_store.redis.yaml", "feature_store.postgres.yaml", "feature_store.ray.yaml", "learn_repo.py",
+)
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 

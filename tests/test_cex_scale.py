@@ -22,6 +22,7 @@ from learn_features.cex.sharding import Shard, local_device, resolve_shard, shar
 from learn_features.cex.writer import WRITE_QUEUE_DEPTH
 from learn_features.cli import main
 from learn_features.errors import LearnFeaturesError
+from learn_features.pch.content_store import ContentStore
 from test_cli_pipeline import write_config, write_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,6 +110,16 @@ def test_two_shards_give_exactly_the_vectors_of_an_unsharded_run(
     np.testing.assert_array_equal(make(tiny_llm_dir, shared).embed_texts(TEXTS, progress=False), reference)
 
 
+def test_tokenizing_in_waves_changes_nothing(tiny_llm_dir: Path, tmp_path: Path, monkeypatch, single_thread) -> None:
+    """Cache misses are tokenized and length-sorted a wave at a time (host memory at 31M items);
+    with waves of 7 texts the cached vectors equal one wave's, each row in its input position."""
+    reference = make(tiny_llm_dir, tmp_path / "one-wave", batch_size=1).embed_texts(TEXTS, progress=False)
+    monkeypatch.setattr(extractor_module, "TOKENIZE_WAVE", 7)
+    waves = make(tiny_llm_dir, tmp_path / "waves", batch_size=1)
+    np.testing.assert_array_equal(waves.embed_texts(TEXTS, progress=False), reference)
+    assert waves.stats.items == len(TEXTS)
+
+
 def test_cli_sharded_extract_then_assemble(tiny_llm_dir: Path, tmp_path: Path, capsys, monkeypatch, single_thread) -> None:
     """`extract --shard 0/2`, then rank 1 of a torchrun launch (RANK/WORLD_SIZE, no --shard),
     then a plain `extract` that only assembles: the same content files as one unsharded run."""
@@ -135,11 +146,10 @@ def test_cli_sharded_extract_then_assemble(tiny_llm_dir: Path, tmp_path: Path, c
     monkeypatch.setattr(extractor_module, "load_frozen", lambda *a, **k: pytest.fail("assembling loaded the model"))
     assert main(["extract", "--config", str(sharded), *one_at_a_time]) == 0
     for content in ("llm", "text_encoder"):
-        with np.load(tmp_path / "plain" / "run" / "content" / f"{content}.npz") as a, np.load(
-            tmp_path / "sharded" / "run" / "content" / f"{content}.npz"
-        ) as b:
-            assert a["item_ids"].tolist() == b["item_ids"].tolist()
-            np.testing.assert_array_equal(a["vectors"], b["vectors"])
+        a = ContentStore(tmp_path / "plain" / "run" / "content" / content)
+        b = ContentStore(tmp_path / "sharded" / "run" / "content" / content)
+        assert a.items_sha256 == b.items_sha256 and a.vectors_sha256 == b.vectors_sha256
+        np.testing.assert_array_equal(a.take(np.arange(len(a))), b.take(np.arange(len(b))))
 
 
 def test_cli_bad_shard_exits_2(tiny_llm_dir: Path, tmp_path: Path, capsys) -> None:
@@ -278,3 +288,29 @@ def test_extract_benchmark_smoke(tmp_path: Path, single_thread, monkeypatch: pyt
     # Same texts, same real tokens; length-sorted batches never pad more than arrival order.
     assert naive["real_tokens_per_s"] * naive["seconds"] == pytest.approx(project["real_tokens_per_s"] * project["seconds"])
     assert project["padding_fraction"] <= naive["padding_fraction"]
+
+
+def test_extract_benchmark_random_shapes_count_exactly_off_the_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a GPU the 7B and 0.5B shapes stay on the meta device: parameter counts (the
+    known non-embedding sizes of Baichuan2-7B and Qwen2-0.5B) and padding, no timing. A local
+    tokenizer directory (for a GPU machine without the shipped package) gives the same lengths."""
+    spec = importlib.util.spec_from_file_location("bench_extract", REPO / "bench" / "extract.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_extract", bench)
+    spec.loader.exec_module(bench)
+    tokenizer = bench.load_tokenizer(bench.resolve_model("shipped:smollm2"))
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    reports = {}
+    for model, extra in (("7b-shape", []), ("0.5b-shape", []), ("0.5b-shape", ["--tokenizer", str(tmp_path / "tokenizer")])):
+        out = tmp_path / f"{model}{len(extra)}.json"
+        assert bench.main(["--model", model, "--items", "64", "--device", "cpu", "--json", str(out), *extra]) == 0
+        reports[model, len(extra)] = json.loads(out.read_text())
+    def llama_params(hidden: int, ffn: int, layers: int, heads: int, kv_heads: int) -> int:
+        """q, o (hidden^2 each), k, v (hidden x kv width each), gate/up/down, 2 norms per layer, final norm."""
+        kv = hidden // heads * kv_heads
+        return layers * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * ffn + 2 * hidden) + hidden
+
+    assert reports["7b-shape", 0]["model"]["non_embedding_params"] == llama_params(4096, 11008, 32, 32, 32)  # 6.48B
+    assert reports["0.5b-shape", 0]["model"]["non_embedding_params"] == llama_params(896, 4864, 24, 14, 2)  # 0.36B
+    assert "results" not in reports["0.5b-shape", 0]
+    assert reports["0.5b-shape", 2]["planned_padding"] == reports["0.5b-shape", 0]["planned_padding"]

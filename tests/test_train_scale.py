@@ -26,7 +26,10 @@ from learn_features.cli import main
 from learn_features.config import load_config
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
-from learn_features.pch.content_store import INDEX, ContentStore, write_content_store
+from learn_features.cex.cache import EmbeddingCache
+from learn_features.cex.extractor import ContentExtractor
+from learn_features.cex.prompt import render_prompts
+from learn_features.pch.content_store import INDEX, ContentStore, ContentStoreBuilder, write_content_store
 from learn_features.pch.inputs import ItemInputs
 from learn_features.pch.model import PCH
 from test_cli_pipeline import write_config, write_synthetic
@@ -107,6 +110,46 @@ def test_store_refuses_what_fp16_cannot_hold_and_bad_row_counts(tmp_path: Path) 
         store.take(np.array([2]))
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc for RSS")
+def test_store_assembles_from_cache_shards_in_any_order_at_one_shard_of_memory(tmp_path: Path) -> None:
+    """Extraction's assembly: 24 length-sorted cache shards (96 MiB of fp32) scattered into a
+    catalog-ordered 48 MiB store. Every row lands in its place, and the process's own memory
+    never holds more than a few cache shards: the catalog matrix is never built."""
+    dim, per_shard, shards = 4096, 256, 24
+    rows = per_shard * shards
+    cache = EmbeddingCache(tmp_path / "cache", "bench")
+    catalog_order = np.random.default_rng(0).permutation(rows)  # cache row k holds catalog item catalog_order[k]
+    keys = [f"k{item}" for item in range(rows)]
+    for number in range(shards):
+        items = catalog_order[number * per_shard : (number + 1) * per_shard]
+        vectors = np.random.default_rng(number).normal(size=(per_shard, dim)).astype(np.float32)
+        cache.register(cache.write_shard([keys[i] for i in items], vectors), [keys[i] for i in items])
+
+    peaks: list[int] = []
+    before = private_rss_bytes()
+    with ContentStoreBuilder(tmp_path / "store", [str(i) for i in range(rows)], {}, shard_bytes=2048 * dim * 2) as builder:
+        for positions, vectors in EmbeddingCache(tmp_path / "cache", "bench").scatter(keys):
+            builder.put(positions, vectors)
+            peaks.append(private_rss_bytes() - before)
+        store = builder.commit()
+    assert len(peaks) == shards and max(peaks) < 16 * 2**20, f"assembly grew RSS by {max(peaks) / 2**20:.1f} MiB"
+    for number in (0, 11, 23):
+        items = catalog_order[number * per_shard : (number + 1) * per_shard]
+        expected = np.random.default_rng(number).normal(size=(per_shard, dim)).astype(np.float32).astype(np.float16)
+        np.testing.assert_array_equal(store.take(items), expected)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no build directory left
+
+
+def test_store_build_with_a_missing_row_names_the_item_and_leaves_the_old_store(tmp_path: Path) -> None:
+    old = write_content_store(tmp_path / "s", [np.ones((3, 4))], ["a", "b", "c"], {"v": 1})
+    with pytest.raises(LearnFeaturesError, match=r"1 of 3 catalog items have no content row \(first: item 'b'\)"):
+        with ContentStoreBuilder(tmp_path / "s", ["a", "b", "c"], {"v": 2}) as builder:
+            builder.put(np.array([2, 0]), np.zeros((2, 4)))
+            builder.commit()
+    assert ContentStore(tmp_path / "s").source == {"v": 1} and ContentStore(tmp_path / "s").vectors_sha256 == old.vectors_sha256
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
 def test_store_inputs_train_exactly_like_resident_fp16_content(tmp_path: Path, single_thread) -> None:
     """Per-batch gathering from the store (distinct rows, re-pointed indices) changes nothing:
     the towers train bit for bit as with the same fp16 values resident in memory."""
@@ -182,7 +225,8 @@ def test_prefetch_keeps_order_reraises_and_stops_its_thread() -> None:
 def test_prefetch_and_compile_change_no_weight_and_still_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, single_thread) -> None:
     """Inline batches and batches built ahead train identically; torch.compile (here its eager
     backend: CPU inductor compiles take minutes) wraps the towers, checkpoints keep plain keys,
-    and as runtime-only options they do not stop a finished run from being recognised."""
+    and as runtime-only options they do not stop a finished run from being recognised; nor
+    does naming the same device differently, nor CUDA-only options on the CPU."""
     compiled: list[torch.nn.Module] = []
     real_compile = torch.compile
 
@@ -210,6 +254,10 @@ def test_prefetch_and_compile_change_no_weight_and_still_resume(tmp_path: Path, 
     before = (tmp_path / "inline" / LAST).read_bytes()
     train("inline", prefetch=2, compile=True)  # finished: nothing retrained, nothing rewritten
     assert (tmp_path / "inline" / LAST).read_bytes() == before and len(compiled) == 2
+    train("inline", device="auto")  # resolves to the same CPU: the device alone is not the math
+    assert (tmp_path / "inline" / LAST).read_bytes() == before
+    train("inline", device="auto", bf16=False, fused=False)  # both only take effect on CUDA
+    assert (tmp_path / "inline" / LAST).read_bytes() == before
 
 
 # --- data-parallel training -------------------------------------------------------------------
@@ -288,23 +336,39 @@ def extracted_job(tmp_path_factory, tiny_llm_dir):  # noqa: F811
     return root, config
 
 
-def test_pipeline_keeps_content_in_the_store_built_once(extracted_job) -> None:
+def test_extract_assembles_the_store_once_from_the_cache(extracted_job, monkeypatch, capsys) -> None:
+    """`extract` writes the store in catalog order straight from the cache (the vectors
+    embed_texts returns, in fp16); a re-run with nothing new keeps it as it is."""
     from training import pipeline
 
     root, config = extracted_job
     prep = pipeline.prepare(load_config(PipelineConfig, config))
     store = pipeline.content_store(prep, "llm")
-    shard = root / "run" / "content" / "llm" / "shard-00000.npy"
-    built = shard.stat().st_mtime_ns
-    with np.load(root / "run" / "content" / "llm.npz") as data:
-        np.testing.assert_array_equal(store.take(np.arange(len(store))), data["vectors"].astype(np.float16))
+    extractor = ContentExtractor(prep.config.llm, prep.config.cache_dir)
+    expected = extractor.embed_texts(render_prompts(prep.dataset.catalog, prep.config.llm.prompt_template), progress=False)
+    np.testing.assert_array_equal(store.take(np.arange(len(store))), expected.astype(np.float16))
     inputs = pipeline.inputs_for(prep, pipeline.get_methods(["learn_v1"])[0], CPU)
     assert inputs.store is not None and inputs.content is None
-    assert pipeline.content_store(prep, "llm") and shard.stat().st_mtime_ns == built  # reused, not rebuilt
-    npz = root / "run" / "content" / "llm.npz"
-    os.utime(npz, ns=(npz.stat().st_atime_ns, npz.stat().st_mtime_ns + 10**9))  # a new extract output
-    pipeline.content_store(prep, "llm")
-    assert shard.stat().st_mtime_ns != built
+
+    shard = root / "run" / "content" / "llm" / "shard-00000.npy"
+    built = shard.stat().st_mtime_ns
+    monkeypatch.setattr(ContentStoreBuilder, "put", lambda *a: pytest.fail("an unchanged extract rebuilt the store"))
+    assert main(["extract", "--config", str(config), "--quiet"]) == 0
+    assert shard.stat().st_mtime_ns == built
+    assert capsys.readouterr().out.splitlines()[0] == f"llm: {root / 'run' / 'content' / 'llm'}"
+
+
+def test_training_refuses_content_extracted_under_other_settings(extracted_job, capsys) -> None:
+    """A changed prompt means other vectors: train stops with the field, it never trains on stale content."""
+    root, config = extracted_job
+    assert main(["train", "--config", str(config), "--set", 'llm.prompt_template="{title} only"', "--quiet"]) == 2
+    assert "extracted with other llm settings (prompt_template)" in capsys.readouterr().err
+
+
+def test_run_refuses_a_sharded_config(extracted_job, capsys) -> None:
+    root, config = extracted_job
+    assert main(["run", "--config", str(config), "--set", 'llm.shard="0/2"', "--quiet"]) == 2
+    assert "llm.shard is set, but `run` needs the content of every item" in capsys.readouterr().err
 
 
 def test_torchrun_trains_like_one_process(extracted_job, tmp_path: Path) -> None:

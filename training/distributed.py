@@ -70,9 +70,6 @@ def init_process_group(device: str, timeout: timedelta) -> None:
 def run(config: PipelineConfig, methods: list[str] | None, quiet: bool) -> None:
     world = World.current()
     prep = pipeline.prepare(config)
-    if world.rank == 0:
-        pipeline.content_stores(prep)
-    world.barrier()
     results = pipeline.train(prep, methods, progress=not quiet and world.rank == 0)
     if world.rank == 0:
         for name, result in results.items():

@@ -3,9 +3,8 @@
 Every stage reads the config, reloads and re-splits the data (seconds, deterministic), and
 writes its outputs atomically under ``run_dir``:
 
-- ``content/<encoder>.npz``: content embeddings aligned to the catalog (``extract``);
-- ``content/<encoder>/``: the same in the fp16 sharded store that training and inference
-  read row by row (built once from the ``.npz`` by the first stage that needs it);
+- ``content/<encoder>/``: content embeddings aligned to the catalog, as the fp16 sharded
+  store that training and inference read row by row (``extract``, streamed from the cache);
 - ``models/<method>/{best,last}.pt``: trained towers, resumable (``train``);
 - ``embeddings/{user,item}_embeddings.parquet`` + ``manifest.json`` (``embed``);
 - ``metrics.json`` + ``metrics.md`` (``evaluate``).
@@ -36,7 +35,7 @@ from learn_features.data.tables import Dataset, LoadReport, assemble, load_gener
 from learn_features.embeddings_io import ITEM_FILE, USER_FILE, EmbeddingTable, run_manifest_path, write_table
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
-from learn_features.pch.content_store import ContentStore, items_digest, iter_npz_rows, open_current, write_content_store
+from learn_features.pch.content_store import INDEX, ContentStore, ContentStoreBuilder, items_digest, open_current
 from learn_features.pch.inference import item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
 from learn_features.retrieval import rank_items
@@ -75,9 +74,6 @@ def prepare(config: PipelineConfig) -> Prepared:
     return Prepared(config, dataset, split)
 
 
-STORE_CHUNK_ROWS = 65_536  # rows read from the .npz per step while building a store
-
-
 def needed_contents(config: PipelineConfig) -> list[str]:
     """The content encoders ("llm", "text_encoder") that the configured methods read."""
     return sorted({m.content for m in get_methods(config.eval.methods) if m.content != "ids"})
@@ -87,8 +83,18 @@ def encoder_for(config: PipelineConfig, content: str) -> EncoderConfig:
     return config.llm if content == "llm" else config.text_encoder
 
 
-def content_path(run_dir: Path, content: str) -> Path:
-    return run_dir / "content" / f"{content}.npz"
+def require_unsharded(config: PipelineConfig) -> None:
+    """``run`` needs every item's content; a shard belongs to ``extract`` alone."""
+    sharded = [f"{content}.shard" for content in needed_contents(config) if encoder_for(config, content).shard]
+    if sharded:
+        raise LearnFeaturesError(
+            f"{' and '.join(sharded)} is set, but `run` needs the content of every item: run the shards with "
+            "`learn-features extract --shard I/N`, then `run` without a shard (it finds them cached)"
+        )
+
+
+def content_store_dir(run_dir: Path, content: str) -> Path:
+    return run_dir / "content" / content
 
 
 def extract(prep: Prepared, progress: bool = True, env: Mapping[str, str] | None = None) -> dict[str, Path | ShardPass]:
@@ -96,7 +102,7 @@ def extract(prep: Prepared, progress: bool = True, env: Mapping[str, str] | None
 
     An encoder with a shard (``llm.shard``; with ``env``, torchrun's RANK/WORLD_SIZE when none
     is set) only fills its share of the shared cache and assembles nothing: its value is the
-    ``ShardPass``, and a later unsharded extract finds everything cached and writes the npz.
+    ``ShardPass``, and a later unsharded extract finds everything cached and assembles the store.
     """
     written: dict[str, Path | ShardPass] = {}
     for content in needed_contents(prep.config):
@@ -109,42 +115,46 @@ def extract(prep: Prepared, progress: bool = True, env: Mapping[str, str] | None
         if shard is not None:
             written[content] = extractor.fill_cache(prompts, shard, progress)
             continue
-        vectors = extractor.embed_texts(prompts, progress)
-        path = content_path(prep.run_dir, content)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, item_ids=np.asarray(prep.split.item_ids), vectors=vectors, model=extractor.fingerprint)
-        written[content] = path
+        written[content] = assemble_store(prep, content, extractor, extractor.ensure_cached(prompts, progress), progress).directory
     return written
 
 
-def content_store_dir(run_dir: Path, content: str) -> Path:
-    return run_dir / "content" / content
+def assemble_store(prep: Prepared, content: str, extractor: ContentExtractor, keys: list[str], progress: bool) -> ContentStore:
+    """The catalog's cached vectors as the run's fp16 content store, streamed one cache shard at
+    a time (never the whole matrix in memory); kept as is when already built from the same keys."""
+    directory = content_store_dir(prep.run_dir, content)
+    source = {"encoder": extractor.config.content_identity(), "model_fingerprint": extractor.fingerprint,
+              "keys_sha256": items_digest(keys)}
+    store = open_current(directory, source)
+    if store is not None and store.items_sha256 == items_digest(prep.split.item_ids):
+        return store
+    with ContentStoreBuilder(directory, prep.split.item_ids, source) as builder:
+        for positions, vectors in tqdm(extractor.cache.scatter(keys), desc=f"assembling {content} store",
+                                       unit="cache shard", disable=not progress):
+            builder.put(positions, vectors)
+        return builder.commit()
 
 
 def content_store(prep: Prepared, content: str) -> ContentStore:
-    """The run's content embeddings as an fp16 memory-mapped store, built from ``extract``'s
-    ``.npz`` once and rebuilt only when that file changes; nothing is re-extracted."""
-    path = content_path(prep.run_dir, content)
-    if not path.exists():
-        raise LearnFeaturesError(f"{path}: content embeddings not found; run `learn-features extract` first")
-    stat = path.stat()
-    source = {"npz": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    """The run's content embeddings (fp16, memory-mapped), as ``extract`` assembled them.
+
+    Refused, with the reason, when they were extracted under other encoder settings or for
+    another catalog: new content must never meet towers or versions made for the old.
+    """
     directory = content_store_dir(prep.run_dir, content)
-    store = open_current(directory, source)
-    if store is None:
-        with np.load(path) as data:
-            if data["item_ids"].tolist() != prep.split.item_ids:
-                raise LearnFeaturesError(f"{path}: items differ from the current catalog; re-run `learn-features extract`")
-        store = write_content_store(directory, iter_npz_rows(path, "vectors", STORE_CHUNK_ROWS), prep.split.item_ids, source)
+    if not (directory / INDEX).exists():
+        raise LearnFeaturesError(f"{directory}: content embeddings not found; run `learn-features extract` first")
+    store = ContentStore(directory)
+    recorded = store.source.get("encoder") or {}
+    current = encoder_for(prep.config, content).content_identity()
+    changed = [name for name, value in current.items() if recorded.get(name) != value]
+    if changed:
+        raise LearnFeaturesError(
+            f"{directory}: extracted with other {content} settings ({', '.join(changed)}); re-run `learn-features extract`"
+        )
     if store.items_sha256 != items_digest(prep.split.item_ids):
         raise LearnFeaturesError(f"{directory}: items differ from the current catalog; re-run `learn-features extract`")
     return store
-
-
-def content_stores(prep: Prepared) -> dict[str, ContentStore]:
-    """Every store the chosen methods read (built now if needed: a distributed run builds them on rank 0 first)."""
-    return {content: content_store(prep, content) for content in needed_contents(prep.config)}
 
 
 def training_item_ids(split: Split) -> list[str]:

@@ -52,7 +52,7 @@ from training.loader import prefetch, to_device_ahead
 LAST = "last.pt"
 BEST = "best.pt"
 # Execution choices that leave the training math unchanged: toggling them still resumes last.pt.
-RUNTIME_ONLY = ("prefetch", "compile")
+RUNTIME_ONLY = ("prefetch", "compile", "device")  # the device counts only through the bf16/fused it allows
 
 
 @dataclass
@@ -207,6 +207,7 @@ def train_towers(
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(config.device)
     math_config = {k: v for k, v in asdict(config).items() if k not in RUNTIME_ONLY}
+    math_config.update(bf16=config.bf16 and device.type == "cuda", fused=config.fused and device.type == "cuda")
     fingerprint = _fingerprint(
         asdict(model_config), math_config, split.summary(), method, history_len, target_len, inputs.identity
     )

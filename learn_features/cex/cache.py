@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -55,22 +55,34 @@ class EmbeddingCache:
 
     def get_many(self, keys: list[str]) -> np.ndarray:
         """Vectors for ``keys`` in order (KeyError for a missing one), reading each shard file once."""
-        if not keys:
-            return np.zeros((0, 0), np.float32)
-        index = self._index()
-        rows_by_shard: dict[Path, list[tuple[int, int]]] = defaultdict(list)
-        for position, key in enumerate(keys):
-            shard, row = index[key]
-            rows_by_shard[shard].append((position, row))
-        out = None
-        for shard, pairs in rows_by_shard.items():
-            positions, rows = map(list, zip(*pairs))
-            with np.load(shard) as data:
-                vectors = data["vectors"][rows]
-            if out is None:
+        out = np.zeros((len(keys), 0), np.float32)
+        for positions, vectors in self.scatter(keys):
+            if not out.shape[1]:
                 out = np.empty((len(keys), vectors.shape[1]), np.float32)
             out[positions] = vectors
         return out
+
+    def scatter(self, keys: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(positions in ``keys``, their vectors), one cache shard file at a time.
+
+        Why by shard: shards hold length-sorted chunks, so any catalog-ordered slice touches
+        nearly every shard; reading each shard once and scattering its rows keeps a large
+        assembly at one shard in memory and one pass over the cache. KeyError for a missing key.
+        """
+        index = self._index()
+        files: dict[Path, int] = {}
+        shard_of = np.empty(len(keys), dtype=np.int64)
+        row_of = np.empty(len(keys), dtype=np.int64)
+        for position, key in enumerate(keys):
+            shard, row = index[key]
+            shard_of[position] = files.setdefault(shard, len(files))
+            row_of[position] = row
+        order = np.argsort(shard_of, kind="stable")
+        bounds = np.searchsorted(shard_of[order], np.arange(len(files) + 1))
+        for number, shard in enumerate(files):
+            positions = order[bounds[number] : bounds[number + 1]]
+            with np.load(shard) as data:
+                yield positions, data["vectors"][row_of[positions]]
 
     def write_shard(self, keys: list[str], vectors: np.ndarray) -> Path:
         """Write one shard file atomically; touches no in-memory state, so any thread may call it."""

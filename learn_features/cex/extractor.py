@@ -29,6 +29,8 @@ from learn_features.cex.writer import HostCopy, ShardWriter
 from learn_features.errors import LearnFeaturesError
 
 POOLING_MODES = ("mean", "last")
+CONTENT_FIELDS = ("model", "gguf_file", "prompt_template", "pooling", "max_length", "add_special_tokens")
+TOKENIZE_WAVE = 262_144  # cache misses tokenized and length-sorted together
 
 
 @dataclass
@@ -55,6 +57,11 @@ class EncoderConfig:
             raise LearnFeaturesError("encoder.max_length, encoder.batch_size and encoder.chunk_size must be positive")
         if self.shard is not None:
             Shard.parse(self.shard)
+
+    def content_identity(self) -> dict[str, Any]:
+        """The settings that change the vectors (beside the weights): a content store records
+        them, so training refuses content extracted under other settings."""
+        return {name: getattr(self, name) for name in CONTENT_FIELDS}
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -187,9 +194,17 @@ class ContentExtractor:
 
     def embed_texts(self, texts: list[str], progress: bool = True) -> np.ndarray:
         """(len(texts), hidden) float32, in input order; computes only cache misses."""
+        return self.cache.get_many(self.ensure_cached(texts, progress))
+
+    def ensure_cached(self, texts: list[str], progress: bool = True) -> list[str]:
+        """Embed the cache misses among ``texts`` and return every text's cache key, in order.
+
+        For catalogs too large for one matrix in memory: read the vectors back shard by shard
+        with ``cache.scatter(keys)``.
+        """
         keys = self.keys(texts)
         self._embed_missing(keys, texts, progress)
-        return self.cache.get_many(keys)
+        return keys
 
     def fill_cache(self, texts: list[str], shard: Shard, progress: bool = True) -> ShardPass:
         """Embed the cache misses among the items of ``shard`` only; returns counts, no vectors."""
@@ -209,16 +224,23 @@ class ContentExtractor:
 
     @torch.inference_mode()
     def _embed(self, keys: list[str], texts: list[str], progress: bool) -> None:
-        """Length-sorted batches, one cache shard per chunk, shards written in the background."""
+        """Length-sorted batches, one cache shard per chunk, shards written in the background.
+
+        Texts are tokenized and sorted a wave at a time: token ids of a 31M-item catalog would
+        not fit in host memory, and sorting within a wave of 262k texts pads as little as
+        sorting everything.
+        """
         c = self.config
-        encoded = self.tokenize(texts)
         bar = tqdm(total=len(texts), desc=f"embedding with {c.model}", unit="item", disable=not progress)
         with bar, ShardWriter(self.cache) as writer:
-            for chunk in plan_batches([len(ids) for ids in encoded], c.batch_size, c.chunk_size):
-                pooled = []
-                for rows in chunk:
-                    batch = [encoded[i] for i in rows]
-                    pooled.append(self._forward(batch))
-                    self.stats.add_batch([len(ids) for ids in batch])
-                writer.submit([keys[i] for i in np.concatenate(chunk)], HostCopy.start(torch.cat(pooled)))
-                bar.update(sum(len(rows) for rows in chunk))
+            for start in range(0, len(texts), TOKENIZE_WAVE):
+                wave_keys = keys[start : start + TOKENIZE_WAVE]
+                encoded = self.tokenize(texts[start : start + TOKENIZE_WAVE])
+                for chunk in plan_batches([len(ids) for ids in encoded], c.batch_size, c.chunk_size):
+                    pooled = []
+                    for rows in chunk:
+                        batch = [encoded[i] for i in rows]
+                        pooled.append(self._forward(batch))
+                        self.stats.add_batch([len(ids) for ids in batch])
+                    writer.submit([wave_keys[i] for i in np.concatenate(chunk)], HostCopy.start(torch.cat(pooled)))
+                    bar.update(sum(len(rows) for rows in chunk))

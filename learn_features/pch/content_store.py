@@ -21,8 +21,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ INDEX = "index.json"
 DTYPE = np.float16
 FP16_MAX = float(np.finfo(np.float16).max)
 DEFAULT_SHARD_BYTES = 1 << 30  # 1 GiB: ~131k rows of a 4096-d LLM, ~240 shards for 31M items
+DIGEST_ROWS = 65_536  # rows hashed per read when a build is committed
 
 
 def items_digest(item_ids: Sequence[str]) -> str:
@@ -110,42 +110,86 @@ def _fp16_rows(chunk: np.ndarray, dim: int, where: str) -> np.ndarray:
     return chunk.astype(DTYPE)
 
 
-def _write_shards(
-    directory: Path, chunks: Iterable[np.ndarray], shard_bytes: int, where: str
-) -> tuple[int, list[dict[str, Any]], str]:
-    """Re-blocks arbitrary chunks into equal shards; holds about one shard in memory.
+class ContentStoreBuilder:
+    """Write side: rows arrive in any order and land in their catalog position.
 
-    Returns the row dimension (taken from the first chunk), the shard entries of the index
-    and the sha256 of all fp16 rows in order.
+    Why any order: the extraction cache groups items by text length (one cache shard per
+    length-sorted chunk), not by catalog position, so assembling a catalog-ordered store means
+    scattering each cache shard's rows. The shards are preallocated ``.npy`` files written
+    through memory maps, so the builder's own memory stays at one incoming chunk however large
+    the catalog (31M x 4096 is ~254 GB): dirty pages belong to the kernel's page cache, which
+    writes them back. Nothing is visible at ``directory`` until ``commit`` swaps the finished
+    store in; leaving the ``with`` block without a commit removes the partial build.
     """
-    digest = hashlib.sha256()
-    shards: list[dict[str, Any]] = []
-    pending: list[np.ndarray] = []
-    pending_rows = written = dim = shard_rows = 0
 
-    def flush(rows: int) -> None:
-        nonlocal pending, pending_rows, written
-        block = np.concatenate(pending)
-        name = f"shard-{len(shards):05d}.npy"
-        np.save(directory / name, block[:rows])
-        digest.update(np.ascontiguousarray(block[:rows]).tobytes())
-        shards.append({"file": name, "start": written, "rows": rows})
-        written += rows
-        pending = [block[rows:]] if rows < len(block) else []
-        pending_rows -= rows
+    def __init__(self, directory: str | Path, item_ids: Sequence[str], source: dict[str, Any],
+                 shard_bytes: int = DEFAULT_SHARD_BYTES):
+        self.directory = Path(directory)
+        self.item_ids = item_ids
+        self.source = source
+        self.shard_bytes = shard_bytes
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        self._building = Path(tempfile.mkdtemp(prefix=f".{self.directory.name}.", suffix=".building", dir=self.directory.parent))
+        self._filled = np.zeros(len(item_ids), dtype=bool)
+        self._shards: list[np.memmap] = []
+        self._starts = np.zeros(0, dtype=np.int64)
+        self.dim = 0
 
-    for chunk in chunks:
-        chunk = np.asarray(chunk)
-        if not dim:
-            dim = int(chunk.shape[-1])
-            shard_rows = shard_rows_for(dim, shard_bytes)
-        pending.append(_fp16_rows(chunk, dim, where))
-        pending_rows += len(pending[-1])
-        while pending_rows >= shard_rows:
-            flush(shard_rows)
-    if pending_rows:
-        flush(pending_rows)
-    return dim, shards, digest.hexdigest()
+    def __enter__(self) -> ContentStoreBuilder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._shards.clear()
+        shutil.rmtree(self._building, ignore_errors=True)
+
+    def _allocate(self, dim: int) -> None:
+        """Shards are sized once the first rows tell the dimension."""
+        self.dim = dim
+        rows, per_shard = len(self.item_ids), shard_rows_for(dim, self.shard_bytes)
+        self._starts = np.arange(0, rows, per_shard, dtype=np.int64)
+        for number, start in enumerate(self._starts.tolist()):
+            shape = (min(per_shard, rows - start), dim)
+            self._shards.append(np.lib.format.open_memmap(self._building / f"shard-{number:05d}.npy", "w+", DTYPE, shape))
+
+    def put(self, positions: np.ndarray, rows: np.ndarray) -> None:
+        """Write ``rows[k]`` at catalog position ``positions[k]`` (checked for fp16 range)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        rows = np.asarray(rows)
+        if not self.dim:
+            self._allocate(int(rows.shape[-1]))
+        rows = _fp16_rows(rows, self.dim, str(self.directory))
+        if len(rows) != len(positions):
+            raise LearnFeaturesError(f"{self.directory}: {len(rows)} content rows for {len(positions)} positions")
+        if positions.size and (positions.min() < 0 or positions.max() >= len(self.item_ids)):
+            raise LearnFeaturesError(f"{self.directory}: content rows beyond the {len(self.item_ids)} catalog items")
+        shard_of = np.searchsorted(self._starts, positions, side="right") - 1
+        for number in np.unique(shard_of).tolist():
+            selected = shard_of == number
+            self._shards[number][positions[selected] - self._starts[number]] = rows[selected]
+        self._filled[positions] = True
+
+    def commit(self) -> ContentStore:
+        """Check every catalog item got a row, digest the rows in catalog order, swap the store in."""
+        if not self.dim:
+            raise LearnFeaturesError(f"{self.directory}: no content rows for {len(self.item_ids)} catalog items")
+        missing = np.flatnonzero(~self._filled)
+        if missing.size:
+            raise LearnFeaturesError(f"{self.directory}: {missing.size} of {len(self.item_ids)} catalog items have no "
+                                     f"content row (first: item {self.item_ids[missing[0]]!r})")
+        digest = hashlib.sha256()
+        entries = []
+        for number, shard in enumerate(self._shards):
+            shard.flush()
+            for start in range(0, len(shard), DIGEST_ROWS):
+                digest.update(np.ascontiguousarray(shard[start : start + DIGEST_ROWS]).tobytes())
+            entries.append({"file": f"shard-{number:05d}.npy", "start": int(self._starts[number]), "rows": len(shard)})
+        self._shards.clear()  # unmap before the directory moves
+        index = {"format": FORMAT, "rows": len(self.item_ids), "dim": self.dim, "dtype": np.dtype(DTYPE).name,
+                 "items_sha256": items_digest(self.item_ids), "vectors_sha256": digest.hexdigest(),
+                 "source": self.source, "shards": entries}
+        write_json_atomic(self._building / INDEX, index)
+        _replace_directory(self._building, self.directory)
+        return ContentStore(self.directory)
 
 
 def write_content_store(
@@ -155,27 +199,21 @@ def write_content_store(
     source: dict[str, Any],
     shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> ContentStore:
-    """Build a store from (rows, dim) chunks in catalog order, streamed: an extractor can yield
-    them as it goes, and only about one shard is ever in memory.
+    """Build a store from (rows, dim) chunks that come in catalog order (a generator is fine).
 
     ``source`` records what the store was built from, so a reader can tell a stale store.
     """
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".building", dir=directory.parent))
-    try:
-        dim, shards, vectors_sha256 = _write_shards(building, chunks, shard_bytes, str(directory))
-        rows = sum(shard["rows"] for shard in shards)
-        if rows == 0 or rows != len(item_ids):
-            raise LearnFeaturesError(f"{directory}: {rows} content rows for {len(item_ids)} catalog items")
-        index = {"format": FORMAT, "rows": rows, "dim": dim, "dtype": np.dtype(DTYPE).name,
-                 "items_sha256": items_digest(item_ids), "vectors_sha256": vectors_sha256,
-                 "source": source, "shards": shards}
-        write_json_atomic(building / INDEX, index)
-        _replace_directory(building, directory)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
-    return ContentStore(directory)
+    with ContentStoreBuilder(directory, item_ids, source, shard_bytes) as builder:
+        written = 0
+        for chunk in chunks:
+            chunk = np.asarray(chunk)
+            if written + len(chunk) > len(item_ids):
+                raise LearnFeaturesError(f"{directory}: {written + len(chunk)} content rows for {len(item_ids)} catalog items")
+            builder.put(np.arange(written, written + len(chunk)), chunk)
+            written += len(chunk)
+        if written != len(item_ids):
+            raise LearnFeaturesError(f"{directory}: {written} content rows for {len(item_ids)} catalog items")
+        return builder.commit()
 
 
 def _replace_directory(new: Path, target: Path) -> None:
@@ -195,17 +233,3 @@ def open_current(directory: str | Path, source: dict[str, Any]) -> ContentStore 
     except LearnFeaturesError:
         return None
     return store if store.source == source else None
-
-
-def iter_npz_rows(path: str | Path, key: str, chunk_rows: int) -> Iterator[np.ndarray]:
-    """Rows of a 2-d array inside an uncompressed ``.npz``, chunk by chunk (np.load reads it whole)."""
-    with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as handle:
-        version = np.lib.format.read_magic(handle)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(handle)
-        if len(shape) != 2 or fortran_order or dtype.hasobject:
-            raise LearnFeaturesError(f"{path}: {key!r} is not a C-ordered 2-d numeric array")
-        rows, dim = shape
-        for start in range(0, rows, chunk_rows):
-            count = min(chunk_rows, rows - start)
-            yield np.frombuffer(handle.read(count * dim * dtype.itemsize), dtype=dtype).reshape(count, dim)
