@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     raw = argparse.RawDescriptionHelpFormatter
     publish = subparsers.add_parser("publish", help=PUBLISH_HELP, description=PUBLISH_DESCRIPTION, formatter_class=raw)
     publish.add_argument("--run-dir", type=Path, required=True, help="run folder whose embed step has finished")
-    publish.add_argument("--repo", type=Path, default=Path("feature_repo"), help="Feast repo folder (default: feature_repo)")
+    _add_repo_option(publish)
     publish.add_argument(
         "--event-time",
         default="now",
@@ -76,16 +76,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     embed.add_argument("--catalog", type=Path, required=True, help="CSV or Parquet with item_id and text columns")
     embed.add_argument("--push", action="store_true", help="push the vectors to the online store")
     embed.add_argument("--output", type=Path, help="also write the vectors to this Parquet file")
-    embed.add_argument("--repo", type=Path, default=Path("feature_repo"), help="Feast repo folder (default: feature_repo)")
+    _add_repo_option(embed)
     embed.add_argument("--config", default=None, help=CONFIG_HELP)
     embed.set_defaults(func=run_embed_items)
 
     verify = subparsers.add_parser("verify-online", help=VERIFY_HELP, description=VERIFY_DESCRIPTION, formatter_class=raw)
-    verify.add_argument("--repo", type=Path, default=Path("feature_repo"), help="Feast repo folder (default: feature_repo)")
+    _add_repo_option(verify)
     verify.add_argument("--config", default=None, help=CONFIG_HELP)
     verify.add_argument("--sample", type=int, default=10_000, help="ids checked per entity (default: 10000)")
     verify.add_argument("--seed", type=int, default=0, help="seed of the sample")
     verify.set_defaults(func=run_verify_online)
+
+
+def _add_repo_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repo", type=Path, default=Path("feature_repo"), help="Feast repo folder (default: feature_repo)")
 
 
 def run_publish(args: argparse.Namespace) -> int:

@@ -11,7 +11,6 @@ compares version and vector bytes with what was published.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from learn_features.feast_publish import active_publication, read_published
 from learn_features.feast_repo import FIELDS
 from learn_features.serving import LearnFeatureClient
 
-READ_BATCH = 1_000  # ids per online read: large reads are slow in Feast's proto conversion
+READ_BATCH = 1_000  # ids per online read: bounds one request and its response in memory
 
 
 @dataclass
@@ -59,7 +58,7 @@ def verify_online(repo_path: str | Path, config: str | Path | None = None, sampl
     publication = active_publication(repo_path)
     if publication is None:
         raise LearnFeaturesError(f"{repo_path}: nothing is published; run `learn-features publish` first")
-    client = LearnFeatureClient(repo_path, config=config, max_age=timedelta(0))
+    client = LearnFeatureClient(repo_path, config=config)
     rng = np.random.default_rng(seed)
     checks = []
     for entity in ("user", "item"):

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from learn_features.atomic import atomic_path, write_json_atomic, write_text_atomic
+from learn_features.atomic import write_json_atomic, write_text_atomic
 from learn_features.cex.extractor import ContentExtractor, EncoderConfig, ShardPass
 from learn_features.cex.model_loading import pick_device
 from learn_features.cex.prompt import render_prompts
