@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from learn_features.atomic import atomic_path
+from learn_features.data.tables import read_parquet
 from learn_features.errors import LearnFeaturesError
 
 Entity = Literal["user", "item"]
@@ -28,6 +29,11 @@ ITEM_FILE = "item_embeddings.parquet"
 MANIFEST_FILE = "manifest.json"
 #: What the embed step records next to the vectors, and what every reader may rely on.
 RUN_MANIFEST_KEYS = ("model_version", "dim", "as_of", "created_at")
+#: The JSON type of each manifest key that a reader may ask for.
+RUN_MANIFEST_TYPES: dict[str, type] = {
+    "model_version": str, "method": str, "dim": int, "as_of": str, "created_at": str, "checkpoint": str,
+    "encoder": dict, "cache_dir": str, "users": int, "items": int,
+}
 
 
 def id_column(entity: Entity) -> str:
@@ -124,7 +130,11 @@ def read_frame(path: str | Path, entity: Entity) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise LearnFeaturesError(f"{path}: embedding file not found")
-    df = pq.read_table(path).to_pandas()
+    table = read_parquet(path)
+    missing = [c for c in (id_column(entity), "embedding", "event_timestamp", "model_version") if c not in table.column_names]
+    if missing:  # named before the id column is indexed below
+        raise LearnFeaturesError(f"{path}: missing column(s) {missing}; found {table.column_names}")
+    df = table.to_pandas()
     df[id_column(entity)] = df[id_column(entity)].astype("string")
     df["embedding"] = df["embedding"].map(lambda v: np.asarray(v, dtype=np.float32))
     validate_frame(df, entity, str(path))
@@ -151,7 +161,16 @@ def read_run_manifest(run_dir: str | Path, required: tuple[str, ...] = RUN_MANIF
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise LearnFeaturesError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise LearnFeaturesError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     missing = [key for key in required if key not in manifest]
     if missing:
         raise LearnFeaturesError(f"{path}: missing key(s) {missing}")
+    for key in required:
+        expected = RUN_MANIFEST_TYPES.get(key)
+        value = manifest[key]
+        if expected is not None and not (isinstance(value, expected) and not isinstance(value, bool)):
+            raise LearnFeaturesError(f"{path}: key {key!r} must be a JSON {expected.__name__}, got {value!r}")
+    if "dim" in required and manifest["dim"] < 1:
+        raise LearnFeaturesError(f"{path}: key 'dim' must be positive, got {manifest['dim']}")
     return manifest

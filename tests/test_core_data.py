@@ -334,3 +334,34 @@ def test_millisecond_timestamps_are_reported_not_overflowed(tmp_path: Path) -> N
     bad.loc[1, "timestamp"] = 1_700_000_000_000
     message = load_error(tmp_path, bad, CATALOG)
     assert "1 unparseable" in message and "rows 2" in message
+    assert "this looks like milliseconds; unix seconds are expected, so divide by 1000" in message
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.csv", b"", "file is empty"),
+        ("header.csv", b"user_id,item_id,timestamp\n", r"no data rows \(columns \['user_id', 'item_id', 'timestamp'\]\)"),
+        ("latin1.csv", b"user_id,item_id,timestamp\n\xe9,x,1\n", "not a readable CSV file"),
+        ("broken.csv", b'user_id,item_id\n"a,b\n', "not a readable CSV file"),
+        ("text.parquet", b"user_id,item_id\n", "not a readable Parquet file"),
+    ],
+)
+def test_unreadable_tables_are_refused_by_name(tmp_path: Path, name: str, content: bytes, message: str) -> None:
+    """The one table reader turns every parser failure into an error naming the file."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(LearnFeaturesError, match=rf"{path.name}: {message}"):
+        read_table(path)
+
+
+def test_truncated_parquet_is_refused_and_an_empty_table_only_when_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.parquet"
+    CATALOG.to_parquet(path)
+    (tmp_path / "cut.parquet").write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(LearnFeaturesError, match=r"cut\.parquet: not a readable Parquet file"):
+        read_table(tmp_path / "cut.parquet")
+    CATALOG.iloc[:0].to_parquet(path)
+    with pytest.raises(LearnFeaturesError, match=r"catalog\.parquet: no data rows"):
+        read_table(path)
+    assert list(read_table(path, allow_empty=True).columns) == list(CATALOG.columns)

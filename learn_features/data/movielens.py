@@ -50,7 +50,9 @@ def _movie_tags(directory: Path, tags_before: pd.Timestamp | None) -> pd.Series:
     path = directory / "tags.csv"
     if not path.exists():
         return pd.Series(dtype=str)
-    tags = read_table(path).rename(columns={"movieId": "item_id"})
+    raw = read_table(path, allow_empty=True)
+    require_columns(raw, ("movieId", "tag", "timestamp"), f"{path} (MovieLens tags)")
+    tags = raw.rename(columns={"movieId": "item_id"})
     tags["timestamp"] = parse_timestamps(tags["timestamp"], str(path))
     if tags_before is not None:
         tags = tags[tags["timestamp"] < tags_before]
@@ -66,7 +68,9 @@ def load_movielens_catalog(directory: str | Path, tags_before: pd.Timestamp | No
     """movies.csv to a catalog with title, year, genres and (pre-cut) tags."""
     directory = Path(directory)
     path = _require(directory, "movies.csv")
-    movies = read_table(path).rename(columns={"movieId": "item_id"})
+    raw = read_table(path)
+    require_columns(raw, ("movieId", "title", "genres"), f"{path} (MovieLens movies)")
+    movies = raw.rename(columns={"movieId": "item_id"})
     title = movies["title"].fillna("").astype(str)
     year = title.str.extract(YEAR_SUFFIX)[0].fillna("")
     genres = movies["genres"].fillna("").astype(str).str.replace("(no genres listed)", "", regex=False)

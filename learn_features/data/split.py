@@ -99,6 +99,8 @@ def resolve_cut_time(interactions: pd.DataFrame, config: SplitConfig) -> pd.Time
     if config.cut_time:
         return parse_time(config.cut_time, "split.cut_time")
     ordered = interactions["timestamp"].sort_values(kind="stable").reset_index(drop=True)
+    if ordered.empty:
+        raise LearnFeaturesError("no interactions: there is nothing to place a cut in")
     return ordered.iloc[int(config.cut_quantile * (len(ordered) - 1))]
 
 

@@ -18,12 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from learn_features.errors import LearnFeaturesError
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 OPTIONAL_INTERACTION_COLUMNS = ("rating", "label", "event_type")
 MAX_UNIX_SECONDS = 9.2e9  # pandas' nanosecond timestamps end in 2262
+FINER_UNITS = (("milliseconds", 1_000), ("microseconds", 1_000_000), ("nanoseconds", 1_000_000_000))
 
 
 @dataclass
@@ -38,17 +41,41 @@ class LoadReport:
     notes: list[str] = field(default_factory=list)
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """A CSV/TSV (every cell a string, so ids like ``007`` stay exact) or Parquet table."""
+def read_table(path: str | Path, allow_empty: bool = False) -> pd.DataFrame:
+    """A CSV/TSV (every cell a string, so ids like ``007`` stay exact) or Parquet table.
+
+    The one reader of user tables, so that every command refuses an unreadable file the same
+    way: an empty file, a header with no rows (unless ``allow_empty``), a truncated or
+    non-Parquet ``.parquet`` or bad text encoding is an error naming the file, never a
+    traceback from the parser.
+    """
     path = Path(path)
     if not path.exists():
         raise LearnFeaturesError(f"{path}: file not found")
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=True)
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    raise LearnFeaturesError(f"{path}: unsupported format {suffix!r}; use .csv, .tsv or .parquet")
+        try:
+            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=True)
+        except pd.errors.EmptyDataError:
+            raise LearnFeaturesError(f"{path}: file is empty (expected a header row and data rows)") from None
+        except (ValueError, OSError) as exc:  # ParserError, UnicodeDecodeError, a directory, ...
+            raise LearnFeaturesError(f"{path}: not a readable {suffix[1:].upper()} file: {exc}") from None
+    elif suffix in (".parquet", ".pq"):
+        df = read_parquet(path).to_pandas()
+    else:
+        raise LearnFeaturesError(f"{path}: unsupported format {suffix!r}; use .csv, .tsv or .parquet")
+    if df.empty and not allow_empty:
+        raise LearnFeaturesError(f"{path}: no data rows (columns {list(df.columns)})")
+    return df
+
+
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet file as an Arrow table; a truncated or non-Parquet file is an error naming it."""
+    path = Path(path)
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise LearnFeaturesError(f"{path}: not a readable Parquet file (truncated or another format?): {exc}") from None
 
 
 def _first_rows(mask: np.ndarray | pd.Series, limit: int = 5) -> str:
@@ -98,9 +125,20 @@ def parse_timestamps(values: pd.Series, source: str, column: str = "timestamp") 
         first = int(np.flatnonzero(bad.to_numpy())[0])
         raise LearnFeaturesError(
             f"{source}: field {column!r} has {int(bad.sum())} unparseable value(s) "
-            f"(rows {_first_rows(bad)}; first value {values.iloc[first]!r})"
+            f"(rows {_first_rows(bad)}; first value {values.iloc[first]!r}){_unit_hint(values.iloc[first])}"
         )
     return parsed
+
+
+def _unit_hint(value: object) -> str:
+    """Why a number failed as unix seconds when it is a finer unit (the usual export mistake)."""
+    number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+    if pd.isna(number) or abs(number) < MAX_UNIX_SECONDS:
+        return ""
+    for unit, factor in FINER_UNITS:
+        if abs(number) / factor < MAX_UNIX_SECONDS:
+            return f": this looks like {unit}; unix seconds are expected, so divide by {factor}"
+    return ""
 
 
 def validate_interactions(df: pd.DataFrame, source: str) -> pd.DataFrame:

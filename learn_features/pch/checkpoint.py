@@ -26,9 +26,34 @@ def save(path: Path, payload: dict[str, Any]) -> None:
 
 
 def load_payload(path: Path) -> dict[str, Any]:
+    """A checkpoint's payload, read with ``weights_only=True``: tensors and plain data only.
+
+    A run folder may come from someone else, and a full unpickle would run any code its
+    ``.pt`` files carry. Everything this package saves (weights, model config, Adam and
+    LambdaLR state, training state) is tensors, dicts, lists, str, int, float, bool and
+    None, which torch's weights-only unpickler accepts; anything else (another format, a
+    file cut short, a payload with code) is refused, naming the file, and never executed.
+    """
     if not path.exists():
         raise LearnFeaturesError(f"{path}: checkpoint not found; run `learn-features train` first")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError (not a zip), EOFError, ...: torch raises many types
+        raise LearnFeaturesError(
+            f"{path}: refused to load this checkpoint: it is not a learn-features checkpoint of tensors and plain "
+            f"data (truncated, another format, or objects that would run code on load: {_reason(exc)}); "
+            "retrain with `learn-features train` rather than trusting it"
+        ) from None
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        raise LearnFeaturesError(f"{path}: not a learn-features checkpoint (no state_dict); retrain with `learn-features train`")
+    return payload
+
+
+def _reason(exc: Exception) -> str:
+    """The line of torch's error that says what was refused (e.g. ``Unsupported global: GLOBAL io.open``)."""
+    text = str(exc).split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0].split(". Please")[0] if lines else type(exc).__name__
 
 
 def model_payload(
