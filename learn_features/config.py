@@ -3,11 +3,18 @@
 Configs are plain nested dataclasses; a TOML file fills them, and unknown keys or wrong types
 are refused with the file and the dotted key named, because a typo silently ignored would
 run a different experiment than the one asked for.
+
+One rule for paths, in every config: a relative path written in a config file resolves
+against that file's folder (as most tools do), so a config works from any working
+directory; a path given on the command line (``--set``, ``--run-dir``) and a default are
+relative to the working directory, like every other command-line path. Fields declare
+that they hold a path with ``metadata=PATH`` (or ``MODEL_PATH``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -17,6 +24,11 @@ from typing import Any, TypeVar
 from learn_features.errors import LearnFeaturesError
 
 T = TypeVar("T")
+
+#: Field metadata: the value is a filesystem path (or a list of paths).
+PATH: dict[str, Any] = {"path": True}
+#: Field metadata: a model folder, unless the value names a shipped model (``shipped:smollm2``).
+MODEL_PATH: dict[str, Any] = {"path": True, "unless_prefix": "shipped:"}
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -89,17 +101,47 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def resolve_paths(cls: type, data: Any, base: Path) -> None:
+    """Resolve, in place, the relative paths of ``data`` (a config file's tables) against ``base``.
+
+    Only fields marked ``PATH``/``MODEL_PATH`` are touched; values of the wrong type are left
+    for ``from_dict`` to refuse with the dotted key.
+    """
+    if not isinstance(data, dict):
+        return
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        if _is_dataclass_type(hints[f.name]):
+            resolve_paths(hints[f.name], data[f.name], base)
+        elif f.metadata.get("path"):
+            data[f.name] = _resolve_path(data[f.name], base, f.metadata.get("unless_prefix"))
+
+
+def _resolve_path(value: Any, base: Path, unless_prefix: str | None) -> Any:
+    if isinstance(value, list):
+        return [_resolve_path(v, base, unless_prefix) for v in value]
+    if not isinstance(value, str) or (unless_prefix and value.startswith(unless_prefix)):
+        return value
+    p = Path(value).expanduser()
+    # normpath folds the "../.." of a config kept in a subfolder, so outputs show runs/..., data/... paths.
+    return str(p) if p.is_absolute() else os.path.normpath(base / p)
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """``cls`` from the TOML file at ``path`` (paths in it resolved against its folder), then ``overrides``."""
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
         path = Path(path)
-        if not path.exists():
+        if not path.is_file():
             raise LearnFeaturesError(f"{path}: config file not found")
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise LearnFeaturesError(f"{path}: invalid TOML: {exc}") from None
+        resolve_paths(cls, data, path.parent)
         source = str(path)
     for override in overrides or []:
         keys, value = parse_override(override)

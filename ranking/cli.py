@@ -38,8 +38,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     results = run_ranking_experiment(report_config(args))
     paths = write_report(results, args.out)
-    for note in results.notes:
-        print(f"note: {note}", file=sys.stderr)
+    if not args.quiet:
+        for note in results.notes:
+            print(f"note: {note}", file=sys.stderr)
     print(f"report: {paths['html']}\nmarkdown: {paths['md']}\njson: {paths['json']}")
     return 0
 
@@ -56,5 +57,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "(overrides embeddings.run_dir and any explicit embedding paths)",
     )
     parser.add_argument("--out", required=True, help="directory for report.html, report.md, report.json and plots/")
+    parser.add_argument("-q", "--quiet", action="store_true", help="do not repeat the report's notes on stderr")
     parser.set_defaults(func=cmd_report)
     return parser

@@ -8,13 +8,13 @@ Unknown keys in a TOML file are an error (a typo must not silently fall back to 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from learn_features.config import PATH
+from learn_features.data.labels import LabelRule
 from learn_features.config import load_config as load_library_config
-from learn_features.config import parse_override
 from learn_features.errors import LearnFeaturesError
 
 BASELINE_MODELS = ("lgbm_baseline", "dnn_baseline")
@@ -25,20 +25,48 @@ MODEL_PAIRS = (("dnn_baseline", "dnn_learn"), ("lgbm_baseline", "lgbm_learn"))
 
 @dataclass
 class DataConfig:
-    """Where the interactions come from and how ratings become labels.
+    """Where the interactions come from and how they become labels.
 
-    ``format="movielens"`` reads ``ratings.csv``/``movies.csv``; ratings >= ``positive_min_rating``
-    are conversions and ratings <= ``negative_max_rating`` non-conversions. Ratings strictly
-    between the two (3.5 on MovieLens) are neither, so they are not impressions, but they
+    * ``format="files"``: LEARN's own input tables (README, "Input format"), read by LEARN's
+      loader: ``interactions`` with ``user_id``, ``item_id``, ``timestamp`` and optional
+      ``rating``/``label``/``event_type``, and optionally the ``items`` catalog (``item_id``
+      plus text fields). Labels come from two rules (``learn_features.data.labels``):
+      ``positive`` (required, e.g. ``"rating >= 4"``, ``"label == 1"``,
+      ``"event_type in ['purchase', 'cart']"``) and ``negative`` (e.g. ``"rating <= 3"``;
+      omitted: every row that is not positive). Item features: the catalog's
+      ``genres_column`` split on ``genres_separator`` (multi-hot) and its numeric columns.
+    * ``format="movielens"``: ``ratings.csv``/``movies.csv``, labelled ``rating >=
+      positive_min_rating`` and ``rating <= negative_max_rating``.
+    * ``format="generic"``: one table with ``user_id, item_id, timestamp, label`` (0/1 on
+      every row), and an optional item table with pipe-separated ``genres``.
+
+    Rows that match neither rule (a 3.5 rating on MovieLens) are not impressions, but they
     still count as user/item activity in the history statistics and tiers.
-    ``format="generic"`` reads a CSV/Parquet table with ``user_id, item_id, timestamp, label``.
     """
 
-    interactions: str
-    items: str | None = None
-    format: Literal["movielens", "generic"] = "movielens"
+    interactions: str = field(metadata=PATH)
+    items: str | None = field(default=None, metadata=PATH)
+    format: Literal["movielens", "files", "generic"] = "movielens"
     positive_min_rating: float = 4.0
     negative_max_rating: float = 3.0
+    positive: str | None = None
+    negative: str | None = None
+    genres_column: str | None = None
+    genres_separator: Literal["|", ","] = "|"
+
+    def __post_init__(self) -> None:
+        files_only = [key for key in ("positive", "negative", "genres_column") if getattr(self, key) is not None]
+        if self.format != "files" and files_only:
+            raise LearnFeaturesError(f"config data.{files_only[0]} applies to data.format = 'files' only, not {self.format!r}")
+        if self.format == "files":
+            self.label_rules()  # refuse a bad rule when the config loads, before any work
+
+    def label_rules(self) -> tuple[LabelRule, LabelRule | None]:
+        """The (positive, negative) rules of the ``files`` format."""
+        if self.positive is None:
+            raise LearnFeaturesError("config data.format = 'files' needs data.positive, a rule such as \"rating >= 4\" or \"label == 1\"")
+        positive = LabelRule.parse(self.positive, "config data.positive")
+        return positive, None if self.negative is None else LabelRule.parse(self.negative, "config data.negative")
 
 
 @dataclass
@@ -72,10 +100,10 @@ class EmbeddingConfig:
     """
 
     source: Literal["parquet", "feast", "none"] = "parquet"
-    run_dir: str | None = None
-    user_paths: list[str] = field(default_factory=list)
-    item_paths: list[str] = field(default_factory=list)
-    feast_repo: str | None = None
+    run_dir: str | None = field(default=None, metadata=PATH)
+    user_paths: list[str] = field(default_factory=list, metadata=PATH)
+    item_paths: list[str] = field(default_factory=list, metadata=PATH)
+    feast_repo: str | None = field(default=None, metadata=PATH)
     expected_model_version: str | None = None
     #: Parquet source only: ignore snapshots older than this (a view TTL). None keeps a
     #: snapshot valid until the next one, as the Feast views of feature_repo/ do (TTL 0).
@@ -163,42 +191,12 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
 
-#: Config fields that hold filesystem paths, as (section, key).
-PATH_FIELDS = (
-    ("data", "interactions"),
-    ("data", "items"),
-    ("embeddings", "run_dir"),
-    ("embeddings", "feast_repo"),
-    ("embeddings", "user_paths"),
-    ("embeddings", "item_paths"),
-)
-
-
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read an ``ExperimentConfig`` from a TOML file plus ``section.key=value`` overrides.
 
-    Parsing and type checks are the library's (``learn_features.config``), so the ranking
-    config refuses unknown keys and wrong types exactly like the pipeline config. Relative
-    paths written in the file resolve against the file's folder, so a config keeps working
-    from any working directory; paths given as overrides are left as typed (relative to the
-    working directory), like ``--run-dir`` and every other command-line path.
+    Parsing, type checks and path resolution are the library's (``learn_features.config``):
+    unknown keys and wrong types are refused as in the pipeline config, and relative paths
+    written in the file resolve against the file's folder, while paths given as overrides
+    are relative to the working directory.
     """
-    config = load_library_config(ExperimentConfig, path, overrides)
-    overridden = {tuple(parse_override(o)[0]) for o in overrides or []}
-    base = Path(path).parent
-    for section, key in PATH_FIELDS:
-        if (section, key) in overridden:
-            continue
-        table = getattr(config, section)
-        value = getattr(table, key)
-        resolved = [_resolve(base, v) for v in value] if isinstance(value, list) else _resolve(base, value)
-        setattr(table, key, resolved)
-    return config
-
-
-def _resolve(base: Path, value: str | None) -> str | None:
-    if value is None:
-        return None
-    p = Path(value).expanduser()
-    # normpath folds the "../.." of a config stored inside the package, so reports show data/... paths.
-    return str(p) if p.is_absolute() else os.path.normpath(base / p)
+    return load_library_config(ExperimentConfig, path, overrides)

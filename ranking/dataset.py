@@ -19,7 +19,8 @@ import pandas as pd
 
 from learn_features.data.movielens import YEAR_SUFFIX, load_movielens_ratings
 from learn_features.data.split import parse_time
-from learn_features.data.tables import parse_timestamps, read_table, require_columns
+from learn_features.data.labels import LabelRule
+from learn_features.data.tables import load_generic, parse_timestamps, read_table, require_columns, validate_interactions
 from learn_features.errors import LearnFeaturesError
 from ranking.config import DataConfig, SplitConfig
 from ranking.embeddings import JOINED_COLUMNS, EmbeddingJoiner
@@ -47,24 +48,46 @@ def validate_impressions(df: pd.DataFrame, source: str) -> pd.DataFrame:
     return out
 
 
+def labelled_impressions(
+    interactions: pd.DataFrame, positive: LabelRule, negative: LabelRule | None, source: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validated interactions as (impressions, history), labelled by rules.
+
+    ``history`` holds every row: all of it is user/item activity for the history statistics
+    and the tiers, with ``label`` 1 where ``positive`` holds. ``impressions`` are the rows a
+    rule labels: 1 where ``positive`` holds, 0 where ``negative`` holds (every other row
+    when ``negative`` is None). A row that matches neither is activity but not an impression
+    (a 3.5 rating between "rating >= 4" and "rating <= 3"); a row that matches both is an error.
+    """
+    pos = positive.matches(interactions, source)
+    if negative is None:
+        neg = ~pos
+    else:
+        neg = negative.matches(interactions, source)
+        both = np.flatnonzero(pos & neg)
+        if both.size:
+            raise LearnFeaturesError(
+                f"{source}: {both.size} row(s) match both the positive rule {positive.text!r} and the negative rule "
+                f"{negative.text!r} (first: row {int(both[0]) + 1}); make the rules exclusive"
+            )
+    history = validate_impressions(interactions.assign(label=pos.astype(np.int8)), source)
+    return history[pos | neg].reset_index(drop=True), history
+
+
 def movielens_impressions(
     ratings_path: str | Path, positive_min_rating: float = 4.0, negative_max_rating: float = 3.0
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """MovieLens ratings as (impressions, history).
+    """MovieLens ratings as (impressions, history), labelled ``rating >= positive_min_rating``
+    (conversion) and ``rating <= negative_max_rating`` (non-conversion).
 
-    ``history`` holds every rating (all are user activity); ``impressions`` only those with a
-    label: rating >= ``positive_min_rating`` is a conversion, <= ``negative_max_rating`` not.
     The ratings are read by the library's MovieLens reader, the one LEARN trains on.
     """
     if negative_max_rating >= positive_min_rating:
         raise LearnFeaturesError(
             f"data: negative_max_rating {negative_max_rating} must be below positive_min_rating {positive_min_rating}"
         )
-    ratings = load_movielens_ratings(ratings_path)
-    ratings["label"] = (ratings["rating"] >= positive_min_rating).astype(np.int8)
-    history = validate_impressions(ratings, str(ratings_path))
-    labelled = (history["rating"] >= positive_min_rating) | (history["rating"] <= negative_max_rating)
-    return history[labelled].reset_index(drop=True), history
+    rules = LabelRule.parse(f"rating >= {positive_min_rating}"), LabelRule.parse(f"rating <= {negative_max_rating}")
+    return labelled_impressions(load_movielens_ratings(ratings_path), *rules, str(ratings_path))
 
 
 def movielens_items(movies_path: str | Path) -> pd.DataFrame:
@@ -84,21 +107,27 @@ def movielens_items(movies_path: str | Path) -> pd.DataFrame:
     )
 
 
-def _split_genres(value: str) -> list[str]:
-    return [g for g in str(value).split("|") if g and g != "(no genres listed)"]
+def _split_genres(value: str, separator: str = "|") -> list[str]:
+    genres = (g.strip() for g in str(value).split(separator))
+    return [g for g in genres if g and g != "(no genres listed)"]
+
+
+def side_items(df: pd.DataFrame, genres_column: str | None, separator: str, source: str) -> pd.DataFrame:
+    """Item side table: ``item_id``, ``genres`` (a list, from ``genres_column`` split on
+    ``separator``) and every numeric column (a column whose every non-empty cell is a number)."""
+    require_columns(df, ("item_id", *([genres_column] if genres_column else [])), source)
+    out = pd.DataFrame({"item_id": df["item_id"].astype(str).astype("string")})
+    if genres_column:
+        out["genres"] = df[genres_column].fillna("").map(lambda v: _split_genres(v, separator))
+    numeric = {c: _as_numbers(df[c]) for c in df.columns if c not in ("item_id", genres_column)}
+    return out.assign(**{c: v for c, v in numeric.items() if v is not None})
 
 
 def generic_items(path: str | Path) -> pd.DataFrame:
     """Item side table for the generic path: ``item_id``, optional pipe-separated ``genres``,
     any other numeric columns used as-is."""
     df = read_table(path)
-    require_columns(df, ("item_id",), str(path))
-    df["item_id"] = df["item_id"].astype(str).astype("string")
-    if "genres" in df.columns:
-        df["genres"] = df["genres"].fillna("").map(_split_genres)
-    keep = ["item_id", *(["genres"] if "genres" in df.columns else [])]
-    numeric = {c: _as_numbers(df[c]) for c in df.columns if c not in keep}
-    return df[keep].assign(**{c: v for c, v in numeric.items() if v is not None})
+    return side_items(df, "genres" if "genres" in df.columns else None, "|", str(path))
 
 
 def _as_numbers(column: pd.Series) -> pd.Series | None:
@@ -110,7 +139,22 @@ def _as_numbers(column: pd.Series) -> pd.Series | None:
     if pd.api.types.is_numeric_dtype(column):
         return column
     numbers = pd.to_numeric(column, errors="coerce")
-    return numbers if numbers.notna().sum() == column.notna().sum() else None
+    filled = column.notna() & (column.astype("string").str.strip() != "")  # a blank string is an empty cell
+    return numbers if numbers.notna().sum() == filled.sum() else None
+
+
+def files_data(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """(impressions, history, items) from LEARN's own input tables (``data.source = "files"``),
+    read by LEARN's loader, so the ranker and LEARN see the same rows, ids and times."""
+    if cfg.items:
+        dataset = load_generic(cfg.interactions, cfg.items)
+        interactions, catalog = dataset.interactions, dataset.catalog
+    else:
+        interactions, catalog = validate_interactions(read_table(cfg.interactions), cfg.interactions), None
+    positive, negative = cfg.label_rules()
+    impressions, history = labelled_impressions(interactions, positive, negative, cfg.interactions)
+    items = None if catalog is None else side_items(catalog, cfg.genres_column, cfg.genres_separator, str(cfg.items))
+    return impressions, history, items
 
 
 def load_data(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
@@ -118,6 +162,8 @@ def load_data(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
     if cfg.format == "movielens":
         impressions, history = movielens_impressions(cfg.interactions, cfg.positive_min_rating, cfg.negative_max_rating)
         items = movielens_items(cfg.items) if cfg.items else None
+    elif cfg.format == "files":
+        return files_data(cfg)
     else:
         impressions = validate_impressions(read_table(cfg.interactions), cfg.interactions)
         history = impressions

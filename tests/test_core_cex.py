@@ -316,3 +316,26 @@ def test_fingerprint_follows_config_and_weight_files(tmp_path: Path) -> None:
     assert second != first
     (model_dir / "config.json").write_text((model_dir / "config.json").read_text() + "\n")
     assert resolve_model(str(model_dir)).fingerprint not in (first, second)
+
+
+def test_progress_moves_every_batch_not_every_cache_chunk(tiny_llm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU one chunk of a real decoder takes minutes; the bar must move per batch."""
+    updates: list[int] = []
+
+    class RecordingBar:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def __enter__(self) -> RecordingBar:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def update(self, n: int) -> None:
+            updates.append(n)
+
+    monkeypatch.setattr(extractor_module, "tqdm", RecordingBar)
+    texts = [f"item number {i} with some words" for i in range(10)]
+    make(tiny_llm_dir, tmp_path, batch_size=3, chunk_size=8).embed_texts(texts)
+    assert updates == [3, 3, 2, 2]  # chunks of 8 and 2 items, batches of at most 3

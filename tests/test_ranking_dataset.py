@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ import pytest
 from learn_features.embeddings_io import EmbeddingTable, write_table
 from learn_features.errors import LearnFeaturesError
 from ranking.config import BootstrapConfig, DataConfig, DNNConfig, ExperimentConfig, LGBMConfig, SplitConfig
-from ranking.dataset import build_dataset, movielens_impressions, point_in_time_stats, validate_impressions
+from ranking.dataset import build_dataset, load_data, movielens_impressions, point_in_time_stats, validate_impressions
 from ranking.embeddings import ParquetEmbeddingJoiner
 from ranking.experiment import train_models
 from ranking.synthetic import make_world, write_learn_snapshot
@@ -29,6 +30,68 @@ def test_movielens_labels_and_history(tmp_path):
     assert impressions["label"].tolist() == [1, 1, 0, 0]
     assert len(history) == 5 and history["label"].tolist() == [1, 1, 0, 0, 0]  # ...but it is activity
     assert str(impressions["timestamp"].dtype) == "datetime64[ns, UTC]"
+
+
+MOVIELENS = Path(__file__).resolve().parents[1] / "data" / "ml-latest-small"
+
+
+def test_files_format_reads_learns_tables_as_the_movielens_format_does(tmp_path):
+    """MovieLens rewritten in LEARN's input format ("files": user_id/item_id/timestamp/rating and a
+    catalog with pipe-separated genres) gives the same impressions, history and genres."""
+    ratings = pd.read_csv(MOVIELENS / "ratings.csv").rename(columns={"userId": "user_id", "movieId": "item_id"})
+    movies = pd.read_csv(MOVIELENS / "movies.csv").rename(columns={"movieId": "item_id"})
+    ratings.to_csv(interactions := tmp_path / "interactions.csv", index=False)
+    movies.to_csv(catalog := tmp_path / "catalog.csv", index=False)
+    files = DataConfig(str(interactions), str(catalog), format="files", positive="rating >= 4", negative="rating <= 3",
+                       genres_column="genres", genres_separator="|")
+    movielens = DataConfig(str(MOVIELENS / "ratings.csv"), str(MOVIELENS / "movies.csv"))
+    (imp_f, hist_f, items_f), (imp_m, hist_m, items_m) = load_data(files), load_data(movielens)
+
+    def ordered(df: pd.DataFrame) -> pd.DataFrame:
+        return df.sort_values(["user_id", "timestamp", "item_id"], kind="stable").reset_index(drop=True)[list(imp_m.columns)]
+
+    pd.testing.assert_frame_equal(ordered(imp_f), ordered(imp_m))
+    pd.testing.assert_frame_equal(ordered(hist_f), ordered(hist_m))
+    assert len(imp_m) < len(hist_m)  # half-star ratings between the rules: activity, not impressions
+    genres = items_m.set_index("item_id")["genres"]
+    assert items_f.set_index("item_id")["genres"].equals(genres.loc[items_f["item_id"]])
+
+
+def test_files_format_with_event_rules_and_comma_separated_genres(tmp_path):
+    events = pd.DataFrame(
+        {
+            "user_id": ["a", "a", "a", "b", "b"],
+            "item_id": ["x", "y", "z", "x", "y"],
+            "timestamp": ["2021-01-01", "2021-01-02", "2021-01-03", "2021-01-01T12:00:00Z", "2021-01-04"],
+            "event_type": ["view", "purchase", "wishlist", "cart", "view"],
+        }
+    )
+    catalog = pd.DataFrame({"item_id": ["x", "y", "z"], "title": ["X", "Y", "Z"], "tags": ["Drama, Comedy", "", "Drama"],
+                            "price": ["9.5", "12", ""]})
+    events.to_csv(path := tmp_path / "events.csv", index=False)
+    catalog.to_parquet(items := tmp_path / "catalog.parquet")
+    config = DataConfig(str(path), str(items), format="files", positive="event_type in ['purchase', 'cart']",
+                        negative="event_type == 'view'", genres_column="tags", genres_separator=",")
+    impressions, history, side = load_data(config)
+    assert list(zip(impressions["user_id"], impressions["item_id"], impressions["label"])) == [
+        ("a", "x", 0), ("a", "y", 1), ("b", "x", 1), ("b", "y", 0)]  # the wishlist row is no impression...
+    assert len(history) == 5 and history["label"].tolist() == [0, 1, 0, 1, 0]  # ...but it is activity
+    assert side["genres"].tolist() == [["Drama", "Comedy"], [], ["Drama"]]
+    assert side["price"].tolist()[:2] == [9.5, 12.0] and "title" not in side.columns
+
+    every_other = dataclasses.replace(config, negative=None)  # no negative rule: every non-positive row
+    assert load_data(every_other)[0]["label"].tolist() == [0, 1, 0, 1, 0]
+    with pytest.raises(LearnFeaturesError, match=r"events\.csv: 1 row\(s\) match both the positive rule \"event_type != 'view'\" .*\(first: row 2\)"):
+        load_data(dataclasses.replace(config, positive="event_type != 'view'", negative="event_type == 'purchase'"))
+
+
+def test_files_format_config_is_checked_when_it_loads():
+    with pytest.raises(LearnFeaturesError, match="needs data.positive"):
+        DataConfig("events.csv", format="files")
+    with pytest.raises(LearnFeaturesError, match="data.negative: 'rating =< 3' is not a rule"):
+        DataConfig("events.csv", format="files", positive="rating >= 4", negative="rating =< 3")
+    with pytest.raises(LearnFeaturesError, match="data.genres_column applies to data.format = 'files' only"):
+        DataConfig("ratings.csv", genres_column="genres")
 
 
 def test_generic_impressions_reject_bad_labels_and_timestamps():

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from learn_features.cex.extractor import EncoderConfig
+from learn_features.config import PATH
 from learn_features.data.split import SplitConfig
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch.model import PCHConfig
 from learn_features.retrieval import DEFAULT_KS
-from training.methods import METHODS
+from training.methods import METHODS, get_methods
 from training.trainer import TrainConfig
 
 DATA_SOURCES = ("movielens", "files")
@@ -20,9 +21,9 @@ class DataConfig:
     """``movielens``: an ml-latest-* folder; ``files``: interactions + catalog in CSV/Parquet."""
 
     source: str = "movielens"
-    movielens_dir: str = "data/ml-latest-small"
-    interactions: str | None = None
-    catalog: str | None = None
+    movielens_dir: str = field(default="data/ml-latest-small", metadata=PATH)
+    interactions: str | None = field(default=None, metadata=PATH)
+    catalog: str | None = field(default=None, metadata=PATH)
 
     def __post_init__(self) -> None:
         if self.source not in DATA_SOURCES:
@@ -39,14 +40,24 @@ class EvalConfig:
     bootstrap_rounds: int = 1000
 
     def __post_init__(self) -> None:
+        # Checked here, when the config loads, so that a bad value is refused before any work
+        # (and before any output is rewritten), not after a whole job.
+        get_methods(self.methods)
+        if not self.methods:
+            raise LearnFeaturesError("eval.methods is empty; choose from " + str(sorted(METHODS)))
         if self.primary_method not in METHODS or not METHODS[self.primary_method].trained:
             raise LearnFeaturesError(f"eval.primary_method must be a trained method, got {self.primary_method!r}")
+        bad = [k for k in self.ks if k < 1]
+        if not self.ks or bad or len(set(self.ks)) != len(self.ks):
+            raise LearnFeaturesError(f"eval.ks must be distinct positive cut-offs, e.g. [10, 50, 100]; got {self.ks}")
+        if self.bootstrap_rounds < 1:
+            raise LearnFeaturesError(f"eval.bootstrap_rounds must be >= 1, got {self.bootstrap_rounds}")
 
 
 @dataclass
 class PipelineConfig:
-    run_dir: str = "runs/default"
-    cache_dir: str = ".cache/learn-features"
+    run_dir: str = field(default="runs/default", metadata=PATH)
+    cache_dir: str = field(default=".cache/learn-features", metadata=PATH)
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     llm: EncoderConfig = field(default_factory=EncoderConfig)

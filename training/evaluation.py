@@ -1,9 +1,10 @@
 """Turning rankings into the metrics table: overall and cold-item breakdowns, with intervals.
 
 ``metrics.json`` maps each method to its metrics, e.g. ``{"learn_v1": {"recall@50": ..,
-"ndcg@50": .., "users": 28, "ci95": {"recall@50": [lo, hi], ..}, "cold_items": {...}}}``.
-The 95% intervals are percentile bootstraps over test users: with a few dozen users the
-interval, not the point estimate, tells whether two methods differ.
+"ndcg@50": .., "users": 28, "ci95": {"recall@50": [lo, hi], ..}, "cold_items": {...}}}``,
+for every K in ``eval.ks``. The 95% intervals (recall@K and ndcg@K for each K) are
+percentile bootstraps over test users: with a few dozen users the interval, not the point
+estimate, tells whether two methods differ.
 """
 
 from __future__ import annotations
@@ -14,14 +15,18 @@ import numpy as np
 
 from learn_features.retrieval import bootstrap_interval, per_user_scores
 
-HEADLINE = ("recall@50", "ndcg@50")
+INTERVAL_METRICS = ("recall", "ndcg")
 
 
 def _summarise(per_user: dict[str, np.ndarray], rounds: int) -> dict:
     users = int(next(iter(per_user.values())).size)
     out: dict = {name: float(v.mean()) if users else None for name, v in per_user.items()}
     out["users"] = users
-    out["ci95"] = {name: list(bootstrap_interval(per_user[name], rounds=rounds)) if users else None for name in HEADLINE}
+    out["ci95"] = {
+        name: list(bootstrap_interval(values, rounds=rounds)) if users else None
+        for name, values in per_user.items()
+        if name.split("@")[0] in INTERVAL_METRICS
+    }
     return out
 
 
@@ -42,8 +47,8 @@ def _cell(metrics: dict, name: str) -> str:
 
 
 def metrics_markdown(methods: dict[str, dict], split: dict, ks: Sequence[int]) -> str:
-    overall_cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")] + [f"hit@{ks[-1]}"]
-    cold_cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
+    cold_cols = [f"{m}@{k}" for k in ks for m in INTERVAL_METRICS]
+    overall_cols = cold_cols + [f"hit@{max(ks)}"]
     lines = [
         "# Retrieval metrics (held-out test users, full item gallery)",
         "",

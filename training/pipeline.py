@@ -1,7 +1,8 @@
 """The LEARN job, stage by stage: extract -> train -> embed -> evaluate.
 
-Every stage reads the config, reloads and re-splits the data (seconds, deterministic), and
-writes its outputs atomically under ``run_dir``:
+Every stage reads the config, reloads and re-splits the data (seconds, deterministic), checks
+the inputs it needs (content stores, checkpoints), records the config and the split
+(``config.json``, ``split.json``) and then writes its outputs atomically under ``run_dir``:
 
 - ``content/<encoder>/``: content embeddings aligned to the catalog, as the fp16 sharded
   store that training and inference read row by row (``extract``, streamed from the cache);
@@ -42,7 +43,7 @@ from learn_features.retrieval import rank_items
 from training.config import PipelineConfig
 from training.evaluation import method_metrics, metrics_markdown
 from training.methods import Method, get_methods
-from training.trainer import BEST, TrainResult, train_towers
+from training.trainer import BEST, LAST, TrainResult, train_towers
 
 
 @dataclass
@@ -68,10 +69,18 @@ def prepare(config: PipelineConfig) -> Prepared:
     else:
         dataset = load_generic(data.interactions, data.catalog)
     split = split_dataset(dataset.interactions, dataset.catalog, config.split)
-    run_dir = Path(config.run_dir)
-    write_json_atomic(run_dir / "config.json", asdict(config))
-    write_json_atomic(run_dir / "split.json", {"load": asdict(dataset.report), "split": split.summary()})
     return Prepared(config, dataset, split)
+
+
+def record(prep: Prepared) -> None:
+    """Write the run's ``config.json`` and ``split.json``.
+
+    Each stage calls this only once its own checks have passed, so a refused command (a
+    missing content store, an unknown method, an unsafe checkpoint) never rewrites the record
+    of a finished run.
+    """
+    write_json_atomic(prep.run_dir / "config.json", asdict(prep.config))
+    write_json_atomic(prep.run_dir / "split.json", {"load": asdict(prep.dataset.report), "split": prep.split.summary()})
 
 
 def needed_contents(config: PipelineConfig) -> list[str]:
@@ -104,14 +113,17 @@ def extract(prep: Prepared, progress: bool = True, env: Mapping[str, str] | None
     is set) only fills its share of the shared cache and assembles nothing: its value is the
     ``ShardPass``, and a later unsharded extract finds everything cached and assembles the store.
     """
-    written: dict[str, Path | ShardPass] = {}
+    jobs = []
     for content in needed_contents(prep.config):
         encoder = encoder_for(prep.config, content)
         shard = resolve_shard(encoder.shard, env)
         if env is not None:
             encoder = replace(encoder, device=local_device(encoder.device, env))
-        extractor = ContentExtractor(encoder, prep.config.cache_dir)
-        prompts = render_prompts(prep.dataset.catalog, encoder.prompt_template)
+        jobs.append((content, shard, ContentExtractor(encoder, prep.config.cache_dir),
+                     render_prompts(prep.dataset.catalog, encoder.prompt_template)))
+    record(prep)
+    written: dict[str, Path | ShardPass] = {}
+    for content, shard, extractor, prompts in jobs:
         if shard is not None:
             written[content] = extractor.fill_cache(prompts, shard, progress)
             continue
@@ -172,17 +184,22 @@ def inputs_for(prep: Prepared, method: Method, device: torch.device) -> ItemInpu
 def train(prep: Prepared, only: list[str] | None = None, progress: bool = True) -> dict[str, TrainResult]:
     config = prep.config
     device = pick_device(config.train.device)
+    methods = [m for m in get_methods(only or config.eval.methods) if m.trained]
+    inputs = {m.name: inputs_for(prep, m, device) for m in methods}
+    for method in methods:  # a resume checkpoint that cannot be read safely is refused before any work
+        last = prep.run_dir / "models" / method.name / LAST
+        if last.exists():
+            checkpoint.load_payload(last)
+    record(prep)
     results = {}
-    for method in get_methods(only or config.eval.methods):
-        if not method.trained:
-            continue
+    for method in methods:
         model_config = replace(config.model, variant=method.variant)
         results[method.name] = train_towers(
             prep.run_dir / "models" / method.name,
             model_config,
             config.train,
             prep.split,
-            inputs_for(prep, method, device),
+            inputs[method.name],
             config.split.history_len,
             config.split.target_len,
             method.name,
@@ -214,6 +231,7 @@ def embed(prep: Prepared) -> dict[str, Path]:
     best_path = prep.run_dir / "models" / method.name / BEST
     payload = checkpoint.load_payload(best_path)
     inputs = inputs_for(prep, method, pick_device(config.train.device))
+    record(prep)
     version = checkpoint.model_version(payload, method.name, inputs.identity)
     user_ids = sorted(prep.split.profiles)
     users, items = method_vectors(prep, method, [prep.split.profiles[u] for u in user_ids])
@@ -244,10 +262,17 @@ def embed(prep: Prepared) -> dict[str, Path]:
 def evaluate(prep: Prepared, progress: bool = True) -> dict[str, dict]:
     """Retrieval metrics of every method on the held-out test users, overall and on cold items."""
     config, split = prep.config, prep.split
+    methods = get_methods(config.eval.methods)
+    for method in methods:  # every input is checked before anything is written
+        if method.trained:
+            checkpoint.load_payload(prep.run_dir / "models" / method.name / BEST)
+        if method.content != "ids":
+            content_store(prep, method.content)
+    record(prep)
     test = split.test
     cold_targets = [t[~split.warm_items[t]] for t in test.targets]
     results = {}
-    for method in tqdm(get_methods(config.eval.methods), desc="evaluating", disable=not progress):
+    for method in tqdm(methods, desc="evaluating", disable=not progress):
         users, items = method_vectors(prep, method, test.histories)
         ranked = rank_items(users, items, test.exclude, max(config.eval.ks))
         results[method.name] = method_metrics(ranked, test.targets, cold_targets, config.eval)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
@@ -53,6 +54,7 @@ LAST = "last.pt"
 BEST = "best.pt"
 # Execution choices that leave the training math unchanged: toggling them still resumes last.pt.
 RUNTIME_ONLY = ("prefetch", "compile", "device")  # the device counts only through the bf16/fused it allows
+SELECT_METRIC = re.compile(r"(hit|recall|ndcg)@\d+")  # what retrieval.per_user_scores computes per K
 
 
 @dataclass
@@ -85,6 +87,10 @@ class TrainConfig:
             raise LearnFeaturesError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.prefetch < 0:
             raise LearnFeaturesError(f"train.prefetch must be >= 0 (batches built ahead), got {self.prefetch}")
+        if not SELECT_METRIC.fullmatch(self.select_metric) or int(self.select_metric.split("@")[1]) < 1:
+            raise LearnFeaturesError(
+                f"train.select_metric must be hit@K, recall@K or ndcg@K with K >= 1 (e.g. recall@50), got {self.select_metric!r}"
+            )
 
 
 @dataclass
