@@ -29,7 +29,8 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/learn-features run --config $(CONFIG) --run-dir $(RUN_DIR)
 	$(BIN)/learn-features publish --run-dir $(RUN_DIR) --repo feature_repo
-	cd feature_repo && $(BIN)/feast apply && $(BIN)/feast materialize-incremental $$(date -u +%Y-%m-%dT%H:%M:%S)
+	cd feature_repo && $(BIN)/feast apply
+	$(BIN)/learn-features materialize --repo feature_repo
 	$(BIN)/learn-features verify-online --repo feature_repo
 	$(BIN)/learn-features publish --run-dir $(RUN_DIR) --repo feature_repo --replay
 	$(BIN)/learn-features report --config $(RANKING_CONFIG) --run-dir $(RUN_DIR) --out $(RUN_DIR)/report

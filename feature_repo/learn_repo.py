@@ -7,7 +7,13 @@ the serving client and the training join refuse to combine a user and an item ve
 different versions (see docs/feast.md, "Model versions and rollout").
 
 The view tags record the dimension and model version of the latest full publication;
-run ``feast apply`` after each publish so the registry shows them.
+run ``feast apply`` after each publish so the registry shows them. Importing this file
+(which ``feast apply`` does) also writes the zero-row schema files under
+``data/offline/_schema/``, so the sources' globs match a file, and Feast can materialize,
+before anything is published.
+
+The FileSource paths are absolute (see ``offline_glob``) and the registry keeps them: after
+copying or moving this folder, run ``feast apply`` in the new place.
 """
 
 from pathlib import Path
@@ -15,7 +21,7 @@ from pathlib import Path
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float32, String
 
-from learn_features.feast_publish import active_publication
+from learn_features.feast_publish import active_publication, ensure_offline_schema
 from learn_features.feast_repo import (
     EMBEDDING_TTL,
     ITEM,
@@ -27,6 +33,7 @@ from learn_features.feast_repo import (
 
 REPO = Path(__file__).resolve().parent
 OWNER = "learn-features"
+ensure_offline_schema(REPO)
 _active = active_publication(REPO)
 TAGS = {
     "pipeline": "learn",

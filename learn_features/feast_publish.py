@@ -5,10 +5,14 @@ Layout under the repo (all of it git-ignored)::
     data/offline/<publication id>/user.parquet      # feature names as columns
     data/offline/<publication id>/item.parquet
     data/offline/<publication id>/publication.json  # version, dim, time, digest
+    data/offline/<publication id>/catalog.parquet   # push publications: the catalog rows pushed
+    data/offline/_schema/{user,item}.parquet        # zero rows: the publications' schema
     data/staging/                                   # half-built publications
     data/.publish.lock
 
-The FileSources glob ``data/offline/*/user.parquet`` and ``.../item.parquet``. A
+The FileSources glob ``data/offline/*/user.parquet`` and ``.../item.parquet``. The
+schema-only files keep the globs matching before the first publication, so Feast (DuckDB)
+reads an empty table instead of failing on a glob that matches no file. A
 publication is built in ``data/staging`` and committed with a single directory rename,
 so readers see all of it or none of it, and a crash leaves only staging debris that the
 next publish removes. Publications are never rewritten; history stays for point-in-time
@@ -49,7 +53,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from learn_features.atomic import write_json_atomic
+from learn_features.atomic import atomic_path, write_json_atomic
+from learn_features.data.tables import read_parquet, read_table
 from learn_features.embeddings_io import (
     ITEM_FILE,
     USER_FILE,
@@ -64,6 +69,8 @@ from learn_features.errors import LearnFeaturesError
 from learn_features.feast_repo import FIELDS, OFFLINE_DIR
 
 PUBLICATION_FILE = "publication.json"
+CATALOG_FILE = "catalog.parquet"
+SCHEMA_DIR = OFFLINE_DIR / "_schema"  # no publication.json: never listed as a publication
 STAGING_DIR = Path("data") / "staging"
 LOCK_FILE = Path("data") / ".publish.lock"
 ONE_MICROSECOND = pd.Timedelta(microseconds=1)
@@ -93,6 +100,12 @@ class Publication:
         """The entity's file in this publication, or None (push publications hold items only)."""
         path = self.path / FIELDS[entity].parquet_name
         return path if entity in self.rows else None
+
+    @property
+    def catalog(self) -> Path | None:
+        """The catalog rows a push embedded (kept to re-embed them after a rollout), if recorded."""
+        path = self.path / CATALOG_FILE
+        return path if path.is_file() else None
 
 
 @dataclass(frozen=True)
@@ -206,6 +219,27 @@ def _arrow_table(entity: Entity, table: EntityVectors, published_at: pd.Timestam
     )
 
 
+def ensure_offline_schema(repo_path: str | Path) -> None:
+    """Write ``data/offline/_schema/{user,item}.parquet`` (zero rows) unless already right.
+
+    Called when Feast imports the repo definitions (``feast apply``) and by every publish,
+    so that materializing before the first publication loads nothing instead of failing.
+    The schema is the one ``_arrow_table`` gives publications, so DuckDB unions the files.
+    Idempotent, and atomic: a concurrent reader sees the old file or the new one.
+    """
+    empty = EntityVectors(np.zeros(0, dtype=object), np.zeros((0, 1), np.float32))
+    for entity, names in FIELDS.items():
+        expected = _arrow_table(entity, empty, pd.Timestamp(0, tz="UTC"), "")
+        target = Path(repo_path) / SCHEMA_DIR / names.parquet_name
+        try:
+            if pq.read_schema(target).equals(expected.schema):
+                continue
+        except (pa.ArrowException, OSError):
+            pass  # missing or unreadable: (re)write it
+        with atomic_path(target) as tmp:
+            pq.write_table(expected, tmp)
+
+
 def _list_column(vectors: np.ndarray) -> pa.ChunkedArray:
     """``list<float32>`` rows in chunks of under 2^31 values: a list array's int32 offsets
     would wrap past that (e.g. 34M users x 64 dims) and silently corrupt the vectors."""
@@ -248,12 +282,15 @@ def commit_publication(
     published_at: pd.Timestamp,
     source: str,
     digest: str | None = None,
+    catalog: pd.DataFrame | None = None,
 ) -> Publication:
     """Write a publication to staging, then make it visible with one atomic rename.
 
     Call under ``publish_lock``. Leftovers of crashed publishes are removed first.
+    ``catalog`` (push publications) is kept as ``catalog.parquet`` next to the vectors.
     """
     repo = Path(repo_path)
+    ensure_offline_schema(repo)
     staging_root = repo / STAGING_DIR
     offline = repo / OFFLINE_DIR
     if staging_root.exists():
@@ -272,6 +309,9 @@ def commit_publication(
             pq.write_table(_arrow_table(entity, table, published_at, model_version), target)
             with open(target, "rb") as fh:
                 os.fsync(fh.fileno())
+        if catalog is not None:
+            with atomic_path(staged / CATALOG_FILE) as tmp:
+                pq.write_table(pa.Table.from_pandas(catalog, preserve_index=False), tmp)
         meta = {
             "kind": kind,
             "model_version": model_version,
@@ -293,13 +333,12 @@ def commit_publication(
 
 
 def _load_run_table(path: Path, entity: Entity, model_version: str, dim: int) -> EntityVectors:
-    if path.is_file():  # read_frame indexes the id column before validating; name a missing one first
-        names = pq.read_schema(path).names
-        missing = [c for c in (id_column(entity), "embedding", "event_timestamp", "model_version") if c not in names]
-        if missing:
-            raise LearnFeaturesError(f"{path}: missing column(s) {missing}; found {names}")
     df = read_frame(path, entity)
-    matrix = frame_to_matrix(df).reshape(len(df), -1) if len(df) else np.zeros((0, dim), np.float32)
+    if df.empty:
+        # It would become the active version with nothing to serve: every user unscorable,
+        # and every later push of items refused against it.
+        raise LearnFeaturesError(f"{path}: no {entity} rows; a full publication needs the {entity} vectors of the run")
+    matrix = frame_to_matrix(df).reshape(len(df), -1)
     if matrix.shape[1] != dim:
         raise LearnFeaturesError(
             f"{path}: row 0 ({id_column(entity)}={df[id_column(entity)].iloc[0]!r}): "
@@ -365,13 +404,61 @@ def publish_run(run_dir: str | Path, repo_path: str | Path, event_time: str = "n
     return PublishResult(pub, created=True)
 
 
-def record_push(repo_path: str | Path, table: EmbeddingTable, published_at: pd.Timestamp) -> Publication:
+def record_push(
+    repo_path: str | Path, table: EmbeddingTable, published_at: pd.Timestamp, catalog: pd.DataFrame | None = None
+) -> Publication:
     """Keep pushed cold-start items in the offline store too, for point-in-time training joins.
 
-    Call under ``publish_lock`` with the time the rows were pushed online.
+    Call under ``publish_lock`` with the time the rows were pushed online. ``catalog``, the
+    rows the vectors were embedded from, lets a later model version re-embed these items
+    (``stale_pushed_items``) when a rollout leaves them behind.
     """
     vectors = EntityVectors.sorted(table.ids, table.vectors.astype(np.float32))
-    return commit_publication(repo_path, "push", table.model_version, {"item": vectors}, published_at, "push")
+    return commit_publication(repo_path, "push", table.model_version, {"item": vectors}, published_at, "push", catalog=catalog)
+
+
+def _item_ids(pub: Publication) -> list[str]:
+    path = pub.parquet("item")
+    return [] if path is None else read_parquet(path, columns=[FIELDS["item"].join_key]).column(0).to_pylist()
+
+
+def stale_pushed_items(repo_path: str | Path, model_version: str) -> dict[str, Publication]:
+    """Pushed items whose latest published vector is not of ``model_version``, each mapped to
+    the latest push publication that holds it (and so its catalog row).
+
+    Online stores keep the latest row per item, so these are the pushed items served with
+    another model's vector: after a rollout, every item pushed under the old version that
+    the new run's catalog does not contain. The serving client flags them
+    ``version_mismatch`` and cannot score them until they are pushed again with the active run.
+    """
+    with_items = [p for p in list_publications(repo_path) if p.parquet("item") is not None]
+    pushed: dict[str, Publication] = {}
+    for pub in with_items:
+        if pub.kind == "push":
+            pushed.update(dict.fromkeys(_item_ids(pub), pub))
+    latest_version: dict[str, str] = {}
+    for pub in with_items:
+        latest_version.update((i, pub.model_version) for i in _item_ids(pub) if i in pushed)
+    return {i: pushed[i] for i, version in latest_version.items() if version != model_version}
+
+
+def stale_catalog_rows(repo_path: str | Path, model_version: str) -> pd.DataFrame:
+    """The recorded catalog rows of every ``stale_pushed_items`` item, ready to embed again."""
+    stale = stale_pushed_items(repo_path, model_version)
+    by_pub: dict[Path, tuple[Publication, set[str]]] = {}
+    for item, pub in stale.items():
+        by_pub.setdefault(pub.path, (pub, set()))[1].add(item)
+    unrecorded = [pub.publication_id for pub, _ in by_pub.values() if pub.catalog is None]
+    if unrecorded:
+        raise LearnFeaturesError(
+            f"{Path(repo_path) / OFFLINE_DIR}: push publication(s) {unrecorded} hold no catalog rows (pushed before "
+            "learn-features kept them); run `embed-items --catalog FILE --push` with those items' rows instead"
+        )
+    frames = []
+    for pub, items in by_pub.values():
+        rows = read_table(pub.catalog)  # type: ignore[arg-type]
+        frames.append(rows[rows["item_id"].astype(str).isin(items)])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"item_id": []})
 
 
 def read_published(repo_path: str | Path, entity: Entity, model_version: str) -> EntityVectors:
@@ -384,7 +471,7 @@ def read_published(repo_path: str | Path, entity: Entity, model_version: str) ->
         path = pub.parquet(entity)
         if pub.model_version != model_version or path is None:
             continue
-        tbl = pq.read_table(path, columns=[names.join_key, names.embedding])
+        tbl = read_parquet(path, columns=[names.join_key, names.embedding])
         chunk_ids = tbl.column(names.join_key).to_pylist()
         flat = _flat_values(tbl.column(names.embedding))
         chunks.append(flat.reshape(len(chunk_ids), pub.dim))

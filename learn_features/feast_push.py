@@ -22,7 +22,8 @@ from learn_features.feast_publish import (
     publish_lock,
     record_push,
 )
-from learn_features.feast_repo import ITEM, ITEM_PUSH_SOURCE, open_store, resolve_config, store_errors
+from learn_features.feast_materialize import record_loaded, store_key
+from learn_features.feast_repo import ITEM, ITEM_PUSH_SOURCE, open_applied_store, resolve_config, store_errors
 
 
 def push_frame(table: EmbeddingTable, pushed_at: pd.Timestamp) -> pd.DataFrame:
@@ -37,13 +38,18 @@ def push_frame(table: EmbeddingTable, pushed_at: pd.Timestamp) -> pd.DataFrame:
     )
 
 
-def push_item_embeddings(repo_path: str | Path, table: EmbeddingTable, config: str | Path | None = None) -> Publication:
+def push_item_embeddings(
+    repo_path: str | Path, table: EmbeddingTable, config: str | Path | None = None, catalog: pd.DataFrame | None = None
+) -> Publication:
     """Validate item vectors, push them online, then record them offline.
 
     Refuses vectors of any model version other than the active (latest published) one,
     since every user vector online belongs to that version. The online write happens
     first: if the store is unreachable nothing is recorded, and a retry writes no
-    duplicate offline rows.
+    duplicate offline rows. ``catalog``, the rows the vectors came from, is recorded with
+    them so that a later rollout can re-embed these items (``embed-items --repush-stale``).
+    The publication counts as loaded into this config's online store
+    (``learn-features materialize`` loads it into the others).
     """
     if table.entity != "item":
         raise LearnFeaturesError(f"push_item_embeddings: expected item embeddings, got {table.entity}")
@@ -60,9 +66,11 @@ def push_item_embeddings(repo_path: str | Path, table: EmbeddingTable, config: s
                 "publish the new run first, then push with it"
             )
         pushed_at = next_publish_time(repo_path)
-        store = open_store(repo_path, config_path)
+        store = open_applied_store(repo_path, config_path)
         with store_errors("pushing items to the online store", config_path):
             from feast.data_source import PushMode
 
             store.push(ITEM_PUSH_SOURCE, push_frame(table, pushed_at), to=PushMode.ONLINE)
-        return record_push(repo_path, table, pushed_at)
+        publication = record_push(repo_path, table, pushed_at, catalog)
+        record_loaded(repo_path, store_key(repo_path, config_path, store), [publication])
+        return publication

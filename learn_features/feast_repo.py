@@ -104,6 +104,30 @@ def open_store(repo_path: str | Path, config: str | Path | None = None) -> Featu
         raise LearnFeaturesError(f"{fs_yaml}: cannot load Feast config: {exc}") from exc
 
 
+def open_applied_store(repo_path: str | Path, config: str | Path | None = None) -> FeatureStore:
+    """``open_store`` for commands that read or load data: the registry must hold this repo's views.
+
+    The FileSources' paths are absolute (see ``offline_glob``) and the registry keeps them as
+    they were at ``feast apply``. A repo copied or moved to another folder therefore reads
+    the *old* folder's publications until ``feast apply`` runs in the new one: silently
+    stale data while the old folder exists, a DuckDB error once it is gone. Refused here,
+    with the fix.
+    """
+    config_path = resolve_config(repo_path, config)
+    store = open_store(repo_path, config_path)
+    with store_errors("reading the Feast registry", config_path):
+        views = {fields.entity: store.get_feature_view(fields.view) for fields in FIELDS.values()}
+    repo = Path(repo_path).resolve()
+    for entity, view in views.items():
+        registered, expected = view.batch_source.path, offline_glob(repo, entity)
+        if registered != expected:
+            raise LearnFeaturesError(
+                f"{config_path}: the registry points at {registered}, not at this repo's {expected} "
+                f"(was the repo copied or moved?); run `feast apply` in {repo}"
+            )
+    return store
+
+
 def load_definitions(repo_path: str | Path) -> list[Any]:
     """Import the repo's definitions file and return the Feast objects it declares.
 

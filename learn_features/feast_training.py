@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from learn_features.errors import LearnFeaturesError
-from learn_features.feast_repo import ITEM, RANKER_SERVICE, USER, open_store, resolve_config, store_errors
+from learn_features.feast_repo import ITEM, RANKER_SERVICE, USER, open_applied_store, resolve_config, store_errors
 
 ROW = "__learn_row"
 MISMATCH = "learn_version_mismatch"
@@ -72,7 +72,7 @@ def historical_learn_features(
     """
     keys = _validate_entity_df(entity_df)
     config_path = resolve_config(repo_path, config)
-    store = open_store(repo_path, config_path)
+    store = open_applied_store(repo_path, config_path)
     with store_errors("reading historical features", config_path):
         service = store.get_feature_service(RANKER_SERVICE)
         joined = store.get_historical_features(entity_df=keys, features=service).to_df()

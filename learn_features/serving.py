@@ -33,7 +33,7 @@ from learn_features.feast_repo import (
     STALE_AFTER,
     USER,
     EntityFields,
-    open_store,
+    open_applied_store,
     resolve_config,
     store_errors,
 )
@@ -120,11 +120,11 @@ class LearnFeatureClient:
         if metric not in ("dot", "cosine"):
             raise LearnFeaturesError(f"metric must be 'dot' or 'cosine', got {metric!r}")
         self._config_path = resolve_config(repo_path, config)
-        self._store = open_store(repo_path, self._config_path)
+        self._store = open_applied_store(repo_path, self._config_path)  # fails now, not at the first request
         self.metric: Metric = metric
         self.model_version = model_version
         with store_errors("reading the Feast registry", self._config_path):
-            self._store.get_feature_service(RANKER_SERVICE)  # fail now, not at the first request
+            self._store.get_feature_service(RANKER_SERVICE)
         self._max_age = STALE_AFTER if max_age is None else max_age
 
     def read(self, fields: EntityFields, ids: list[str]) -> OnlineRows:

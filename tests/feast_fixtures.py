@@ -132,9 +132,11 @@ def drop_postgres_schema(schema: str) -> None:
 
 
 def publication_files(repo: Path) -> list[str]:
-    """Every file under data/offline, relative, for before/after comparisons."""
+    """Every file of every publication under data/offline, relative, for before/after comparisons
+    (the zero-row schema files under data/offline/_schema are no publication)."""
     root = repo / "data" / "offline"
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    return [f for f in files if not f.startswith("_schema/")]
 
 
 def manifest(run_dir: Path) -> dict[str, Any]:

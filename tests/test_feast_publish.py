@@ -71,6 +71,7 @@ def test_crash_mid_publish_leaves_no_visible_rows_and_rerun_recovers(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = write_run(tmp_path / "run", "v1", 5, 6, 4, seed=2)
+    feast_publish.ensure_offline_schema(repo)  # so that the writes counted below are the publication's
     real_write = pq.write_table
     calls = []
 
@@ -223,12 +224,14 @@ def test_publish_command(repo: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     run = write_run(tmp_path / "run", "v1", 3, 3, 4, seed=16)
     args = parser.parse_args(["publish", "--run-dir", str(run.run_dir), "--repo", str(repo)])
     assert args.func(args) == 0
-    assert "published v1: 3 users, 3 items, dim 4" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "published v1: 3 users, 3 items, dim 4" in out
+    assert f"next: (cd {repo} && feast apply) && learn-features materialize --repo {repo} && learn-features verify-online" in out
     assert args.func(args) == 0
     assert "nothing to do" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         parser.parse_args(["publish", "--help"])
-    assert "feast materialize-incremental" in capsys.readouterr().out
+    assert "learn-features materialize" in capsys.readouterr().out
 
 
 def test_vectors_past_int32_list_offsets_are_written_in_chunks(

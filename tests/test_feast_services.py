@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from feast_fixtures import (
+    PG_DSN,
     SyntheticRun,
     copy_repo,
     drop_postgres_schema,
@@ -26,11 +27,12 @@ from feast_fixtures import (
     write_run,
 )
 
+from learn_features.cli import main
 from learn_features.embeddings_io import EmbeddingTable
 from learn_features.errors import LearnFeaturesError
 from learn_features.feast_publish import list_publications, publish_run
 from learn_features.feast_push import push_item_embeddings
-from learn_features.feast_repo import apply_repo, open_store
+from learn_features.feast_repo import ITEM_VIEW, USER_VIEW, apply_repo, open_store
 from learn_features.serving import LearnFeatureClient
 
 pytestmark = pytest.mark.services
@@ -43,6 +45,7 @@ class Deployed:
     repo: Path
     config: str
     run: SyntheticRun
+    project: str  # also the Postgres schema
 
 
 @pytest.fixture(scope="module", params=["redis", "postgres"])
@@ -58,7 +61,7 @@ def deployed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         store = open_store(repo, config)
         apply_repo(store, repo)
         store.materialize(datetime(2000, 1, 1, tzinfo=timezone.utc), datetime.now(timezone.utc) + timedelta(seconds=1))
-        yield Deployed(request.param, repo, config, run)
+        yield Deployed(request.param, repo, config, run, project)
     finally:
         if request.param == "redis":
             drop_redis_project(project)
@@ -102,3 +105,31 @@ def test_unreachable_server_is_a_clear_error_and_data_stays(deployed: Deployed) 
     after = live.score("u1", ["i1", "i2"])
     assert after.item_vectors.tobytes() == before.item_vectors.tobytes()
     assert after.user_vector.tobytes() == before.user_vector.tobytes()  # type: ignore[union-attr]
+
+
+def flush_online_store(deployed: Deployed) -> None:
+    """Empty the server's online store for this project, as a restarted Redis would be."""
+    if deployed.kind == "redis":
+        assert drop_redis_project(deployed.project) > 0
+        return
+    import psycopg
+
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        for view in (USER_VIEW, ITEM_VIEW):
+            conn.execute(f'TRUNCATE "{deployed.project}"."{deployed.project}_{view}"')
+
+
+def test_materialize_full_reloads_a_flushed_server(deployed: Deployed, capsys: pytest.CaptureFixture[str]) -> None:
+    """Runs last: it empties the server, then leaves it whole again."""
+    repo, config = str(deployed.repo), deployed.config
+    assert main(["materialize", "--repo", repo, "-f", config, "-q"]) == 0  # the fixture loaded through plain Feast
+    flush_online_store(deployed)
+    capsys.readouterr()
+    assert main(["verify-online", "--repo", repo, "-f", config]) == 1
+    assert "missing" in capsys.readouterr().out
+    assert main(["materialize", "--repo", repo, "-f", config]) == 0
+    assert "nothing to materialize" in capsys.readouterr().out  # the ledger cannot see a flush
+    assert main(["materialize", "--repo", repo, "-f", config, "--full", "-q"]) == 0
+    assert main(["verify-online", "--repo", repo, "-f", config]) == 0
+    res = LearnFeatureClient(repo, config=config).score("u0", ["cold-1", "i1"])  # the push is reloaded too
+    assert res.scorable.all()

@@ -141,7 +141,7 @@ def _fake_tower(monkeypatch: pytest.MonkeyPatch, version: str | None = None, nan
     """Stand-in for the trained item tower: random vectors of the run's dimension."""
     made: dict[str, np.ndarray] = {}
 
-    def embed_catalog_items(run_dir: Path, catalog: pd.DataFrame) -> EmbeddingTable:
+    def embed_catalog_items(run_dir: Path, catalog: pd.DataFrame, progress: bool = True) -> EmbeddingTable:
         info = manifest(Path(run_dir))
         rng = np.random.default_rng(len(catalog))
         vectors = rng.standard_normal((len(catalog), int(info["dim"]))).astype(np.float32)

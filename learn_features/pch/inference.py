@@ -18,12 +18,14 @@ import torch
 from learn_features.cex.extractor import ContentExtractor, EncoderConfig
 from learn_features.cex.prompt import render_prompts
 from learn_features.data.tables import validate_catalog
-from learn_features.embeddings_io import EmbeddingTable, read_run_manifest
+from learn_features.config import from_dict
+from learn_features.embeddings_io import EmbeddingTable, read_run_manifest, run_manifest_path
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
 from learn_features.pch.batching import pad_sequences
 from learn_features.pch.inputs import ItemInputs
 from learn_features.pch.model import PCH
+
 
 @torch.inference_mode()
 def user_vectors(model: PCH, inputs: ItemInputs, histories: Sequence[np.ndarray], batch_size: int = 256) -> np.ndarray:
@@ -49,19 +51,22 @@ def item_vectors(model: PCH, inputs: ItemInputs, items: np.ndarray, batch_size: 
     return torch.cat(out).numpy() if out else np.zeros((0, model.config.d_out), np.float32)
 
 
-def embed_catalog_items(run_dir: Path, catalog: pd.DataFrame, device: str = "auto") -> EmbeddingTable:
+def embed_catalog_items(run_dir: Path, catalog: pd.DataFrame, device: str = "auto", progress: bool = True) -> EmbeddingTable:
     """Item vectors for (new) catalog rows from their text alone, stamped with the run's model version."""
     manifest = read_run_manifest(run_dir, required=("model_version", "checkpoint", "encoder", "cache_dir"))
     catalog = validate_catalog(catalog, "new catalog rows")
     payload = checkpoint.load_payload(Path(manifest["checkpoint"]))
-    encoder = EncoderConfig(**{**manifest["encoder"], "device": device})
+    try:
+        encoder = from_dict(EncoderConfig, {**manifest["encoder"], "device": device}, "encoder")
+    except LearnFeaturesError as exc:
+        raise LearnFeaturesError(f"{run_manifest_path(run_dir)}: {exc}") from None
     extractor = ContentExtractor(encoder, manifest["cache_dir"])
     model = checkpoint.build_model(payload, extractor.device)
     ids = catalog["item_id"].tolist()
     if payload["trained_item_ids"] is not None:
         inputs = checkpoint.id_inputs_for(payload, ids, extractor.device)
     else:
-        content = extractor.embed_texts(render_prompts(catalog, encoder.prompt_template))
+        content = extractor.embed_texts(render_prompts(catalog, encoder.prompt_template), progress)
         # Rounded as the run's fp16 content store rounds it, so a pushed vector equals the
         # published one for the same text.
         inputs = ItemInputs.from_content(content.astype(np.float16).astype(np.float32), extractor.device)
