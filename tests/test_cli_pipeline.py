@@ -6,79 +6,22 @@ code 2 with a precise message on bad input."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from core_fixtures import tiny_llm_dir  # noqa: F401  (pytest fixture)
+from job_fixtures import write_config, write_synthetic
 
 from learn_features.cli import main
+from learn_features.config import load_config
 from learn_features.embeddings_io import ITEM_FILE, USER_FILE, read_frame, read_run_manifest
 from learn_features.pch.inference import embed_catalog_items
+from training.config import PipelineConfig
 from training.methods import METHODS
-
-GENRES = ["space opera", "romantic comedy", "crime thriller", "nature documentary"]
-
-
-def write_synthetic(root: Path, users: int = 48, items: int = 64, seed: int = 0) -> tuple[Path, Path]:
-    """Users each favour one genre; the first half is active only before the cut, the rest on both sides."""
-    rng = np.random.default_rng(seed)
-    catalog = pd.DataFrame(
-        {
-            "item_id": [f"sku-{i}" for i in range(items)],
-            "title": [f"{GENRES[i % 4].title()} number {i}" for i in range(items)],
-            "category": [GENRES[i % 4] for i in range(items)],
-        }
-    )
-    rows = []
-    for u in range(users):
-        genre = u % 4
-        pool = [i for i in range(items) if i % 4 == genre]
-        start, end = (0, 70) if u < users // 2 else (30, 100)
-        for day, item in zip(np.sort(rng.uniform(start, end, 10)), rng.choice(pool, 10, replace=False)):
-            rows.append({"user_id": f"u{u}", "item_id": f"sku-{item}", "timestamp": int(1_600_000_000 + day * 86400)})
-    catalog_path, interactions_path = root / "catalog.parquet", root / "interactions.csv"
-    catalog.to_parquet(catalog_path)
-    pd.DataFrame(rows).to_csv(interactions_path, index=False)
-    return interactions_path, catalog_path
-
-
-def write_config(root: Path, interactions: Path, catalog: Path, model_dir: Path) -> Path:
-    config = root / "job.toml"
-    config.write_text(
-        f"""
-run_dir = "{root / 'run'}"
-cache_dir = "{root / 'cache'}"
-[data]
-source = "files"
-interactions = "{interactions}"
-catalog = "{catalog}"
-[split]
-cut_quantile = 0.6
-history_len = 8
-target_len = 4
-val_fraction = 0.2
-[llm]
-model = "{model_dir}"
-chunk_size = 16
-[text_encoder]
-model = "{model_dir}"
-pooling = "last"
-[model]
-d_model = 16
-n_layers = 1
-n_heads = 2
-d_ff = 32
-d_out = 8
-max_len = 8
-[train]
-lr = 3e-3
-epochs = 2
-batch_size = 8
-"""
-    )
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -152,12 +95,71 @@ def test_unknown_config_key_exits_2(tmp_path, capsys):
     assert str(config) in err and "learning_rate" in err
 
 
-@pytest.mark.parametrize("command", ["extract", "train", "embed", "evaluate", "run"])
-def test_every_subcommand_has_help(command, capsys):
+def _help(command: str, capsys) -> str:
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0
-    assert "--config" in capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+TOML_COMMANDS = ["extract", "train", "embed", "evaluate", "run", "report"]
+FEAST_COMMANDS = ["materialize", "verify-online", "embed-items"]
+
+
+@pytest.mark.parametrize("command", [*TOML_COMMANDS, *FEAST_COMMANDS, "publish"])
+def test_flags_mean_the_same_on_every_subcommand(command, capsys):
+    """-q/--quiet everywhere; -c/--config is always the TOML job config; -f/--feature-store-yaml
+    (Feast's own flag name) picks the Feast YAML on every command that talks to a store."""
+    text = _help(command, capsys)
+    assert "-q, --quiet" in text
+    assert ("-c CONFIG, --config CONFIG" in text) == (command in TOML_COMMANDS)
+    assert ("-f FEATURE_STORE_YAML, --feature-store-yaml FEATURE_STORE_YAML" in text) == (command in FEAST_COMMANDS)
+
+
+def test_any_eval_ks_works_with_an_interval_for_each(finished_run, tmp_path):
+    """Cut-offs without 50 (the old headline) evaluate, with intervals for every recall@K and ndcg@K."""
+    root, config = finished_run
+    run = shutil.copytree(root / "run", tmp_path / "run")
+    assert main(["evaluate", "--config", str(config), "--run-dir", str(run), "--set", "eval.ks=[5, 20]", "--quiet"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    for values in metrics.values():
+        assert "recall@50" not in values and set(values["ci95"]) == {"recall@5", "ndcg@5", "recall@20", "ndcg@20"}
+        low, high = values["ci95"]["recall@20"]
+        assert low <= values["recall@20"] <= high
+    header = (run / "metrics.md").read_text().splitlines()[6]
+    assert header == "| method | users | recall@5 | ndcg@5 | recall@20 | ndcg@20 | hit@20 |"
+
+
+def test_paths_in_a_config_file_resolve_against_its_folder(tmp_path, monkeypatch, tiny_llm_dir):  # noqa: F811
+    """Written in the file: relative to the file's folder, from any working directory.
+    Given on the command line (--run-dir, --set): relative to the working directory."""
+    project = tmp_path / "project"
+    for folder in ("data", "configs"):
+        (project / folder).mkdir(parents=True)
+    interactions, catalog = write_synthetic(project / "data")
+    config = write_config(project / "configs", interactions, catalog, tiny_llm_dir)
+    text = config.read_text().replace(str(project / "configs" / "run"), "../runs/job").replace(str(project / "configs" / "cache"), "../cache")
+    text = text.replace(str(interactions), "../data/interactions.csv").replace(str(catalog), "../data/catalog.parquet")
+    config.write_text(text.replace(str(tiny_llm_dir), os.path.relpath(tiny_llm_dir, config.parent)))
+    assert "/" + tmp_path.name not in config.read_text()  # nothing absolute is left in the file
+    monkeypatch.chdir(tmp_path)
+    assert main(["extract", "--config", str(config), "--quiet"]) == 0
+    recorded = json.loads((project / "runs" / "job" / "config.json").read_text())
+    assert recorded["data"]["interactions"] == str(interactions) and recorded["llm"]["model"] == str(tiny_llm_dir)
+    assert recorded["cache_dir"] == str(project / "cache")
+    assert main(["extract", "--config", str(config), "--run-dir", "here", "--set", 'data.catalog="project/data/catalog.parquet"', "--quiet"]) == 0
+    recorded = json.loads((tmp_path / "here" / "config.json").read_text())
+    assert (recorded["run_dir"], recorded["data"]["catalog"]) == ("here", "project/data/catalog.parquet")
+
+
+def test_shipped_training_config_resolves_against_its_folder(monkeypatch):
+    repo = Path(__file__).resolve().parents[1]
+    config = load_config(PipelineConfig, repo / "training" / "configs" / "movielens.toml")
+    assert (config.run_dir, config.cache_dir) == (str(repo / "runs" / "movielens"), str(repo / ".cache" / "learn-features"))
+    assert (Path(config.data.movielens_dir) / "ratings.csv").is_file() and config.llm.model == "shipped:smollm2"
+    monkeypatch.chdir(repo)  # `make run`: from the repository root the outputs stay where they were
+    config = load_config(PipelineConfig, "training/configs/movielens.toml")
+    assert (config.run_dir, config.cache_dir, config.data.movielens_dir) == ("runs/movielens", ".cache/learn-features", "data/ml-latest-small")
 
 
 def test_embed_items_reproduces_the_published_vector_of_a_catalog_row(finished_run, tmp_path):
