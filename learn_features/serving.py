@@ -12,7 +12,8 @@ Its guarantees, which a ranker can rely on without re-checking:
   user) the most common version among the candidates.
 * A vector older than ``max_age`` (default ``STALE_AFTER``, 180 days) is flagged ``stale`` but
   still scored; whether to trust it is the ranker's policy.
-* An unreachable online store raises ``LearnFeaturesError`` naming the config file.
+* An unreachable online store raises ``LearnFeaturesError`` naming the config file, and so
+  does a registry applied from another folder (``feast_repo.open_applied_store``).
 """
 
 from __future__ import annotations
