@@ -11,7 +11,6 @@ import shutil
 import sqlite3
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -37,7 +36,7 @@ class RayDeployed:
 
 @pytest.fixture(scope="module")
 def ray_deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayDeployed]:
-    """publish -> apply -> materialize on the Ray engine in local mode; Ray stops afterwards."""
+    """publish -> apply -> `learn-features materialize` on the Ray engine in local mode; Ray stops afterwards."""
     from feast.infra import ray_initializer
 
     with pytest.MonkeyPatch.context() as env:
@@ -54,7 +53,7 @@ def ray_deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayDeploy
         try:
             store = open_store(repo, config)
             apply_repo(store, repo)
-            store.materialize(datetime(2000, 1, 1, tzinfo=timezone.utc), datetime.now(timezone.utc) + timedelta(seconds=1))
+            assert main(["materialize", "--repo", str(repo), "-f", config, "-q"]) == 0  # as docs/scale-out.md says
             assert type(store._get_provider().batch_engine).__name__ == "RayComputeEngine"
             yield RayDeployed(repo, config, run)
         finally:
@@ -78,8 +77,8 @@ def test_verify_online_exits_1_naming_rows_lost_after_materialize(ray_deployed: 
         table = f"learn_features_{ITEM_VIEW}"
         kept = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
         db.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} LIMIT 14)")  # 7 items x 2 features
-    assert main(["verify-online", "--repo", str(repo), "--config", config]) == 1
+    assert main(["verify-online", "--repo", str(repo), "-f", config]) == 1
     out = capsys.readouterr().out
     assert "user: 40 sampled ids served as published" in out
     assert "item: 500 sampled ids, FAILED: missing 7" in out and kept == 1000
-    assert main(["verify-online", "--repo", str(repo), "--config", config, "--sample", "0"]) == 2
+    assert main(["verify-online", "--repo", str(repo), "-f", config, "--sample", "0"]) == 2
