@@ -312,6 +312,14 @@ def evaluate_nonexistent_run_dir(w: World, tmp: Path):
 
 
 @case
+def evaluate_truncated_content_index(w: World, tmp: Path):
+    shutil.copytree(w.run, tmp / "run")
+    index = tmp / "run" / "content" / "llm" / "index.json"
+    truncated(w.run / "content" / "llm" / "index.json", index)
+    return pipeline("evaluate", w, "--run-dir", str(tmp / "run")), [str(index), "unreadable content store index"]
+
+
+@case
 def train_missing_content_store(w: World, tmp: Path):
     shutil.copytree(w.run, tmp / "run", ignore=shutil.ignore_patterns("content"))
     return pipeline("train", w, "--run-dir", str(tmp / "run")), [str(tmp / "run" / "content"), "run `learn-features extract` first"]

@@ -59,18 +59,21 @@ class ContentStore:
         index_path = self.directory / INDEX
         if not index_path.exists():
             raise LearnFeaturesError(f"{index_path}: content store not found (or its build was interrupted); rebuild it")
-        index = json.loads(index_path.read_text())
-        if index.get("format") != FORMAT or index.get("dtype") != np.dtype(DTYPE).name:
-            raise LearnFeaturesError(f"{index_path}: unsupported content store format {index.get('format')}/{index.get('dtype')}; rebuild it")
-        self.rows: int = index["rows"]
-        self.dim: int = index["dim"]
-        self.items_sha256: str = index["items_sha256"]
-        # What the vectors are, independent of where they came from: trained towers and the
-        # published model version are tied to it, so new content never meets old towers.
-        self.vectors_sha256: str = index["vectors_sha256"]
-        self.source: dict[str, Any] = index["source"]
-        self._files = [shard["file"] for shard in index["shards"]]
-        self._starts = np.array([shard["start"] for shard in index["shards"]], dtype=np.int64)
+        try:
+            index = json.loads(index_path.read_text())
+            if index.get("format") != FORMAT or index.get("dtype") != np.dtype(DTYPE).name:
+                raise LearnFeaturesError(f"{index_path}: unsupported content store format {index.get('format')}/{index.get('dtype')}; rebuild it")
+            self.rows: int = index["rows"]
+            self.dim: int = index["dim"]
+            self.items_sha256: str = index["items_sha256"]
+            # What the vectors are, independent of where they came from: trained towers and the
+            # published model version are tied to it, so new content never meets old towers.
+            self.vectors_sha256: str = index["vectors_sha256"]
+            self.source: dict[str, Any] = index["source"]
+            self._files = [shard["file"] for shard in index["shards"]]
+            self._starts = np.array([shard["start"] for shard in index["shards"]], dtype=np.int64)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # cut short, hand-edited, not this format
+            raise LearnFeaturesError(f"{index_path}: unreadable content store index ({exc!r}); rebuild it with `learn-features extract`") from None
         self._mapped: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
