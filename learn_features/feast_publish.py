@@ -282,7 +282,7 @@ def commit_publication(
     published_at: pd.Timestamp,
     source: str,
     digest: str | None = None,
-    catalog: pd.DataFrame | None = None,
+    catalog: pa.Table | None = None,
 ) -> Publication:
     """Write a publication to staging, then make it visible with one atomic rename.
 
@@ -311,7 +311,7 @@ def commit_publication(
                 os.fsync(fh.fileno())
         if catalog is not None:
             with atomic_path(staged / CATALOG_FILE) as tmp:
-                pq.write_table(pa.Table.from_pandas(catalog, preserve_index=False), tmp)
+                pq.write_table(catalog, tmp)
         meta = {
             "kind": kind,
             "model_version": model_version,
@@ -404,8 +404,17 @@ def publish_run(run_dir: str | Path, repo_path: str | Path, event_time: str = "n
     return PublishResult(pub, created=True)
 
 
+def catalog_rows(catalog: pd.DataFrame) -> pa.Table:
+    """Catalog rows as the Arrow table a push keeps; converted before anything is pushed, so a
+    column that Parquet cannot hold fails the push instead of its record."""
+    try:
+        return pa.Table.from_pandas(catalog, preserve_index=False)
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise LearnFeaturesError(f"catalog rows cannot be kept as Parquet ({exc}); give each column a single type") from None
+
+
 def record_push(
-    repo_path: str | Path, table: EmbeddingTable, published_at: pd.Timestamp, catalog: pd.DataFrame | None = None
+    repo_path: str | Path, table: EmbeddingTable, published_at: pd.Timestamp, catalog: pa.Table | None = None
 ) -> Publication:
     """Keep pushed cold-start items in the offline store too, for point-in-time training joins.
 

@@ -18,6 +18,7 @@ from learn_features.errors import LearnFeaturesError
 from learn_features.feast_publish import (
     Publication,
     active_publication,
+    catalog_rows,
     next_publish_time,
     publish_lock,
     record_push,
@@ -54,6 +55,7 @@ def push_item_embeddings(
     if table.entity != "item":
         raise LearnFeaturesError(f"push_item_embeddings: expected item embeddings, got {table.entity}")
     validate_frame(table.to_frame(), "item", "pushed item embeddings", table.dim)
+    rows = None if catalog is None else catalog_rows(catalog)
     config_path = resolve_config(repo_path, config)
     with publish_lock(repo_path):
         active = active_publication(repo_path)
@@ -71,6 +73,6 @@ def push_item_embeddings(
             from feast.data_source import PushMode
 
             store.push(ITEM_PUSH_SOURCE, push_frame(table, pushed_at), to=PushMode.ONLINE)
-        publication = record_push(repo_path, table, pushed_at, catalog)
+        publication = record_push(repo_path, table, pushed_at, rows)
         record_loaded(repo_path, store_key(repo_path, config_path, store), [publication])
         return publication
