@@ -36,9 +36,9 @@ import yaml
 
 from learn_features.atomic import write_json_atomic
 from learn_features.embeddings_io import ITEM_FILE, USER_FILE, EmbeddingTable, write_table
-from learn_features.feast_publish import publish_run
-from learn_features.feast_repo import ITEM_VIEW, USER_VIEW, apply_repo, open_store
-from learn_features.serving import LearnFeatureClient
+from learn_features.store.publish import publish_run
+from learn_features.store.repo import ITEM_VIEW, USER_VIEW, apply_repo, open_store
+from learn_features.store.serving import LearnFeatureClient
 
 REPO_SRC = Path(__file__).resolve().parents[1] / "feature_repo"
 

@@ -126,10 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
             )
         sub.set_defaults(func=func)
     # The delivery (Feast) and ranking-report commands live next to their code.
-    from learn_features import feast_cli
+    from learn_features.store import cli as store_cli
     from ranking import cli as ranking_cli
 
-    feast_cli.register(subparsers)
+    store_cli.register(subparsers)
     ranking_cli.register(subparsers)
     return parser
 

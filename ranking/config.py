@@ -93,7 +93,7 @@ class EmbeddingConfig:
     ``parquet`` reads snapshot files written by ``embeddings_io.write_table`` (by default
     ``run_dir/user_embeddings.parquet`` and ``run_dir/item_embeddings.parquet``); ``feast``
     joins them point-in-time through ``get_historical_features`` in ``feast_repo`` (default:
-    the run's replay repo ``run_dir/feast_replay``, see ``learn_features.feast_replay``); ``none``
+    the run's replay repo ``run_dir/feast_replay``, see ``learn_features.store.replay``); ``none``
     runs the baselines only. ``expected_model_version``, when set, rejects any joined
     embedding from another model version (e.g. one trained past the cut); ``"run"`` takes
     the version from ``run_dir/embeddings/manifest.json``.

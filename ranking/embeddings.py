@@ -117,10 +117,10 @@ class FeastEmbeddingJoiner:
     def __call__(self, entity_df: pd.DataFrame) -> pd.DataFrame:
         # Imported here so the ranking package (and its Parquet path) works without Feast set up.
         try:
-            from learn_features.feast_training import historical_learn_features
+            from learn_features.store.historical import historical_learn_features
         except ImportError as exc:
             raise LearnFeaturesError(
-                "embeddings.source='feast' needs learn_features.feast_training.historical_learn_features, "
+                "embeddings.source='feast' needs learn_features.store.historical.historical_learn_features, "
                 f"which is not importable ({exc}); use embeddings.source='parquet' instead"
             ) from exc
         return historical_learn_features(self.repo_path, entity_df)

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from learn_features.feast_replay import replay_repo_path
 from learn_features.data.split import parse_time
 from learn_features.embeddings_io import ITEM_FILE, MANIFEST_FILE, USER_FILE, read_run_manifest, run_manifest_path
 from learn_features.errors import LearnFeaturesError
+from learn_features.store.replay import replay_repo_path
 from ranking.bootstrap import PairedDelta, paired_bootstrap
 from ranking.config import LEARN_MODELS, MODEL_PAIRS, EmbeddingConfig, ExperimentConfig
 from ranking.dataset import RankingDataset, build_dataset, load_data

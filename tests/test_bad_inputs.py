@@ -31,8 +31,8 @@ from job_fixtures import write_config, write_synthetic
 
 from learn_features.cli import main
 from learn_features.embeddings_io import ITEM_FILE, USER_FILE
-from learn_features.feast_publish import publish_run
-from learn_features.feast_repo import apply_repo, open_store
+from learn_features.store.publish import publish_run
+from learn_features.store.repo import apply_repo, open_store
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from feast_fixtures import copy_repo, write_run
 
-from learn_features.candidates import ItemIndex
 from learn_features.errors import LearnFeaturesError
-from learn_features.feast_publish import publish_run
+from learn_features.store.candidates import ItemIndex
+from learn_features.store.publish import publish_run
 
 
 def _brute_force(items: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -32,12 +32,12 @@ from feast_fixtures import copy_repo, write_config, write_run
 from learn_features.cli import main
 from learn_features.embeddings_io import EmbeddingTable
 from learn_features.errors import LearnFeaturesError
-from learn_features.feast_materialize import materialize_publications
-from learn_features.feast_publish import SCHEMA_DIR, list_publications, publish_run
-from learn_features.feast_push import push_item_embeddings
-from learn_features.feast_repo import ITEM_VIEW, USER_VIEW, apply_repo, open_store
-from learn_features.feast_training import historical_learn_features
-from learn_features.serving import LearnFeatureClient
+from learn_features.store.historical import historical_learn_features
+from learn_features.store.materialize import materialize_publications
+from learn_features.store.publish import SCHEMA_DIR, list_publications, publish_run
+from learn_features.store.push import push_item_embeddings
+from learn_features.store.repo import ITEM_VIEW, USER_VIEW, apply_repo, open_store
+from learn_features.store.serving import LearnFeatureClient
 
 FEAST = Path(sys.executable).parent / "feast"
 AS_OF = "2016-03-22T08:26:11+00:00"

@@ -19,10 +19,10 @@ import pytest
 from feast_fixtures import SyntheticRun, copy_repo, write_config, write_run
 
 from learn_features.cli import main
-from learn_features.feast_publish import publish_run
-from learn_features.feast_repo import ITEM_VIEW, apply_repo, open_store
-from learn_features.feast_verify import verify_online
-from learn_features.serving import LearnFeatureClient
+from learn_features.store.publish import publish_run
+from learn_features.store.repo import ITEM_VIEW, apply_repo, open_store
+from learn_features.store.serving import LearnFeatureClient
+from learn_features.store.verify import verify_online
 
 ray = pytest.importorskip("ray")
 

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from feast_fixtures import copy_repo, write_run
 
-from learn_features.feast_publish import list_publications, publish_run
-from learn_features.feast_replay import publish_replay, replay_repo_path
-from learn_features.feast_repo import apply_repo, open_store
-from learn_features.feast_training import historical_learn_features
+from learn_features.store.historical import historical_learn_features
+from learn_features.store.publish import list_publications, publish_run
+from learn_features.store.replay import publish_replay, replay_repo_path
+from learn_features.store.repo import apply_repo, open_store
 
 AS_OF = "2016-03-22T08:26:11+00:00"
 

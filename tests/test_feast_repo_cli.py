@@ -15,8 +15,8 @@ from pathlib import Path
 
 from feast_fixtures import copy_repo, write_run
 
-from learn_features.feast_publish import publish_run
-from learn_features.serving import LearnFeatureClient
+from learn_features.store.publish import publish_run
+from learn_features.store.serving import LearnFeatureClient
 
 FEAST = Path(sys.executable).parent / "feast"
 

@@ -21,10 +21,10 @@ from job_fixtures import write_config, write_synthetic
 
 from learn_features.cli import main
 from learn_features.embeddings_io import read_run_manifest
-from learn_features.feast_publish import list_publications
-from learn_features.feast_repo import apply_repo, open_store
 from learn_features.pch.inference import embed_catalog_items
-from learn_features.serving import LearnFeatureClient
+from learn_features.store.publish import list_publications
+from learn_features.store.repo import apply_repo, open_store
+from learn_features.store.serving import LearnFeatureClient
 
 NEW_ITEMS = pd.DataFrame(
     {"item_id": ["new-1", "new-2"], "title": ["Space Opera number 900", "Crime Thriller number 901"],

@@ -30,10 +30,10 @@ from feast_fixtures import (
 from learn_features.cli import main
 from learn_features.embeddings_io import EmbeddingTable
 from learn_features.errors import LearnFeaturesError
-from learn_features.feast_publish import list_publications, publish_run
-from learn_features.feast_push import push_item_embeddings
-from learn_features.feast_repo import ITEM_VIEW, USER_VIEW, apply_repo, open_store
-from learn_features.serving import LearnFeatureClient
+from learn_features.store.publish import list_publications, publish_run
+from learn_features.store.push import push_item_embeddings
+from learn_features.store.repo import ITEM_VIEW, USER_VIEW, apply_repo, open_store
+from learn_features.store.serving import LearnFeatureClient
 
 pytestmark = pytest.mark.services
 DIM = 32

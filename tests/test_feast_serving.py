@@ -16,10 +16,10 @@ from feast_fixtures import SyntheticRun, copy_repo, manifest, write_run
 
 from learn_features.embeddings_io import EmbeddingTable
 from learn_features.errors import LearnFeaturesError
-from learn_features.feast_cli import register
-from learn_features.feast_publish import active_publication, list_publications, publish_run, read_published
-from learn_features.feast_repo import apply_repo, open_store
-from learn_features.serving import LearnFeatureClient
+from learn_features.store.cli import register
+from learn_features.store.publish import active_publication, list_publications, publish_run, read_published
+from learn_features.store.repo import apply_repo, open_store
+from learn_features.store.serving import LearnFeatureClient
 
 DIM = 16
 

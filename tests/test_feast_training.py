@@ -12,10 +12,10 @@ from feast_fixtures import SyntheticRun, copy_repo, write_run
 
 from learn_features.embeddings_io import EmbeddingTable
 from learn_features.errors import LearnFeaturesError
-from learn_features.feast_publish import Publication, publish_run
-from learn_features.feast_push import push_item_embeddings
-from learn_features.feast_repo import apply_repo, open_store
-from learn_features.feast_training import historical_learn_features
+from learn_features.store.historical import historical_learn_features
+from learn_features.store.publish import Publication, publish_run
+from learn_features.store.push import push_item_embeddings
+from learn_features.store.repo import apply_repo, open_store
 
 DIM = 8
 NOW = pd.Timestamp.now(tz="UTC").floor("s")

@@ -119,7 +119,7 @@ def test_feast_joiner_restores_row_order(monkeypatch, tmp_path, trained):
         calls.append(repo_path)
         return parquet(entity_df).sample(frac=1.0, random_state=0)
 
-    monkeypatch.setitem(sys.modules, "learn_features.feast_training", types.SimpleNamespace(historical_learn_features=historical_learn_features))
+    monkeypatch.setitem(sys.modules, "learn_features.store.historical", types.SimpleNamespace(historical_learn_features=historical_learn_features))
     via_feast = build_dataset(ds.train.head(300)[["user_id", "item_id", "timestamp", "label"]], CONFIG.split, joiner=FeastEmbeddingJoiner(tmp_path))
     direct = build_dataset(ds.train.head(300)[["user_id", "item_id", "timestamp", "label"]], CONFIG.split, joiner=parquet)
     assert calls == [tmp_path]

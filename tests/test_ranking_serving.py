@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("feast")
 from feast_fixtures import copy_repo  # noqa: E402  (tests/ helper, on sys.path via conftest)
 
-from learn_features.feast_publish import publish_run  # noqa: E402
-from learn_features.feast_repo import apply_repo, open_store  # noqa: E402
-from learn_features.serving import LearnFeatureClient  # noqa: E402
+from learn_features.store.publish import publish_run  # noqa: E402
+from learn_features.store.repo import apply_repo, open_store  # noqa: E402
+from learn_features.store.serving import LearnFeatureClient  # noqa: E402
 from ranking.config import BootstrapConfig, DataConfig, DNNConfig, ExperimentConfig, LGBMConfig, SplitConfig  # noqa: E402
 from ranking.dataset import STAT_COLUMNS, build_dataset  # noqa: E402
 from ranking.embeddings import FeastEmbeddingJoiner, ParquetEmbeddingJoiner  # noqa: E402

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from learn_features.errors import LearnFeaturesError
-from learn_features.feast_repo import ITEM, RANKER_SERVICE, USER, open_applied_store, resolve_config, store_errors
+from learn_features.store.repo import ITEM, RANKER_SERVICE, USER, open_applied_store, resolve_config, store_errors
 
 ROW = "__learn_row"
 MISMATCH = "learn_version_mismatch"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from learn_features.errors import LearnFeaturesError
-from learn_features.feast_publish import PublishResult, list_publications, publish_run, run_model_version
+from learn_features.store.publish import PublishResult, list_publications, publish_run, run_model_version
 
 REPLAY_DIR = "feast_replay"
 LOCK_NAME = ".feast_replay.lock"
@@ -44,7 +44,7 @@ def _copy_definitions(source_repo: Path, dest: Path) -> None:
 
 def publish_replay(run_dir: str | Path, source_repo: str | Path) -> PublishResult:
     """Publish the run's vectors as of its data cut into ``<run>/feast_replay`` and apply it."""
-    from learn_features.feast_repo import apply_repo, open_store  # Feast import: seconds
+    from learn_features.store.repo import apply_repo, open_store  # Feast import: seconds
 
     dest = replay_repo_path(run_dir)
     with _replay_lock(Path(run_dir)):  # a concurrent replay must not delete what this one writes

@@ -28,7 +28,7 @@ Rules, all enforced here:
   version already published with *different* vectors is refused: a version string must
   name one set of vectors, or user and item vectors of "the same" version could mix.
 * Replays of history (vectors stamped at the run's data cut) go to a per-run copy of the
-  repo, not here: see ``feast_replay``.
+  repo, not here: see ``store.replay``.
 * Re-publishing an older version (same vectors) is a rollback: a new publication that is
   newer than everything else.
 * Pushed cold-start items (``kind == "push"``) must carry the active full version.
@@ -66,7 +66,7 @@ from learn_features.embeddings_io import (
     read_run_manifest,
 )
 from learn_features.errors import LearnFeaturesError
-from learn_features.feast_repo import FIELDS, OFFLINE_DIR
+from learn_features.store.repo import FIELDS, OFFLINE_DIR
 
 PUBLICATION_FILE = "publication.json"
 CATALOG_FILE = "catalog.parquet"

@@ -131,7 +131,7 @@ def _add_repo_options(parser: argparse.ArgumentParser, feature_store_yaml: bool 
 def run_publish(args: argparse.Namespace) -> int:
     if args.replay:
         return _run_replay(args)
-    from learn_features.feast_publish import publish_run
+    from learn_features.store.publish import publish_run
 
     result = publish_run(args.run_dir, args.repo, args.event_time)
     pub = result.publication
@@ -150,7 +150,7 @@ def run_publish(args: argparse.Namespace) -> int:
 def _run_replay(args: argparse.Namespace) -> int:
     if args.event_time != "now":
         raise LearnFeaturesError("publish --replay always stamps the run's as_of; drop --event-time")
-    from learn_features.feast_replay import publish_replay, replay_repo_path
+    from learn_features.store.replay import publish_replay, replay_repo_path
 
     result = publish_replay(args.run_dir, args.repo)
     pub = result.publication
@@ -161,7 +161,7 @@ def _run_replay(args: argparse.Namespace) -> int:
 
 def run_materialize(args: argparse.Namespace) -> int:
     from learn_features.data.split import parse_time
-    from learn_features.feast_materialize import materialize_publications
+    from learn_features.store.materialize import materialize_publications
 
     end = parse_time(args.end, "--end") if args.end else None
     result = materialize_publications(args.repo, args.feature_store_yaml, args.full, end, args.quiet)
@@ -190,7 +190,7 @@ def run_embed_items(args: argparse.Namespace) -> int:
     from learn_features.pch.inference import embed_catalog_items
 
     if args.repush_stale:
-        from learn_features.feast_publish import run_model_version, stale_catalog_rows
+        from learn_features.store.publish import run_model_version, stale_catalog_rows
 
         version = run_model_version(args.run_dir)
         catalog = stale_catalog_rows(args.repo, version)
@@ -204,7 +204,7 @@ def run_embed_items(args: argparse.Namespace) -> int:
         write_table(table, args.output)
         print(f"wrote {len(table.ids)} item embeddings to {args.output}")
     if args.push:
-        from learn_features.feast_push import push_item_embeddings
+        from learn_features.store.push import push_item_embeddings
 
         pub = push_item_embeddings(args.repo, table, args.feature_store_yaml, catalog)
         print(f"pushed {len(table.ids)} items of {table.model_version} online; recorded as {pub.publication_id}")
@@ -212,7 +212,7 @@ def run_embed_items(args: argparse.Namespace) -> int:
 
 
 def run_verify_online(args: argparse.Namespace) -> int:
-    from learn_features.feast_verify import verify_online
+    from learn_features.store.verify import verify_online
 
     version, checks = verify_online(args.repo, args.feature_store_yaml, args.sample, args.seed)
     print(f"online store vs published {version}:")

@@ -1,7 +1,7 @@
 """``learn-features materialize``: load the publications an online store lacks, whatever their age.
 
 Why not plain ``feast materialize-incremental``: the LEARN views never expire (TTL 0, see
-``feast_repo.EMBEDDING_TTL``), and for such a view Feast starts the first incremental
+``store.repo.EMBEDDING_TTL``), and for such a view Feast starts the first incremental
 window 52 weeks before now. A publication stamped earlier (``publish --event-time as-of``
 of a 2016 model, or any publication older than a year materialized into a new Redis)
 loads nothing, and every command exits 0. Later windows start at the previous end, so
@@ -32,8 +32,8 @@ import pandas as pd
 
 from learn_features.atomic import write_json_atomic
 from learn_features.errors import LearnFeaturesError
-from learn_features.feast_publish import ONE_MICROSECOND, Publication, list_publications, publish_lock
-from learn_features.feast_repo import FIELDS, open_applied_store, resolve_config, store_errors
+from learn_features.store.publish import ONE_MICROSECOND, Publication, list_publications, publish_lock
+from learn_features.store.repo import FIELDS, open_applied_store, resolve_config, store_errors
 
 if TYPE_CHECKING:
     from feast import FeatureStore

@@ -15,7 +15,8 @@ import pandas as pd
 
 from learn_features.embeddings_io import EmbeddingTable, validate_frame
 from learn_features.errors import LearnFeaturesError
-from learn_features.feast_publish import (
+from learn_features.store.materialize import record_loaded, store_key
+from learn_features.store.publish import (
     Publication,
     active_publication,
     catalog_rows,
@@ -23,8 +24,7 @@ from learn_features.feast_publish import (
     publish_lock,
     record_push,
 )
-from learn_features.feast_materialize import record_loaded, store_key
-from learn_features.feast_repo import ITEM, ITEM_PUSH_SOURCE, open_applied_store, resolve_config, store_errors
+from learn_features.store.repo import ITEM, ITEM_PUSH_SOURCE, open_applied_store, resolve_config, store_errors
 
 
 def push_frame(table: EmbeddingTable, pushed_at: pd.Timestamp) -> pd.DataFrame:

@@ -13,7 +13,7 @@ Its guarantees, which a ranker can rely on without re-checking:
 * A vector older than ``max_age`` (default ``STALE_AFTER``, 180 days) is flagged ``stale`` but
   still scored; whether to trust it is the ranker's policy.
 * An unreachable online store raises ``LearnFeaturesError`` naming the config file, and so
-  does a registry applied from another folder (``feast_repo.open_applied_store``).
+  does a registry applied from another folder (``store.repo.open_applied_store``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from learn_features.errors import LearnFeaturesError
-from learn_features.feast_repo import (
+from learn_features.store.repo import (
     ITEM,
     RANKER_SERVICE,
     STALE_AFTER,

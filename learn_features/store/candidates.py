@@ -16,8 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from learn_features.errors import LearnFeaturesError
-from learn_features.feast_publish import active_publication, read_published
-from learn_features.serving import Metric, l2_normalise
+from learn_features.store.publish import active_publication, read_published
+from learn_features.store.serving import Metric, l2_normalise
 
 
 @dataclass(frozen=True)
