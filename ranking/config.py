@@ -17,10 +17,31 @@ from learn_features.data.labels import LabelRule
 from learn_features.config import load_config as load_library_config
 from learn_features.errors import LearnFeaturesError
 
-BASELINE_MODELS = ("lgbm_baseline", "dnn_baseline")
-LEARN_MODELS = ("lgbm_learn", "dnn_learn")
-#: Each LEARN variant is judged against the baseline that differs from it only by the LEARN inputs.
-MODEL_PAIRS = (("dnn_baseline", "dnn_learn"), ("lgbm_baseline", "lgbm_learn"))
+#: Every ranker arm and the vectors it reads besides ids and statistics (None: no vectors).
+#: "learn" are the LEARN embeddings; the two DNN control arms feed the same auxiliary network
+#: other vectors with the LEARN arm's coverage, dimension and norm (``ranking/controls.py``).
+ARM_VECTORS: dict[str, str | None] = {
+    "lgbm_baseline": None,
+    "dnn_baseline": None,
+    "lgbm_learn": "learn",
+    "dnn_learn": "learn",
+    "dnn_llm_frozen": "llm_frozen",
+    "dnn_random": "random",
+}
+BASELINE_MODELS = tuple(m for m, v in ARM_VECTORS.items() if v is None)
+LEARN_MODELS = tuple(m for m, v in ARM_VECTORS.items() if v == "learn")
+CONTROL_MODELS = ("dnn_llm_frozen", "dnn_random")
+#: (reference, arm): each arm is judged against the model that differs from it only by its
+#: vectors. The first four also get Table 7; the last two ask whether LEARN's information,
+#: not merely "some vector per user and item", makes the difference.
+MODEL_PAIRS = (
+    ("dnn_baseline", "dnn_learn"),
+    ("lgbm_baseline", "lgbm_learn"),
+    ("dnn_baseline", "dnn_llm_frozen"),
+    ("dnn_baseline", "dnn_random"),
+    ("dnn_llm_frozen", "dnn_learn"),
+    ("dnn_random", "dnn_learn"),
+)
 
 
 @dataclass
@@ -84,6 +105,11 @@ class SplitConfig:
     valid_fraction: float = 0.1
     train_start: str | None = None
     eval_end: str | None = None
+    #: When a row's features are taken (docs/ranking.md, "Periods and the leakage rule"):
+    #: ``"cut"``: as of ``min(impression time, cut)``, so evaluation rows see the world frozen at
+    #: the cut; ``"impression"``: as of the impression time itself, as an online ranker computes
+    #: them at request time. Either way nothing at or after that time is used.
+    features_as_of: Literal["cut", "impression"] = "cut"
 
 
 @dataclass
@@ -108,6 +134,24 @@ class EmbeddingConfig:
     #: Parquet source only: ignore snapshots older than this (a view TTL). None keeps a
     #: snapshot valid until the next one, as the Feast views of feature_repo/ do (TTL 0).
     max_age_days: float | None = None
+    #: How many of a user's latest events the history features average (LightGBM's
+    #: item-history similarity, the frozen-LLM control's user vector): the LEARN user tower's
+    #: window. None: the run's ``config.json`` ``split.history_len``, else LEARN's default.
+    history_len: int | None = None
+
+
+@dataclass
+class ControlConfig:
+    """The DNN control arms (``ranking/controls.py``).
+
+    ``content_store``: the frozen LLM's content vectors, rows aligned to the run's
+    ``embeddings/item_embeddings.parquet`` (default: the run's ``content/llm``).
+    ``random_seed`` draws the random arm's fixed vector per id; it does not change with the
+    ranking seeds, so every seed's random arm reads the same vectors.
+    """
+
+    content_store: str | None = field(default=None, metadata=PATH)
+    random_seed: int = 20240507
 
 
 @dataclass
@@ -133,7 +177,14 @@ class LGBMConfig:
     early_stopping_rounds: int = 50
     min_data_in_leaf: int = 20
     cat_smooth: float = 10.0
-    #: PCA components of each LEARN embedding added to the tree features (besides cosine).
+    #: Row and feature subsampling per tree. With none, LightGBM is deterministic and every
+    #: seed trains the same trees, so "mean ± SD over seeds" would show no spread at all,
+    #: though a change in the 6th decimal of one feature moves its UAUC by tenths of a point
+    #: (docs/ranking.md, "Run-to-run changes"). Subsampling makes the seed draw from that spread.
+    feature_fraction: float = 1.0
+    bagging_fraction: float = 1.0
+    bagging_freq: int = 0
+    #: PCA components of the LEARN item vector added to the tree features (besides the cosines).
     pca_dims: int = 4
 
 
@@ -157,6 +208,8 @@ class DNNConfig:
 class BootstrapConfig:
     n_resamples: int = 1000
     confidence: float = 0.95
+    #: Seeds the user draws; fixed apart from the ranker seeds, so every comparison reads one draw.
+    seed: int = 0
 
 
 @dataclass
@@ -168,16 +221,23 @@ class ExperimentConfig:
     lgbm: LGBMConfig = field(default_factory=LGBMConfig)
     dnn: DNNConfig = field(default_factory=DNNConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    controls: ControlConfig = field(default_factory=ControlConfig)
     models: list[str] = field(default_factory=lambda: [*BASELINE_MODELS, *LEARN_MODELS])
-    seed: int = 0
+    #: Every arm is trained once per seed; the report gives mean ± SD over seeds and the
+    #: seed-paired differences, and scores the seed-averaged predictions.
+    seeds: list[int] = field(default_factory=lambda: [0])
     num_threads: int = 2
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.models if m not in (*BASELINE_MODELS, *LEARN_MODELS)]
+        unknown = [m for m in self.models if m not in ARM_VECTORS]
         if unknown:
-            raise LearnFeaturesError(f"config models: unknown model(s) {unknown}; choose from {[*BASELINE_MODELS, *LEARN_MODELS]}")
-        if self.embeddings.source == "none" and any(m in LEARN_MODELS for m in self.models):
+            raise LearnFeaturesError(f"config models: unknown model(s) {unknown}; choose from {list(ARM_VECTORS)}")
+        if self.embeddings.source == "none" and any(ARM_VECTORS[m] for m in self.models):
             raise LearnFeaturesError("config: embeddings.source is 'none' but LEARN models are requested; drop them from models")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise LearnFeaturesError(f"config seeds: need one or more distinct seeds, got {self.seeds}")
+        if self.embeddings.history_len is not None and self.embeddings.history_len < 1:
+            raise LearnFeaturesError(f"config embeddings.history_len must be >= 1, got {self.embeddings.history_len}")
         if not 0.0 < self.split.valid_fraction < 1.0:
             raise LearnFeaturesError(f"config split.valid_fraction must be in (0, 1), got {self.split.valid_fraction}")
         if not 0.0 < self.split.cut_quantile < 1.0:

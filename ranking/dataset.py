@@ -1,12 +1,15 @@
 """Labelled impressions, time periods and point-in-time features for the ranking experiment.
 
-Leakage rule, applied to every row: a feature of an impression at time ``t`` may only use
-data strictly before ``as_of = min(t, cut)`` (statistics) or published at or before
-``as_of`` (LEARN embeddings). Before the cut that is ordinary point-in-time correctness;
-after it, every evaluation row sees the world frozen at the cut, the same way the LEARN
-model (trained only on pre-cut data) sees it. A consequence that the tests check: changing
-anything at or after the cut (labels, later embedding snapshots) cannot change a single
-feature value, so it cannot change a single prediction of a model trained before the cut.
+Leakage rule, applied to every row: each feature of an impression at time ``t`` is taken as of
+one time ``as_of`` (``split.features_as_of``): ``min(t, cut)`` in ``"cut"`` mode, ``t`` itself in
+``"impression"`` mode. Statistics and history features use events strictly before ``as_of``;
+LEARN embeddings are the latest snapshot stamped at or before ``as_of``, and a snapshot stamped
+T is computed from events strictly before T (LEARN's data cut, or a user-vector snapshot time).
+So no feature of a row uses its own event or a later one. In ``"cut"`` mode evaluation rows see
+the world frozen at the cut, as the LEARN model (trained only on pre-cut data) sees it: the
+tests check that changing anything at or after the cut cannot change a single feature. In
+``"impression"`` mode the tests check the stronger per-row form: changing anything at or
+after a time T cannot change a feature of any row at or before T.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ from learn_features.data.tables import load_generic, parse_timestamps, read_tabl
 from learn_features.errors import LearnFeaturesError
 from ranking.config import DataConfig, SplitConfig
 from ranking.embeddings import JOINED_COLUMNS, EmbeddingJoiner
+from ranking.history import HistoryIndex
 from ranking.metrics import check_labels
 
 IMPRESSION_COLUMNS = ("user_id", "item_id", "timestamp", "label")
 STAT_COLUMNS = ("user_n", "user_pos", "item_n", "item_pos")
+#: Point-in-time history features of rows with LEARN embeddings (``history_similarity``).
+HISTORY_COLUMNS = ("learn_history_cosine",)
 
 
 def validate_impressions(df: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -251,6 +257,8 @@ class RankingDataset:
     item_numeric_columns: list[str]
     has_genres: bool
     has_embeddings: bool
+    features_as_of: str = "cut"
+    history_len: int | None = None  # the window of the history features, None without embeddings
 
     def split(self, name: str) -> pd.DataFrame:
         return {"train": self.train, "valid": self.valid, "test": self.test}[name]
@@ -263,11 +271,13 @@ def build_dataset(
     items: pd.DataFrame | None = None,
     joiner: EmbeddingJoiner | None = None,
     expected_model_version: str | None = None,
+    history_len: int = 80,
 ) -> RankingDataset:
     """Assemble the labelled, split, feature-joined ranking dataset (see module docstring).
 
     ``history`` is all activity used for statistics (defaults to the impressions);
-    ``joiner`` supplies LEARN embeddings point-in-time at ``as_of = min(t, cut)``.
+    ``joiner`` supplies LEARN embeddings point-in-time at each row's ``as_of``, and with them
+    the item-history similarity over the user's last ``history_len`` events.
     """
     impressions = validate_impressions(impressions, "impressions")
     history = impressions if history is None else history
@@ -275,7 +285,7 @@ def build_dataset(
     ts = impressions["timestamp"]
     rows = impressions[(ts >= periods.train_start) & (ts <= periods.eval_end)].reset_index(drop=True)
     rows = rows[list(IMPRESSION_COLUMNS)].copy()
-    rows["as_of"] = rows["timestamp"].where(rows["timestamp"] < periods.cut, periods.cut)
+    rows["as_of"] = feature_times(rows["timestamp"], periods.cut, split.features_as_of)
     rows = pd.concat([rows, point_in_time_stats(history, rows, rows["as_of"])], axis=1)
 
     numeric_cols: list[str] = []
@@ -292,6 +302,7 @@ def build_dataset(
 
     if joiner is not None:
         rows = _join_embeddings(rows, joiner, periods.cut, expected_model_version)
+        rows[HISTORY_COLUMNS[0]] = history_similarity(rows, HistoryIndex.build(history), joiner, history_len)
 
     split_of = np.where(rows["timestamp"] < periods.valid_start, "train", np.where(rows["timestamp"] < periods.cut, "valid", "test"))
     frames = {name: rows[split_of == name].reset_index(drop=True) for name in ("train", "valid", "test")}
@@ -303,7 +314,64 @@ def build_dataset(
         item_numeric_columns=numeric_cols,
         has_genres=has_genres,
         has_embeddings=joiner is not None,
+        features_as_of=split.features_as_of,
+        history_len=history_len if joiner is not None else None,
     )
+
+
+def feature_times(timestamps: pd.Series, cut: pd.Timestamp, mode: str) -> pd.Series:
+    """Each row's ``as_of``: the impression time, clamped to the cut in ``"cut"`` mode."""
+    return timestamps.where(timestamps < cut, cut) if mode == "cut" else timestamps.copy()
+
+
+def history_similarity(rows: pd.DataFrame, index: HistoryIndex, joiner: EmbeddingJoiner, history_len: int) -> np.ndarray:
+    """Cosine between a row's LEARN item vector and the mean LEARN item vector of its user's
+    last ``history_len`` events strictly before ``as_of`` (NaN without either).
+
+    Unlike the user vector, this needs no user snapshot: item vectors exist for every catalog
+    item from the model's publication on, so its coverage does not depend on when a user
+    arrived. History items read the vectors of the model version the row's own item vector
+    comes from (visible at ``as_of``, or the row would have none): an item vector is a
+    function of the item's text and the model alone, so within one version it does not
+    change with time. Each version's vectors are read through the joiner once, as of the
+    latest row that sees that version.
+    """
+    out = np.full(len(rows), np.nan)
+    has_item = rows["item_embedding"].notna().to_numpy()
+    versions = rows["item_model_version"].to_numpy(dtype=object)
+    history_items = pd.unique(pd.Series(index.item_ids, dtype=object))
+    for version in sorted({v for v in versions[has_item]}):
+        mine = np.flatnonzero(has_item & (versions == version))
+        sub = rows.iloc[mine]
+        found = _item_vectors(joiner, history_items, sub["as_of"].max(), version)
+        if found is None:
+            continue
+        lookup, matrix = found
+        position = lookup.get_indexer(index.item_ids)
+        event_vectors = np.where(position[:, None] >= 0, matrix[np.maximum(position, 0)], 0.0)
+        means, used = index.last_n_mean(sub["user_id"], sub["as_of"], event_vectors, position >= 0, history_len)
+        out[mine] = _cosine(means, np.stack(sub["item_embedding"].to_numpy()).astype(np.float64), used > 0)
+    return out
+
+
+def _item_vectors(joiner: EmbeddingJoiner, item_ids: np.ndarray, at: pd.Timestamp, version: str) -> tuple[pd.Index, np.ndarray] | None:
+    """(ids, vectors) of ``version`` among ``item_ids``, read through the joiner as of ``at``; None if none."""
+    entity = pd.DataFrame({"user_id": "", "item_id": item_ids, "event_timestamp": at, "ranking_row": np.arange(len(item_ids))})
+    table = joiner(entity).sort_values("ranking_row")
+    keep = (table["item_model_version"] == version).to_numpy() & table["item_embedding"].notna().to_numpy()
+    if not keep.any():
+        return None
+    vectors = np.stack(table["item_embedding"].to_numpy()[keep]).astype(np.float64)
+    return pd.Index(table["item_id"].astype(str).to_numpy()[keep]), vectors
+
+
+def _cosine(a: np.ndarray, b: np.ndarray, defined: np.ndarray) -> np.ndarray:
+    """Row-wise cosine, NaN where not ``defined`` or a vector is zero."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    ok = defined & (norms > 0)
+    out = np.full(len(a), np.nan)
+    out[ok] = (a[ok] * b[ok]).sum(axis=1) / norms[ok]
+    return out
 
 
 def _join_embeddings(

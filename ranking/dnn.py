@@ -25,6 +25,7 @@ from torch import nn
 
 from ranking.config import DNNConfig
 from ranking.features import FeatureSpec, dnn_inputs
+from ranking.metrics import grouped_auc, logloss
 
 
 def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
@@ -89,30 +90,40 @@ def ranking_loss(net: RankerNet, batch: dict[str, torch.Tensor], labels: torch.T
 
 
 class DNNRanker:
-    """Trains ``RankerNet`` with Adam and early stopping on validation logloss."""
+    """Trains ``RankerNet`` with Adam and early stopping on validation logloss.
 
-    def __init__(self, cfg: DNNConfig, spec: FeatureSpec, with_learn: bool, seed: int, num_threads: int) -> None:
+    ``vectors`` names what the auxiliary network reads: ``"learn"``, a control's vectors
+    (``ranking/controls.py``), or None for the ID baseline without one.
+    """
+
+    def __init__(self, cfg: DNNConfig, spec: FeatureSpec, vectors: str | None, seed: int, num_threads: int) -> None:
         self.cfg = cfg
         self.spec = spec
-        self.with_learn = with_learn
+        self.vectors = vectors
         self.seed = seed
         self.num_threads = num_threads
         torch.manual_seed(seed)
         self.net = RankerNet(
-            len(spec.user_vocab), len(spec.item_vocab), len(spec.dense_names), cfg, spec.learn_dim if with_learn else None
+            len(spec.user_vocab), len(spec.item_vocab), len(spec.dense_names), cfg, spec.learn_dim if vectors else None
         )
-        self.history: list[dict[str, float]] = []
-        self.best_epoch = -1
+        self.history: list[dict[str, float | None]] = []
+        self.best_epoch = 0  # 1-based once fitted; 0 keeps the initial weights
+
+    @property
+    def best_iteration(self) -> int:
+        """The epoch (1 = the first) whose weights were kept."""
+        return self.best_epoch
 
     def tensors(self, frame: pd.DataFrame) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in dnn_inputs(frame, self.spec, self.with_learn).items()}
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in dnn_inputs(frame, self.spec, self.vectors).items()}
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> DNNRanker:
         torch.set_num_threads(self.num_threads)
         torch.manual_seed(self.seed)
         x_train, x_valid = self.tensors(train), self.tensors(valid)
         y_train = torch.from_numpy(train["label"].to_numpy(dtype=np.float32))
-        y_valid = torch.from_numpy(valid["label"].to_numpy(dtype=np.float32))
+        y_valid = valid["label"].to_numpy()
+        valid_users = valid["user_id"].to_numpy()
         opt = torch.optim.Adam(self.net.parameters(), lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay)
         gen = torch.Generator().manual_seed(self.seed)
         best_loss, best_state, stale = float("inf"), copy.deepcopy(self.net.state_dict()), 0
@@ -127,10 +138,13 @@ class DNNRanker:
                 loss.total.backward()
                 opt.step()
                 total += loss.total.item() * len(idx)
-            valid_loss = self._valid_logloss(x_valid, y_valid)
-            self.history.append({"epoch": epoch, "train_loss": total / len(order), "valid_logloss": valid_loss})
+            scores = self._scores(x_valid)
+            valid_loss = logloss(y_valid, scores, "DNN validation")
+            # Recorded for the learning curves only; early stopping reads the logloss.
+            valid_uauc = grouped_auc(y_valid, scores, valid_users, "DNN validation").uauc
+            self.history.append({"epoch": epoch + 1, "train_loss": total / len(order), "valid_logloss": valid_loss, "valid_uauc": valid_uauc})
             if valid_loss < best_loss - 1e-6:
-                best_loss, best_state, stale, self.best_epoch = valid_loss, copy.deepcopy(self.net.state_dict()), 0, epoch
+                best_loss, best_state, stale, self.best_epoch = valid_loss, copy.deepcopy(self.net.state_dict()), 0, epoch + 1
             else:
                 stale += 1
                 if stale >= self.cfg.patience:
@@ -140,13 +154,10 @@ class DNNRanker:
         return self
 
     @torch.no_grad()
-    def _valid_logloss(self, x: dict[str, torch.Tensor], y: torch.Tensor) -> float:
+    def _scores(self, x: dict[str, torch.Tensor]) -> np.ndarray:
         self.net.eval()
         logits, _ = self.net(x)
-        return float(nn.functional.binary_cross_entropy_with_logits(logits, y))
-
-    @torch.no_grad()
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        self.net.eval()
-        logits, _ = self.net(self.tensors(frame))
         return torch.sigmoid(logits).double().numpy()
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return self._scores(self.tensors(frame))

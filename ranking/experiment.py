@@ -1,33 +1,41 @@
-"""The ranking experiment: baselines vs LEARN rankers, overall (Table 6) and by tier (Table 7).
+"""The ranking experiment: baselines vs LEARN and control rankers, overall (Table 6) and by tier (Table 7).
 
 ``run_ranking_experiment(config)`` loads the data, joins LEARN embeddings point-in-time,
-trains every configured model on the training period with early stopping on the
-validation period, and scores the evaluation period once. Nothing downstream of the
-training period is used to pick anything.
+adds the control arms' vectors, trains every configured model once per seed on the training
+period with early stopping on the validation period, and scores the evaluation period. Per
+arm it keeps every seed's metrics and learning curve; the bootstrap intervals and the tiers
+read the seed-averaged predictions (``ranking/seeds.py``). Nothing downstream of the training
+period is used to pick anything.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from learn_features.data.split import SplitConfig as LearnSplitConfig
 from learn_features.data.split import parse_time
 from learn_features.embeddings_io import ITEM_FILE, MANIFEST_FILE, USER_FILE, read_run_manifest, run_manifest_path
 from learn_features.errors import LearnFeaturesError
 from learn_features.store.replay import replay_repo_path
 from ranking.bootstrap import PairedDelta, paired_bootstrap
-from ranking.config import LEARN_MODELS, MODEL_PAIRS, EmbeddingConfig, ExperimentConfig
-from ranking.dataset import RankingDataset, build_dataset, load_data
+from ranking.config import ARM_VECTORS, BASELINE_MODELS, MODEL_PAIRS, EmbeddingConfig, ExperimentConfig
+from ranking.controls import load_content, with_llm_frozen, with_random
+from ranking.coverage import split_coverage
+from ranking.dataset import RankingDataset, build_dataset, load_data, point_in_time_stats
 from ranking.dnn import DNNRanker
 from ranking.embeddings import EmbeddingJoiner, FeastEmbeddingJoiner, ParquetEmbeddingJoiner
-from ranking.features import fit_feature_spec
+from ranking.features import FeatureSpec, fit_feature_spec, learn_vector_dim
+from ranking.history import HistoryIndex
 from ranking.lgbm import TreeRanker
 from ranking.metrics import auc, grouped_auc, logloss
+from ranking.seeds import SeedPaired, SeedSpread, verdict
 from ranking.tiers import TIER_NAMES, Thresholds, assign_tiers, resolve_thresholds
 
 MANIFEST = Path("embeddings") / MANIFEST_FILE  # as named in messages
@@ -46,15 +54,62 @@ class ModelMetrics:
     n_impressions: int
     n_users_uauc: int
     n_single_class_users: int
-    best_iteration: int  # boosting rounds (trees) or best epoch (DNN), chosen on validation
+    best_iteration: int | None  # boosting rounds (trees) or best epoch (DNN) chosen on validation; None: seed average
 
     def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
 
 
 @dataclass
+class ArmResult:
+    """One ranker arm over all seeds: per-seed metrics and learning curves, and the metrics of
+    the seed-averaged predictions."""
+
+    name: str
+    seeds: list[int]
+    per_seed: list[ModelMetrics]
+    averaged: ModelMetrics
+    curves: list[list[dict[str, float | None]]]  # per seed: validation metrics per epoch/round
+
+    def spread(self, metric: str) -> SeedSpread:
+        return SeedSpread([getattr(m, metric) for m in self.per_seed])
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "seeds": self.seeds,
+            "per_seed": [m.to_dict() for m in self.per_seed],
+            "seed_averaged": self.averaged.to_dict(),
+            **{f"{metric}_over_seeds": self.spread(metric).to_dict() for metric in ("auc", "uauc", "wuauc", "logloss")},
+            "validation_curves": self.curves,
+        }
+
+
+@dataclass
+class Comparison:
+    """``arm`` against ``reference``: seed-paired differences and the bootstrap on seed-averaged predictions."""
+
+    reference: str
+    arm: str
+    seed_paired: dict[str, SeedPaired]  # "uauc", "wuauc"
+    bootstrap: dict[str, PairedDelta | None]  # "auc", "uauc", "wuauc"
+
+    def verdict(self, metric: str) -> tuple[str, str]:
+        return verdict(self.seed_paired[metric], self.bootstrap[metric])
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "reference": self.reference,
+            "arm": self.arm,
+            "seed_paired": {m: p.to_dict() for m, p in self.seed_paired.items()},
+            "bootstrap": {m: None if d is None else d.to_dict() for m, d in self.bootstrap.items()},
+            "verdict": {m: dict(zip(("result", "why"), self.verdict(m))) for m in self.seed_paired},
+        }
+
+
+@dataclass
 class TierResult:
-    pair: str  # "dnn" or "lgbm"
+    reference: str  # the baseline
+    arm: str  # the arm compared with it
     dimension: str  # "all", "user" or "item"
     tier: str
     n_impressions: int
@@ -79,12 +134,18 @@ class ExperimentResults:
     config: ExperimentConfig
     dataset: RankingDataset
     thresholds: Thresholds
-    metrics: dict[str, ModelMetrics]
+    arms: dict[str, ArmResult]
+    comparisons: list[Comparison]
     tiers: list[TierResult]
-    predictions: pd.DataFrame  # evaluation rows + one score column per model + tiers
-    rankers: dict[str, TreeRanker | DNNRanker]
+    predictions: pd.DataFrame  # evaluation rows + one seed-averaged score column per model + tiers
+    coverage: dict[str, dict[str, object]]  # per split (``ranking/coverage.py``)
     fingerprint: dict[str, object]
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict[str, ModelMetrics]:
+        """Each arm's metrics on its seed-averaged predictions."""
+        return {name: arm.averaged for name, arm in self.arms.items()}
 
 
 def _sha256(path: Path) -> str:
@@ -169,14 +230,32 @@ def _earliest_snapshot(joiner: EmbeddingJoiner | None, cfg: EmbeddingConfig) -> 
     return manifest_cut
 
 
+def history_len(cfg: EmbeddingConfig) -> tuple[int, str]:
+    """(N, where it came from): the LEARN user tower's window, which the history features reuse."""
+    if cfg.history_len is not None:
+        return cfg.history_len, "embeddings.history_len"
+    path = Path(cfg.run_dir) / "config.json" if cfg.run_dir else None
+    if path is None or not path.is_file():
+        default = LearnSplitConfig().history_len
+        return default, f"LEARN's default (no {path or 'run config.json'})"
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))["split"]["history_len"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LearnFeaturesError(f"{path}: no readable split.history_len ({exc!r}); set embeddings.history_len") from None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise LearnFeaturesError(f"{path}: split.history_len must be a positive integer, got {value!r}")
+    return value, str(path)
+
+
 def run_ranking_experiment(config: ExperimentConfig) -> ExperimentResults:
-    """Load, split, join, train, evaluate (see module docstring). Reports are written separately."""
+    """Load, split, join, add control vectors, train, evaluate (see module docstring). Reports are written separately."""
     impressions, history, items = load_data(config.data)
     joiner = make_joiner(config.embeddings)
     split = config.split
     if split.train_start == TRAIN_START_FROM_EMBEDDINGS:
         start = _earliest_snapshot(joiner, config.embeddings)
         split = dataclasses.replace(split, train_start=start.isoformat())
+    window, window_source = history_len(config.embeddings)
     dataset = build_dataset(
         impressions,
         split,
@@ -184,6 +263,7 @@ def run_ranking_experiment(config: ExperimentConfig) -> ExperimentResults:
         items=items,
         joiner=joiner,
         expected_model_version=expected_model_version(config.embeddings),
+        history_len=window,
     )
     learn_cut = learn_training_end(config.embeddings) if config.embeddings.source != "none" else None
     if learn_cut is not None and learn_cut > dataset.periods.cut:
@@ -192,16 +272,43 @@ def run_ranking_experiment(config: ExperimentConfig) -> ExperimentResults:
             f"after the ranking cut {dataset.periods.cut}; its embeddings would carry evaluation-period behaviour. "
             "Train LEARN with a cut at or before the ranking cut."
         )
+    dataset = with_controls(dataset, history, config)
     fingerprint = data_fingerprint(config, dataset, history, learn_cut)
+    fingerprint["history_len"] = {"value": window, "from": window_source}
     return run_on_dataset(dataset, history, config, fingerprint)
+
+
+def content_store_for(config: ExperimentConfig) -> Path:
+    """``controls.content_store``, else the LEARN run's frozen-LLM content (``content/llm``)."""
+    if config.controls.content_store is not None:
+        return Path(config.controls.content_store)
+    if config.embeddings.run_dir is None:
+        raise LearnFeaturesError("model dnn_llm_frozen needs controls.content_store or embeddings.run_dir (or --run-dir)")
+    return Path(config.embeddings.run_dir) / "content" / "llm"
+
+
+def with_controls(dataset: RankingDataset, history: pd.DataFrame, config: ExperimentConfig) -> RankingDataset:
+    """Add the vectors of the requested control arms (``ranking/controls.py``), of the LEARN dimension."""
+    wanted = {ARM_VECTORS[m] for m in config.models} - {None, "learn"}
+    if not wanted:
+        return dataset
+    dim = learn_vector_dim(dataset.train)
+    if "llm_frozen" in wanted:
+        if config.embeddings.run_dir is None:
+            raise LearnFeaturesError("model dnn_llm_frozen needs embeddings.run_dir (or --run-dir): the run's item table orders its content")
+        ids, content = load_content(content_store_for(config), config.embeddings.run_dir)
+        dataset = with_llm_frozen(dataset, HistoryIndex.build(history), ids, content, dim)
+    if "random" in wanted:
+        dataset = with_random(dataset, dim, config.controls.random_seed)
+    return dataset
 
 
 def run_on_dataset(
     dataset: RankingDataset, history: pd.DataFrame, config: ExperimentConfig, fingerprint: dict[str, object] | None = None
 ) -> ExperimentResults:
-    """Train and evaluate every configured model on an assembled dataset."""
+    """Train every configured model once per seed on an assembled dataset; evaluate and compare."""
     notes: list[str] = []
-    if any(m in LEARN_MODELS for m in config.models) and not dataset.has_embeddings:
+    if any(ARM_VECTORS[m] for m in config.models) and not dataset.has_embeddings:
         raise LearnFeaturesError("LEARN models requested but the dataset was built without an embedding join")
     if dataset.has_embeddings:
         for name in ("train", "valid", "test"):
@@ -211,19 +318,29 @@ def run_on_dataset(
                     f"no {name}-period impression has an item LEARN embedding point-in-time: the snapshot is newer "
                     "than these rows, or older than the TTL (embeddings.max_age_days)"
                 )
-    rankers = train_models(dataset, config)
     test = dataset.test
     thresholds = resolve_thresholds(history, dataset.periods.cut, config.tiers)
-    predictions = test[["user_id", "item_id", "timestamp", "label", "user_n", "item_pos"]].copy()
-    predictions = pd.concat([predictions, assign_tiers(test, thresholds)], axis=1)
-    metrics: dict[str, ModelMetrics] = {}
-    for name, ranker in rankers.items():
-        scores = ranker.predict(test)
-        predictions[name] = scores
-        metrics[name] = model_metrics(name, test, scores, ranker)
-    if metrics:
+    # Tiers are activity before the ranking cut (the paper's Table 7), whatever time features are taken at.
+    at_cut = point_in_time_stats(history, test, pd.Series(dataset.periods.cut, index=test.index))
+    predictions = pd.concat([test[["user_id", "item_id", "timestamp", "label"]], assign_tiers(at_cut, thresholds)], axis=1)
+    specs = feature_specs(dataset, config)
+    scores: dict[str, list[np.ndarray]] = {name: [] for name in config.models}
+    per_seed: dict[str, list[ModelMetrics]] = {name: [] for name in config.models}
+    curves: dict[str, list[list[dict[str, float | None]]]] = {name: [] for name in config.models}
+    for seed in config.seeds:
+        for name, ranker in train_models(dataset, config, seed, specs).items():
+            seed_scores = ranker.predict(test)
+            scores[name].append(seed_scores)
+            per_seed[name].append(model_metrics(name, test, seed_scores, ranker.best_iteration))
+            curves[name].append(ranker.history)
+    arms = {}
+    for name in config.models:
+        predictions[name] = np.mean(scores[name], axis=0)
+        averaged = model_metrics(name, test, predictions[name].to_numpy(), None)
+        arms[name] = ArmResult(name, list(config.seeds), per_seed[name], averaged, curves[name])
+    if arms:
         # Labels are shared by all models, so the single-class users are the same for each.
-        first = next(iter(metrics.values()))
+        first = next(iter(arms.values())).averaged
         if first.n_single_class_users:
             notes.append(
                 f"{first.n_single_class_users} of {test['user_id'].nunique()} evaluation users have only positives or only "
@@ -232,42 +349,51 @@ def run_on_dataset(
         if first.auc is None:
             notes.append("the evaluation period has a single label class: AUC is undefined")
     tiers = tier_table(predictions, config)
-    notes += [f"{t.pair} {t.dimension} {t.tier}: {t.note}" for t in tiers if t.note]
+    notes += [f"{t.arm} vs {t.reference}, {t.dimension} {t.tier}: {t.note}" for t in tiers if t.note]
     return ExperimentResults(
         config=config,
         dataset=dataset,
         thresholds=thresholds,
-        metrics=metrics,
+        arms=arms,
+        comparisons=compare_arms(arms, predictions, config),
         tiers=tiers,
         predictions=predictions,
-        rankers=rankers,
+        coverage=split_coverage(dataset, specs.get(True)),
         fingerprint=fingerprint or {},
         notes=notes,
     )
 
 
-def train_models(dataset: RankingDataset, config: ExperimentConfig) -> dict[str, TreeRanker | DNNRanker]:
-    specs = {}
+def feature_specs(dataset: RankingDataset, config: ExperimentConfig) -> dict[bool, FeatureSpec]:
+    """Feature specs keyed by "reads vectors": fitted on training rows, the same for every seed."""
+    needed = {ARM_VECTORS[m] is not None for m in config.models}
+    return {
+        with_vectors: fit_feature_spec(dataset.train, dataset.item_numeric_columns, dataset.has_genres, with_vectors, config.lgbm.pca_dims)
+        for with_vectors in sorted(needed)
+    }
+
+
+def train_models(
+    dataset: RankingDataset, config: ExperimentConfig, seed: int | None = None, specs: dict[bool, FeatureSpec] | None = None
+) -> dict[str, TreeRanker | DNNRanker]:
+    """Every configured model trained with one seed (default: the first of ``config.seeds``)."""
+    seed = config.seeds[0] if seed is None else seed
+    specs = feature_specs(dataset, config) if specs is None else specs
     rankers: dict[str, TreeRanker | DNNRanker] = {}
     for name in config.models:
-        with_learn = name in LEARN_MODELS
-        if with_learn not in specs:
-            specs[with_learn] = fit_feature_spec(
-                dataset.train, dataset.item_numeric_columns, dataset.has_genres, with_learn, config.lgbm.pca_dims, config.seed
-            )
-        spec = specs[with_learn]
+        vectors = ARM_VECTORS[name]
+        spec = specs[vectors is not None]
         if name.startswith("lgbm"):
-            ranker: TreeRanker | DNNRanker = TreeRanker(config.lgbm, spec, with_learn, config.seed, config.num_threads)
+            ranker: TreeRanker | DNNRanker = TreeRanker(config.lgbm, spec, vectors is not None, seed, config.num_threads)
         else:
-            ranker = DNNRanker(config.dnn, spec, with_learn, config.seed, config.num_threads)
+            ranker = DNNRanker(config.dnn, spec, vectors, seed, config.num_threads)
         rankers[name] = ranker.fit(dataset.train, dataset.valid)
     return rankers
 
 
-def model_metrics(name: str, test: pd.DataFrame, scores: np.ndarray, ranker: TreeRanker | DNNRanker) -> ModelMetrics:
+def model_metrics(name: str, test: pd.DataFrame, scores: np.ndarray, best_iteration: int | None) -> ModelMetrics:
     labels = test["label"].to_numpy()
     grouped = grouped_auc(labels, scores, test["user_id"].to_numpy(), f"{name} evaluation")
-    best = ranker.best_iteration if isinstance(ranker, TreeRanker) else ranker.best_epoch
     return ModelMetrics(
         name=name,
         auc=auc(labels, scores, f"{name} evaluation"),
@@ -277,35 +403,49 @@ def model_metrics(name: str, test: pd.DataFrame, scores: np.ndarray, ranker: Tre
         n_impressions=len(labels),
         n_users_uauc=grouped.n_users,
         n_single_class_users=grouped.n_single_class,
-        best_iteration=int(best),
+        best_iteration=best_iteration,
     )
 
 
+def compare_arms(arms: dict[str, ArmResult], predictions: pd.DataFrame, config: ExperimentConfig) -> list[Comparison]:
+    """Every configured (reference, arm) pair of ``MODEL_PAIRS``: seed-paired and bootstrap differences."""
+    out = []
+    labels, users = predictions["label"].to_numpy(), predictions["user_id"].to_numpy()
+    for reference, arm in MODEL_PAIRS:
+        if reference not in arms or arm not in arms:
+            continue
+        paired = {m: SeedPaired.of([getattr(r, m) for r in arms[reference].per_seed], [getattr(a, m) for a in arms[arm].per_seed])
+                  for m in ("uauc", "wuauc")}  # fmt: skip
+        boot = _bootstrap(labels, predictions[reference].to_numpy(), predictions[arm].to_numpy(), users, config, 0)
+        out.append(Comparison(reference, arm, paired, boot))
+    return out
+
+
+def _bootstrap(
+    labels: np.ndarray, reference: np.ndarray, arm: np.ndarray, users: np.ndarray, config: ExperimentConfig, k: int
+) -> dict[str, PairedDelta | None]:
+    """The paired user bootstrap; ``k`` numbers the row slice, so every pair reads the same draws on one slice."""
+    b = config.bootstrap
+    return paired_bootstrap(labels, reference, arm, users, b.n_resamples, b.confidence, b.seed + k)
+
+
 def tier_table(predictions: pd.DataFrame, config: ExperimentConfig) -> list[TierResult]:
-    """Paired baseline-vs-LEARN deltas per tier, for every pair whose two models were trained."""
+    """Paired baseline-vs-arm deltas per tier on the seed-averaged predictions, for every pair
+    of ``MODEL_PAIRS`` whose reference is a baseline and whose two models were trained."""
     rows: list[TierResult] = []
     total = len(predictions)
     slices = [("all", "all", np.ones(total, dtype=bool))]
     slices += [(dim, tier, (predictions[f"{dim}_tier"] == tier).to_numpy()) for dim in ("user", "item") for tier in TIER_NAMES]
-    for base, learn in MODEL_PAIRS:
-        if base not in predictions or learn not in predictions:
+    for base, arm in MODEL_PAIRS:
+        if base not in BASELINE_MODELS or base not in predictions or arm not in predictions:
             continue
-        pair = base.split("_")[0]
         for k, (dim, tier, mask) in enumerate(slices):
             sub = predictions[mask]
             if sub.empty:
-                rows.append(TierResult(pair, dim, tier, 0, 0.0, 0, 0, None, None, None, "no evaluation impressions in this tier"))
+                rows.append(TierResult(base, arm, dim, tier, 0, 0.0, 0, 0, None, None, None, "no evaluation impressions in this tier"))
                 continue
             labels, users = sub["label"].to_numpy(), sub["user_id"].to_numpy()
-            deltas = paired_bootstrap(
-                labels,
-                sub[base].to_numpy(),
-                sub[learn].to_numpy(),
-                users,
-                config.bootstrap.n_resamples,
-                config.bootstrap.confidence,
-                config.seed + k,
-            )
+            deltas = _bootstrap(labels, sub[base].to_numpy(), sub[arm].to_numpy(), users, config, k)
             single = grouped_auc(labels, sub[base].to_numpy(), users).n_single_class
             note = None
             if deltas["auc"] is None:
@@ -314,7 +454,8 @@ def tier_table(predictions: pd.DataFrame, config: ExperimentConfig) -> list[Tier
                 note = "no user in this tier has both positives and negatives: UAUC and WUAUC undefined"
             rows.append(
                 TierResult(
-                    pair,
+                    base,
+                    arm,
                     dim,
                     tier,
                     len(sub),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
+from threadpoolctl import threadpool_limits
 
 from learn_features.errors import LearnFeaturesError
 
@@ -32,7 +33,6 @@ class FeatureSpec:
     dense_mean: np.ndarray
     dense_std: np.ndarray
     learn_dim: int | None
-    pca_user: PCA | None
     pca_item: PCA | None
 
     @property
@@ -69,17 +69,26 @@ def _raw_dense(frame: pd.DataFrame, genres: list[str], numeric: list[str], fill:
     return np.column_stack(cols).astype(np.float64)
 
 
-def embedding_matrix(frame: pd.DataFrame, entity: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(vectors with zeros where absent, presence mask) for ``<entity>_embedding``."""
+def vector_columns(vectors: str) -> tuple[str, str]:
+    """The (user, item) dataset columns of an arm's vectors: LEARN's, or a control's (``ranking/controls.py``)."""
+    return ("user_embedding", "item_embedding") if vectors == "learn" else (f"user_{vectors}", f"item_{vectors}")
+
+
+def present(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """Rows whose vector in ``column`` exists (not None)."""
+    return np.array([v is not None for v in frame[column]], dtype=bool)
+
+
+def embedding_matrix(frame: pd.DataFrame, column: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors with zeros where absent, presence mask) for a vector column such as ``user_embedding``."""
     mat = np.zeros((len(frame), dim), dtype=np.float32)
-    present = np.zeros(len(frame), dtype=bool)
-    for i, v in enumerate(frame[f"{entity}_embedding"]):
-        if v is not None:
-            if len(v) != dim:
-                raise LearnFeaturesError(f"row {i}: {entity} embedding has length {len(v)}, expected {dim}")
-            mat[i] = v
-            present[i] = True
-    return mat, present
+    mask = present(frame, column)
+    for i in np.flatnonzero(mask):
+        v = frame[column].iat[i]
+        if len(v) != dim:
+            raise LearnFeaturesError(f"row {i}: {column} has length {len(v)}, expected {dim}")
+        mat[i] = v
+    return mat, mask
 
 
 def fit_feature_spec(
@@ -88,7 +97,6 @@ def fit_feature_spec(
     has_genres: bool,
     with_learn: bool,
     pca_dims: int,
-    seed: int,
 ) -> FeatureSpec:
     if train.empty:
         raise LearnFeaturesError("training period has no impressions")
@@ -99,10 +107,10 @@ def fit_feature_spec(
     prior = float(train["label"].mean())
     raw = _raw_dense(train, genres, item_numeric_columns, fill, prior)
     std = raw.std(axis=0)
-    learn_dim = pca_user = pca_item = None
+    learn_dim = pca_item = None
     if with_learn:
-        learn_dim = _learn_dim(train)
-        pca_user, pca_item = (_fit_pca(train, e, learn_dim, pca_dims, seed) for e in ("user", "item"))
+        learn_dim = learn_vector_dim(train)
+        pca_item = _fit_item_pca(train, learn_dim, pca_dims)
     return FeatureSpec(
         user_vocab={str(u): i + 1 for i, u in enumerate(users)},
         item_vocab={str(v): i + 1 for i, v in enumerate(items)},
@@ -113,12 +121,12 @@ def fit_feature_spec(
         dense_mean=raw.mean(axis=0),
         dense_std=np.where(std > 0, std, 1.0),
         learn_dim=learn_dim,
-        pca_user=pca_user,
         pca_item=pca_item,
     )
 
 
-def _learn_dim(train: pd.DataFrame) -> int:
+def learn_vector_dim(train: pd.DataFrame) -> int:
+    """The LEARN dimension, from the training rows' vectors (refused when none has one)."""
     dims = {len(v) for col in ("user_embedding", "item_embedding") for v in train[col] if v is not None}
     if not dims:
         raise LearnFeaturesError(
@@ -130,16 +138,35 @@ def _learn_dim(train: pd.DataFrame) -> int:
     return dims.pop()
 
 
-def _fit_pca(train: pd.DataFrame, entity: str, dim: int, pca_dims: int, seed: int) -> PCA | None:
-    """PCA over the distinct entities' vectors seen in training (not weighted by impressions)."""
-    mat, present = embedding_matrix(train, entity, dim)
-    ids = train[f"{entity}_id"].to_numpy()[present]
+def exact_pca(matrix: np.ndarray, n_components: int) -> PCA:
+    """PCA whose components do not depend on the machine's BLAS thread count.
+
+    LightGBM + LEARN's UAUC moved by 0.8 pp between runs on byte-identical inputs because the
+    covariance product inside PCA rounds differently with 1 and 2 BLAS threads: components
+    moved by up to 6e-4, the PCA features by ~1e-6, and the trees split differently
+    (docs/ranking.md, "Run-to-run changes"). One BLAS thread and the exact (LAPACK) solver
+    make fit and transform the same bits wherever they run (with the same BLAS library).
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return PCA(n_components=n_components, svd_solver="full").fit(matrix)
+
+
+def pca_transform(pca: PCA, matrix: np.ndarray) -> np.ndarray:
+    """``pca.transform`` under one BLAS thread, for the reason ``exact_pca`` gives."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return pca.transform(matrix)
+
+
+def _fit_item_pca(train: pd.DataFrame, dim: int, pca_dims: int) -> PCA | None:
+    """PCA over the distinct training items' LEARN vectors (not weighted by impressions)."""
+    mat, mask = embedding_matrix(train, "item_embedding", dim)
+    ids = train["item_id"].to_numpy()[mask]
     _, first = np.unique(ids, return_index=True)
-    distinct = mat[present][first]
+    distinct = mat[mask][first]
     k = min(pca_dims, dim, len(distinct))
     if k < 1:
         return None
-    return PCA(n_components=k, random_state=seed).fit(distinct)
+    return exact_pca(distinct, k)
 
 
 def dense_features(frame: pd.DataFrame, spec: FeatureSpec, standardise: bool) -> np.ndarray:
@@ -155,38 +182,48 @@ def id_indices(frame: pd.DataFrame, spec: FeatureSpec) -> tuple[np.ndarray, np.n
 
 def tree_features(frame: pd.DataFrame, spec: FeatureSpec, with_learn: bool) -> pd.DataFrame:
     """LightGBM input: categorical id codes (unseen -> missing), raw side features and, for the
-    LEARN variant, user-item cosine plus a few PCA dimensions of each embedding."""
+    LEARN variant, three kinds of LEARN features:
+
+    * ``learn_cosine``: cosine(user vector, item vector), where the user has a vector as of
+      the row;
+    * ``learn_history_cosine``: cosine(item vector, mean item vector of the user's history
+      before ``as_of``) (``ranking.dataset.history_similarity``), which needs no user vector;
+    * ``learn_item_pc<k>``: PCA components of the item vector.
+
+    No feature reads the user vector's coordinates: a tree would split on them in the rows
+    that have one and learn little that carries to the rows (users) that do not.
+    """
     u, i = id_indices(frame, spec)
     out = pd.DataFrame(dense_features(frame, spec, standardise=False), columns=spec.dense_names)
     out.insert(0, "item_code", pd.Categorical(np.where(i > 0, i, -1), categories=range(1, len(spec.item_vocab) + 1)))
     out.insert(0, "user_code", pd.Categorical(np.where(u > 0, u, -1), categories=range(1, len(spec.user_vocab) + 1)))
     if with_learn:
         assert spec.learn_dim is not None, "spec was fitted without LEARN features"
-        uv, up = embedding_matrix(frame, "user", spec.learn_dim)
-        iv, ip = embedding_matrix(frame, "item", spec.learn_dim)
-        both = up & ip
+        uv, up = embedding_matrix(frame, "user_embedding", spec.learn_dim)
+        iv, ip = embedding_matrix(frame, "item_embedding", spec.learn_dim)
         norms = np.linalg.norm(uv, axis=1) * np.linalg.norm(iv, axis=1)
         cosine = np.full(len(frame), np.nan)
-        ok = both & (norms > 0)
+        ok = up & ip & (norms > 0)
         cosine[ok] = (uv[ok] * iv[ok]).sum(axis=1) / norms[ok]
         out["learn_cosine"] = cosine
-        for entity, vecs, present, pca in (("user", uv, up, spec.pca_user), ("item", iv, ip, spec.pca_item)):
-            if pca is None:
-                continue
-            proj = np.full((len(frame), pca.n_components_), np.nan)
-            if present.any():
-                proj[present] = pca.transform(vecs[present])
-            for k in range(pca.n_components_):
-                out[f"learn_{entity}_pc{k}"] = proj[:, k]
+        out["learn_history_cosine"] = frame["learn_history_cosine"].to_numpy(dtype=np.float64)
+        if spec.pca_item is not None:
+            proj = np.full((len(frame), spec.pca_item.n_components_), np.nan)
+            if ip.any():
+                proj[ip] = pca_transform(spec.pca_item, iv[ip])
+            for k in range(spec.pca_item.n_components_):
+                out[f"learn_item_pc{k}"] = proj[:, k]
     return out
 
 
-def dnn_inputs(frame: pd.DataFrame, spec: FeatureSpec, with_learn: bool) -> dict[str, np.ndarray]:
+def dnn_inputs(frame: pd.DataFrame, spec: FeatureSpec, vectors: str | None) -> dict[str, np.ndarray]:
+    """DNN input arrays; ``vectors`` names the auxiliary network's vectors (None: baseline)."""
     u, i = id_indices(frame, spec)
     inputs = {"user_idx": u, "item_idx": i, "dense": dense_features(frame, spec, standardise=True)}
-    if with_learn:
+    if vectors is not None:
         assert spec.learn_dim is not None, "spec was fitted without LEARN features"
-        uv, up = embedding_matrix(frame, "user", spec.learn_dim)
-        iv, ip = embedding_matrix(frame, "item", spec.learn_dim)
+        user_col, item_col = vector_columns(vectors)
+        uv, up = embedding_matrix(frame, user_col, spec.learn_dim)
+        iv, ip = embedding_matrix(frame, item_col, spec.learn_dim)
         inputs.update(user_emb=uv, item_emb=iv, emb_mask=np.column_stack([up, ip]).astype(np.float32))
     return inputs

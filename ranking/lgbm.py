@@ -27,6 +27,9 @@ class TreeRanker:
             "learning_rate": cfg.learning_rate,
             "min_data_in_leaf": cfg.min_data_in_leaf,
             "cat_smooth": cfg.cat_smooth,
+            "feature_fraction": cfg.feature_fraction,
+            "bagging_fraction": cfg.bagging_fraction,
+            "bagging_freq": cfg.bagging_freq,
             "seed": seed,
             "deterministic": True,
             "force_col_wise": True,
@@ -34,6 +37,8 @@ class TreeRanker:
             "verbosity": -1,
         }
         self.booster: lgb.Booster | None = None
+        #: Validation logloss per boosting round: the learning curve the report plots.
+        self.history: list[dict[str, float | None]] = []
 
     def features(self, frame: pd.DataFrame) -> pd.DataFrame:
         return tree_features(frame, self.spec, self.with_learn)
@@ -43,14 +48,17 @@ class TreeRanker:
         cats = ["user_code", "item_code"]
         d_train = lgb.Dataset(x_train, label=train["label"].to_numpy(), categorical_feature=cats, free_raw_data=False)
         d_valid = lgb.Dataset(x_valid, label=valid["label"].to_numpy(), categorical_feature=cats, reference=d_train)
+        curve: dict[str, dict[str, list[float]]] = {}
         self.booster = lgb.train(
             self.params,
             d_train,
             num_boost_round=self.cfg.max_rounds,
             valid_sets=[d_valid],
             valid_names=["validation"],
-            callbacks=[lgb.early_stopping(self.cfg.early_stopping_rounds, verbose=False)],
+            callbacks=[lgb.early_stopping(self.cfg.early_stopping_rounds, verbose=False), lgb.record_evaluation(curve)],
         )
+        losses = curve["validation"]["binary_logloss"]
+        self.history = [{"epoch": k, "valid_logloss": float(v)} for k, v in enumerate(losses, 1)]
         return self
 
     @property

@@ -21,16 +21,18 @@ from sklearn.calibration import calibration_curve
 
 from learn_features.atomic import atomic_path, write_json_atomic, write_text_atomic
 from ranking.bootstrap import PairedDelta
-from ranking.config import MODEL_PAIRS
-from ranking.dnn import DNNRanker
-from ranking.experiment import ExperimentResults, TierResult
+from ranking.experiment import ArmResult, Comparison, ExperimentResults, TierResult
+from ranking.seeds import SeedPaired, SeedSpread
 
 MODEL_LABELS = {
-    "lgbm_baseline": "LightGBM (ID + statistics)",
-    "lgbm_learn": "LightGBM + LEARN features",
     "dnn_baseline": "DNN baseline (ID embeddings)",
     "dnn_learn": "DNN + LEARN auxiliary network",
+    "dnn_llm_frozen": "DNN + frozen-LLM vectors (control)",
+    "dnn_random": "DNN + random vectors (control)",
+    "lgbm_baseline": "LightGBM (ID + statistics)",
+    "lgbm_learn": "LightGBM + LEARN features",
 }
+METRICS = ("uauc", "wuauc")
 
 
 def _fmt(x: float | None, digits: int = 4) -> str:
@@ -43,37 +45,71 @@ def _delta(d: PairedDelta | None) -> str:
     return f"{d.delta_pp:+.2f} [{d.ci_low_pp:+.2f}, {d.ci_high_pp:+.2f}]"
 
 
-def _headline_delta(row: dict[str, object], metric: str) -> str:
-    """Table 6 cell: the difference, with its interval where the row carries one."""
-    delta, ci = row[f"delta_{metric}_pp"], row.get(f"delta_{metric}_ci_pp")
-    if delta is None:
-        return "—"
-    text = f"{delta:+.2f}"
-    return text if ci is None else f"{text} [{ci[0]:+.2f}, {ci[1]:+.2f}]"  # type: ignore[index]
+def _mean_sd(spread: SeedSpread, scale: float = 1.0, digits: int = 4, sign: str = "") -> str:
+    mean, sd = spread.mean, spread.sd
+    if mean is None:
+        return "n/a"
+    text = f"{mean * scale:{sign}.{digits}f}"
+    return text if sd is None else f"{text} ± {sd * scale:.{digits}f}"
+
+
+def _paired(p: SeedPaired) -> str:
+    text = _mean_sd(p.spread, digits=2, sign="+")
+    return text if p.beyond_noise is None else f"{text} ({'beyond' if p.beyond_noise else 'within'} 2 SD)"
 
 
 def headline_rows(results: ExperimentResults) -> list[dict[str, object]]:
-    """Table 6: one row per model; LEARN rows carry their difference to the paired baseline.
-
-    The WUAUC difference also carries its interval, taken from the pair's "all" tier row: that
-    row is the same paired bootstrap on the same evaluation rows, so the interval costs nothing.
-    """
-    baseline_of = {learn: base for base, learn in MODEL_PAIRS}
-    all_rows = {t.pair: t for t in results.tiers if t.dimension == "all"}
+    """Table 6: one row per arm, its metrics over seeds and on the seed-averaged predictions."""
+    order = [n for n in MODEL_LABELS if n in results.arms]
     rows = []
-    order = [n for pair in MODEL_PAIRS for n in pair if n in results.metrics]
     for name in order:
-        m = results.metrics[name]
-        row: dict[str, object] = {"model": name, **m.to_dict()}
-        base = results.metrics.get(baseline_of.get(name, ""))
-        for metric in ("auc", "uauc", "wuauc"):
-            mine, theirs = getattr(m, metric), getattr(base, metric) if base else None
-            row[f"delta_{metric}_pp"] = None if mine is None or theirs is None else (mine - theirs) * 100.0
-        paired = all_rows.get(name.split("_")[0]) if base else None
-        wuauc = paired.wuauc if paired else None
-        row["delta_wuauc_ci_pp"] = None if wuauc is None else [wuauc.ci_low_pp, wuauc.ci_high_pp]
+        arm = results.arms[name]
+        row: dict[str, object] = {"model": name, "seeds": arm.seeds}
+        for metric in ("auc", "uauc", "wuauc", "logloss"):
+            spread = arm.spread(metric)
+            row[f"{metric}_mean"], row[f"{metric}_sd"] = spread.mean, spread.sd
+            row[f"{metric}_seed_averaged"] = getattr(arm.averaged, metric)
+        row["n_users_uauc"], row["n_single_class_users"] = arm.averaged.n_users_uauc, arm.averaged.n_single_class_users
+        row["best_iteration_per_seed"] = [m.best_iteration for m in arm.per_seed]
         rows.append(row)
     return rows
+
+
+def answers(results: ExperimentResults) -> list[str]:
+    """The questions a reader comes with (issue 11's), answered from the numbers in this report."""
+    by_pair = {(c.reference, c.arm): c for c in results.comparisons}
+    lines = []
+
+    def judged(c: Comparison) -> str:
+        return "; ".join(f"{m.upper()}: **{c.verdict(m)[0]}** ({c.verdict(m)[1]})" for m in METRICS)
+
+    main = by_pair.get(("dnn_baseline", "dnn_learn"))
+    if main is not None:
+        beyond = {m: main.seed_paired[m].beyond_noise for m in METRICS}
+        said = ", ".join(f"{m.upper()} {'n/a (no seed spread)' if v is None else ('yes' if v else 'no')}" for m, v in beyond.items())
+        lines.append(f"Does DNN + LEARN beat the DNN baseline by more than 2 SD of the seed-paired differences? {said}. {judged(main)}.")
+    controls = [by_pair[k] for k in (("dnn_llm_frozen", "dnn_learn"), ("dnn_random", "dnn_learn")) if k in by_pair]
+    if controls:
+        both = all(c.verdict(m)[0] == "lift" for c in controls for m in METRICS) and len(controls) == 2
+        detail = " ".join(f"Against {MODEL_LABELS[c.reference]}: {judged(c)}." for c in controls)
+        lines.append(f"Does DNN + LEARN beat both control arms? {'Yes' if both else 'No'}. {detail}")
+    tiers = [t for t in results.tiers if (t.reference, t.arm) == ("dnn_baseline", "dnn_learn") and t.dimension != "all"]
+    if tiers:
+        def side(t: TierResult) -> str | None:
+            d = t.uauc
+            if d is None or d.ci_low_pp <= 0 <= d.ci_high_pp:
+                return None
+            return f"{t.dimension} {t.tier} ({_delta(d)} pp)"
+
+        found = [x for x in map(side, tiers) if x]
+        lines.append(
+            "On which tiers does the DNN + LEARN UAUC difference have a bootstrap interval that excludes 0 "
+            f"(seed-averaged predictions; the tiers have no seed-paired test)? {', '.join(found) if found else 'none'}."
+        )
+    lgbm = by_pair.get(("lgbm_baseline", "lgbm_learn"))
+    if lgbm is not None:
+        lines.append(f"LightGBM + LEARN against LightGBM: {judged(lgbm)}.")
+    return lines
 
 
 def _png(fig: Figure) -> bytes:
@@ -83,8 +119,8 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def plot_tier_deltas(tiers: list[TierResult], pair: str) -> bytes:
-    rows = [t for t in tiers if t.pair == pair]
+def plot_tier_deltas(tiers: list[TierResult], arm: str) -> bytes:
+    rows = [t for t in tiers if t.arm == arm]
     labels = [f"{t.dimension}: {t.tier}" if t.dimension != "all" else "all" for t in rows]
     fig = Figure(figsize=(11, 0.45 * len(rows) + 1.5))
     axes = fig.subplots(1, 2, sharey=True)
@@ -101,9 +137,57 @@ def plot_tier_deltas(tiers: list[TierResult], pair: str) -> bytes:
                 ax.text(0, yi, " n/a", va="center", fontsize=8, color="gray")
         ax.axvline(0, color="black", lw=0.8)
         ax.set_yticks(y, labels)
-        ax.set_xlabel(f"LEARN - baseline {metric.upper()} (pp), 95% bootstrap CI")
+        ax.set_xlabel(f"arm - baseline {metric.upper()} (pp), 95% bootstrap CI")
     axes[0].invert_yaxis()  # shared y axis: inverting once puts "all" on top for both panels
-    fig.suptitle(f"{pair.upper()}: per-tier difference")
+    fig.suptitle(f"{MODEL_LABELS[arm]} vs {MODEL_LABELS[rows[0].reference]}: per-tier difference (seed-averaged predictions)")
+    return _png(fig)
+
+
+def plot_seed_paired(comparisons: list[Comparison]) -> bytes:
+    """Each comparison: the per-seed differences (dots), their mean ± 2 SD, and the bootstrap interval."""
+    fig = Figure(figsize=(11, 0.7 * len(comparisons) + 1.6))
+    axes = fig.subplots(1, len(METRICS), sharey=True, squeeze=False)[0]
+    y = np.arange(len(comparisons))
+    for ax, metric in zip(axes, METRICS):
+        for yi, c in zip(y, comparisons):
+            paired, boot = c.seed_paired[metric], c.bootstrap[metric]
+            deltas = [d for d in paired.deltas_pp if d is not None]
+            ax.scatter(deltas, np.full(len(deltas), yi - 0.12), s=18, color="#555555", zorder=3, label="one seed" if yi == 0 else None)
+            mean, sd = paired.spread.mean, paired.spread.sd
+            if mean is not None:
+                ax.errorbar(mean, yi - 0.12, xerr=0 if sd is None else 2 * sd, fmt="D", color="#2b7bba", capsize=4,
+                            label="seed mean ± 2 SD" if yi == 0 else None)  # fmt: skip
+            if boot is not None:
+                ax.errorbar(boot.delta_pp, yi + 0.18, xerr=[[boot.delta_pp - boot.ci_low_pp], [boot.ci_high_pp - boot.delta_pp]],
+                            fmt="o", color="#e08214", capsize=4, label="seed-averaged, bootstrap 95% CI" if yi == 0 else None)  # fmt: skip
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(y, [f"{MODEL_LABELS[c.arm]}\nvs {MODEL_LABELS[c.reference]}" for c in comparisons], fontsize=8)
+        ax.set_xlabel(f"Δ{metric.upper()} (pp)")
+    axes[0].invert_yaxis()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.subplots_adjust(bottom=0.18)
+    fig.suptitle("Arm minus reference: across seeds (paired) and across users (bootstrap)")
+    return _png(fig)
+
+
+def plot_learning_curves(arm: ArmResult) -> bytes:
+    """Validation logloss (and UAUC where recorded) per epoch or boosting round, one line per seed."""
+    keys = [k for k in ("valid_logloss", "valid_uauc") if any(k in e for curve in arm.curves for e in curve)]
+    fig = Figure(figsize=(5.2 * len(keys), 3.4))
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    unit = "boosting round" if arm.name.startswith("lgbm") else "epoch"
+    for ax, key in zip(axes, keys):
+        for seed, curve, metrics in zip(arm.seeds, arm.curves, arm.per_seed):
+            x = [e["epoch"] for e in curve]
+            values = [np.nan if e.get(key) is None else e[key] for e in curve]
+            (line,) = ax.plot(x, values, lw=1.2, label=f"seed {seed}")
+            best = metrics.best_iteration
+            if best is not None and best in x:
+                ax.plot([best], [values[x.index(best)]], marker="o", color=line.get_color())
+        ax.set_xlabel(f"{unit} (dot: the one kept by early stopping)")
+        ax.set_ylabel(key.replace("valid_", "validation ").replace("uauc", "UAUC"))
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{MODEL_LABELS[arm.name]}: validation learning curves")
     return _png(fig)
 
 
@@ -113,18 +197,18 @@ def plot_calibration(results: ExperimentResults) -> bytes:
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], ls="--", color="gray", label="perfect")
     n_bins = max(2, min(10, len(labels) // 50))
-    for name in results.metrics:
+    for name in results.arms:
         frac, mean = calibration_curve(labels, results.predictions[name].to_numpy(), n_bins=n_bins, strategy="quantile")
         ax.plot(mean, frac, marker="o", label=MODEL_LABELS[name])
     ax.set_xlabel("mean predicted conversion probability")
     ax.set_ylabel("observed conversion rate")
-    ax.set_title(f"Calibration on the evaluation period ({n_bins} quantile bins)")
+    ax.set_title(f"Calibration, seed-averaged predictions ({n_bins} quantile bins)")
     ax.legend(fontsize=8)
     return _png(fig)
 
 
 def plot_score_distributions(results: ExperimentResults) -> bytes:
-    names = list(results.metrics)
+    names = list(results.arms)
     labels = results.predictions["label"].to_numpy()
     fig = Figure(figsize=(3.6 * len(names), 3.2))
     axes = fig.subplots(1, len(names), squeeze=False)
@@ -142,9 +226,13 @@ def plot_score_distributions(results: ExperimentResults) -> bytes:
 
 def _plots(results: ExperimentResults) -> dict[str, tuple[str, bytes]]:
     plots = {}
-    for pair in dict.fromkeys(t.pair for t in results.tiers):
-        plots[f"tier_deltas_{pair}.png"] = (f"{pair.upper()} per-tier LEARN minus baseline", plot_tier_deltas(results.tiers, pair))
-    if results.metrics:
+    if results.comparisons:
+        plots["seed_paired.png"] = ("Differences across seeds and across users", plot_seed_paired(results.comparisons))
+    for name in dict.fromkeys(t.arm for t in results.tiers):
+        plots[f"tier_deltas_{name}.png"] = (f"{MODEL_LABELS[name]}: per-tier difference", plot_tier_deltas(results.tiers, name))
+    for name, arm in results.arms.items():
+        plots[f"curves_{name}.png"] = (f"{MODEL_LABELS[name]}: validation learning curves", plot_learning_curves(arm))
+    if results.arms:
         plots["calibration.png"] = ("Calibration curves", plot_calibration(results))
         plots["score_distributions.png"] = ("Score distributions by label", plot_score_distributions(results))
     return plots
@@ -152,29 +240,48 @@ def _plots(results: ExperimentResults) -> dict[str, tuple[str, bytes]]:
 
 def _tables(results: ExperimentResults) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) for every table, shared by the Markdown and HTML renderers."""
-    head = ["Model", "AUC", "UAUC", "WUAUC", "Logloss", "ΔAUC pp", "ΔUAUC pp", "ΔWUAUC pp [95% CI]", "Users in UAUC", "Best iter/epoch"]
+    n = len(results.config.seeds)
+    head = ["Model", f"UAUC mean ± SD ({n} seeds)", "WUAUC mean ± SD", "AUC mean ± SD", "Logloss mean ± SD",
+            "UAUC, seed-averaged", "WUAUC, seed-averaged", "Users in UAUC", "Best iter/epoch per seed"]  # fmt: skip
     rows = []
     for r in headline_rows(results):
+        arm = results.arms[str(r["model"])]
         rows.append(
             [
-                MODEL_LABELS[str(r["model"])],
-                _fmt(r["auc"]),  # type: ignore[arg-type]
-                _fmt(r["uauc"]),  # type: ignore[arg-type]
-                _fmt(r["wuauc"]),  # type: ignore[arg-type]
-                _fmt(r["logloss"]),  # type: ignore[arg-type]
-                *(_headline_delta(r, m) for m in ("auc", "uauc", "wuauc")),
-                f"{r['n_users_uauc']} (+{r['n_single_class_users']} single-class excluded)",
-                str(r["best_iteration"]),
+                MODEL_LABELS[arm.name],
+                *(_mean_sd(arm.spread(m)) for m in ("uauc", "wuauc", "auc", "logloss")),
+                _fmt(arm.averaged.uauc),
+                _fmt(arm.averaged.wuauc),
+                f"{arm.averaged.n_users_uauc} (+{arm.averaged.n_single_class_users} single-class excluded)",
+                ", ".join(str(m.best_iteration) for m in arm.per_seed),
             ]
         )
     tables = [("Table 6 — evaluation period, all impressions", head, rows)]
-    tier_head = [
-        "Tier", "Impressions", "Share", "Users", "AUC base", "AUC LEARN", "ΔAUC pp [95% CI]",
-        "UAUC base", "UAUC LEARN", "ΔUAUC pp [95% CI]", "WUAUC base", "WUAUC LEARN", "ΔWUAUC pp [95% CI]", "Note",
+    comp_head = ["Arm", "Reference", "ΔUAUC pp, seed-paired mean ± SD", "ΔUAUC pp, bootstrap [95% CI]",
+                 "ΔWUAUC pp, seed-paired mean ± SD", "ΔWUAUC pp, bootstrap [95% CI]", "UAUC", "WUAUC"]  # fmt: skip
+    comp_rows = [
+        [MODEL_LABELS[c.arm], MODEL_LABELS[c.reference], _paired(c.seed_paired["uauc"]), _delta(c.bootstrap["uauc"]),
+         _paired(c.seed_paired["wuauc"]), _delta(c.bootstrap["wuauc"]), c.verdict("uauc")[0], c.verdict("wuauc")[0]]
+        for c in results.comparisons
     ]  # fmt: skip
-    for pair in dict.fromkeys(t.pair for t in results.tiers):
+    if comp_rows:
+        tables.append(("Arm against reference: seed-paired differences and user bootstrap", comp_head, comp_rows))
+    seeds = results.config.seeds
+    seed_head = ["Model", *(f"seed {s} UAUC / WUAUC" for s in seeds)]
+    seed_rows = [[MODEL_LABELS[name], *(f"{_fmt(m.uauc)} / {_fmt(m.wuauc)}" for m in arm.per_seed)] for name, arm in results.arms.items()]
+    tables.append(("Every seed", seed_head, seed_rows))
+    if results.coverage:
+        splits = list(results.coverage)
+        keys = list(dict.fromkeys(k for entry in results.coverage.values() for k in entry))
+        cov_rows = [[k, *(_coverage_cell(k, results.coverage[s].get(k)) for s in splits)] for k in keys]
+        tables.append(("Coverage per split (share of rows unless a count or a UAUC)", ["", *splits], cov_rows))
+    tier_head = [
+        "Tier", "Impressions", "Share", "Users", "AUC base", "AUC arm", "ΔAUC pp [95% CI]",
+        "UAUC base", "UAUC arm", "ΔUAUC pp [95% CI]", "WUAUC base", "WUAUC arm", "ΔWUAUC pp [95% CI]", "Note",
+    ]  # fmt: skip
+    for arm_name in dict.fromkeys(t.arm for t in results.tiers):
         trs = []
-        for t in (t for t in results.tiers if t.pair == pair):
+        for t in (t for t in results.tiers if t.arm == arm_name):
             trs.append(
                 [
                     "all" if t.dimension == "all" else f"{t.dimension}: {t.tier}",
@@ -193,31 +300,55 @@ def _tables(results: ExperimentResults) -> list[tuple[str, list[str], list[list[
                     t.note or "",
                 ]
             )
-        tables.append((f"Table 7 — {pair.upper()} baseline vs LEARN by user and item tier", tier_head, trs))
+        reference = next(t.reference for t in results.tiers if t.arm == arm_name)
+        tables.append((f"Table 7 — {MODEL_LABELS[arm_name]} vs {MODEL_LABELS[reference]} by user and item tier "
+                       "(seed-averaged predictions)", tier_head, trs))  # fmt: skip
     return tables
 
 
+def _coverage_cell(key: str, value: object) -> str:
+    if value is None:
+        return "n/a"
+    if "UAUC" in key:
+        return _fmt(value)  # type: ignore[arg-type]
+    if isinstance(value, float):
+        return f"{100 * value:.1f}%"
+    return str(value)
+
+
 def report_json(results: ExperimentResults) -> dict[str, object]:
-    dnn_history = {n: r.history for n, r in results.rankers.items() if isinstance(r, DNNRanker)}
     return {
         "config": results.config.to_dict(),
         "fingerprint": results.fingerprint,
         "periods": results.dataset.periods.to_dict(),
+        "features_as_of": results.dataset.features_as_of,
         "thresholds": results.thresholds.to_dict(),
+        "answers": answers(results),
         "headline": headline_rows(results),
+        "arms": {name: arm.to_dict() for name, arm in results.arms.items()},
+        "comparisons": [c.to_dict() for c in results.comparisons],
         "tiers": [t.to_dict() for t in results.tiers],
+        "coverage": results.coverage,
         "notes": results.notes,
-        "dnn_training": dnn_history,
     }
 
 
 def _intro(results: ExperimentResults) -> list[str]:
     p = results.dataset.periods
+    when = (
+        "as of min(row time, cut): evaluation rows see the world frozen at the cut"
+        if results.dataset.features_as_of == "cut"
+        else "as of the row's own time (statistics and history strictly before it; vectors stamped at or before it)"
+    )
     return [
         f"Train [{p.train_start}, {p.valid_start}), validation [{p.valid_start}, {p.cut}) for early stopping, "
-        f"evaluation [{p.cut}, {p.eval_end}]. Every feature of a row is taken as of min(row time, cut).",
-        f"Tiers: {results.thresholds.how}. Intervals: paired bootstrap over users, "
-        f"{results.config.bootstrap.n_resamples} resamples, {100 * results.config.bootstrap.confidence:g}% percentile.",
+        f"evaluation [{p.cut}, {p.eval_end}]. Every feature of a row is taken {when}.",
+        f"Seeds {results.config.seeds}: every arm is trained once per seed. Mean ± SD are over seeds (sample SD); "
+        "seed-paired differences are arm(s) - reference(s) per seed s. Intervals: paired bootstrap over users on the "
+        f"seed-averaged predictions, {results.config.bootstrap.n_resamples} resamples, "
+        f"{100 * results.config.bootstrap.confidence:g}% percentile. A lift counts only when the seed-paired mean is "
+        "beyond 2 SD and the bootstrap interval excludes 0.",
+        f"Tiers (activity before the ranking cut): {results.thresholds.how}.",
         _embedding_line(results),
     ]
 
@@ -237,6 +368,8 @@ def _embedding_line(results: ExperimentResults) -> str:
 
 def _markdown(results: ExperimentResults, plots: dict[str, tuple[str, bytes]]) -> str:
     out = ["# LEARN ranking report", "", *(f"- {line}" for line in _intro(results)), ""]
+    if answers(results):
+        out += ["## Answers", "", *(f"- {line}" for line in answers(results)), ""]
     for title, head, rows in _tables(results):
         out += [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
@@ -260,6 +393,8 @@ def _html(results: ExperimentResults, plots: dict[str, tuple[str, bytes]]) -> st
         *(f"<li>{e(line)}</li>" for line in _intro(results)),
         "</ul>",
     ]
+    if answers(results):
+        parts += ["<h2>Answers</h2><ul>", *(f"<li>{e(line.replace('**', ''))}</li>" for line in answers(results)), "</ul>"]
     for title, head, rows in _tables(results):
         parts.append(f"<h2>{e(title)}</h2><table><tr>{''.join(f'<th>{e(h)}</th>' for h in head)}</tr>")
         parts += [f"<tr>{''.join(f'<td>{e(c)}</td>' for c in row)}</tr>" for row in rows]

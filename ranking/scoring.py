@@ -33,9 +33,10 @@ def candidate_frame(
 ) -> pd.DataFrame:
     """One row per candidate in the ranking-dataset layout.
 
-    ``id_features`` has one row per candidate (same order) with ``STAT_COLUMNS`` and the item
-    side columns the ranker was trained with (e.g. ``genres``, ``year``). A vector of None
-    means the entity has no LEARN embedding (cold start), as in the offline join.
+    ``id_features`` has one row per candidate (same order) with ``STAT_COLUMNS``, the item
+    side columns the ranker was trained with (e.g. ``genres``, ``year``) and, for LightGBM +
+    LEARN, ``HISTORY_COLUMNS``. A vector of None means the entity has no LEARN embedding
+    (cold start), as in the offline join.
     """
     n = len(item_ids)
     if len(item_vectors) != n or len(id_features) != n:

@@ -1,8 +1,8 @@
 """User and item activity tiers of the paper's Table 7.
 
 Users are tiered by their interactions before the cut, items by their positives before the
-cut: 0 -> cold-start, 1..T -> long-tail, > T -> others. For evaluation rows these counts are
-exactly the point-in-time statistics ``user_n``/``item_pos`` (their ``as_of`` is the cut).
+cut: 0 -> cold-start, 1..T -> long-tail, > T -> others, whenever a row's features are taken
+(``split.features_as_of``): the tiers are the paper's, activity before the ranking cut.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def tier_of(counts: np.ndarray | pd.Series, long_tail_max: int) -> np.ndarray:
 
 
 def assign_tiers(test: pd.DataFrame, thresholds: Thresholds) -> pd.DataFrame:
-    """``user_tier`` and ``item_tier`` for evaluation rows (as_of = cut)."""
+    """``user_tier`` and ``item_tier`` from ``user_n``/``item_pos`` counted before the cut
+    (``point_in_time_stats`` as of the cut)."""
     return pd.DataFrame(
         {
             "user_tier": tier_of(test["user_n"], thresholds.user_long_tail_max),

@@ -21,7 +21,7 @@ from learn_features.errors import LearnFeaturesError
 from ranking.cli import register, report_config
 from ranking.config import EmbeddingConfig, load_config
 from ranking.dataset import movielens_impressions, resolve_periods
-from ranking.experiment import expected_model_version, feast_repo_for
+from ranking.experiment import expected_model_version, feast_repo_for, history_len
 
 REPO = Path(__file__).resolve().parents[1]
 MOVIELENS_CONFIG = REPO / "ranking" / "configs" / "movielens.toml"
@@ -122,3 +122,28 @@ def test_expected_model_version_from_the_run_manifest(tmp_path):
     assert expected_model_version(EmbeddingConfig(run_dir=str(tmp_path))) is None
     with pytest.raises(LearnFeaturesError, match=r"expected_model_version='run' needs embeddings\.run_dir"):
         expected_model_version(EmbeddingConfig(run_dir=str(tmp_path / "missing"), expected_model_version="run"))
+
+
+def test_new_keys_are_checked_when_the_config_loads(tmp_path):
+    with pytest.raises(LearnFeaturesError, match=r"movielens\.toml: split\.features_as_of: 'now' is not one of \['cut', 'impression'\]"):
+        report_config(_report_args("--set", "split.features_as_of=now"))
+    with pytest.raises(LearnFeaturesError, match=r"config seeds: need one or more distinct seeds, got \[1, 1\]"):
+        report_config(_report_args("--set", "seeds=[1, 1]"))
+    with pytest.raises(LearnFeaturesError, match=r"unknown key\(s\) \['seed'\]"):  # replaced by seeds
+        report_config(_report_args("--set", "seed=3"))
+    config = load_config(MOVIELENS_CONFIG)
+    assert config.seeds == [0, 1, 2, 3, 4] and config.split.features_as_of == "impression"
+    assert {"dnn_llm_frozen", "dnn_random"} <= set(config.models)
+
+
+def test_history_window_comes_from_the_run_config(tmp_path):
+    assert history_len(EmbeddingConfig(history_len=12)) == (12, "embeddings.history_len")
+    assert history_len(EmbeddingConfig(run_dir=str(tmp_path)))[0] == 80  # no config.json: LEARN's default, said so
+    (tmp_path / "config.json").write_text(json.dumps({"split": {"history_len": 30}}))
+    assert history_len(EmbeddingConfig(run_dir=str(tmp_path))) == (30, str(tmp_path / "config.json"))
+    (tmp_path / "config.json").write_text(json.dumps({"split": {"history_len": "long"}}))
+    with pytest.raises(LearnFeaturesError, match=r"config\.json: split\.history_len must be a positive integer, got 'long'"):
+        history_len(EmbeddingConfig(run_dir=str(tmp_path)))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(LearnFeaturesError, match=r"config\.json: no readable split\.history_len"):
+        history_len(EmbeddingConfig(run_dir=str(tmp_path)))

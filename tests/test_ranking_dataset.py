@@ -12,9 +12,19 @@ import pytest
 from learn_features.embeddings_io import EmbeddingTable, write_table
 from learn_features.errors import LearnFeaturesError
 from ranking.config import BootstrapConfig, DataConfig, DNNConfig, ExperimentConfig, LGBMConfig, SplitConfig
-from ranking.dataset import build_dataset, load_data, movielens_impressions, point_in_time_stats, validate_impressions
+from ranking.controls import with_llm_frozen, with_random
+from ranking.dataset import (
+    RankingDataset,
+    build_dataset,
+    load_data,
+    movielens_impressions,
+    point_in_time_stats,
+    resolve_periods,
+    validate_impressions,
+)
 from ranking.embeddings import ParquetEmbeddingJoiner
 from ranking.experiment import train_models
+from ranking.history import HistoryIndex
 from ranking.synthetic import make_world, write_learn_snapshot
 
 T0 = pd.Timestamp("2021-01-01", tz="UTC")
@@ -238,4 +248,90 @@ def test_embeddings_newer_than_all_training_rows_are_a_clear_error(world, tmp_pa
     ds = build_dataset(world.impressions, cfg.split, joiner=ParquetEmbeddingJoiner([user_p], [item_p]))
     assert ds.train["item_embedding"].isna().all()
     with pytest.raises(LearnFeaturesError, match="split.train_start"):
-        fit_feature_spec(ds.train, [], False, with_learn=True, pca_dims=2, seed=0)
+        fit_feature_spec(ds.train, [], False, with_learn=True, pca_dims=2)
+
+
+# ---- "impression" mode: every feature as of the row's own time, strictly before it ----
+
+SNAPSHOT_DIM = 4
+
+
+def _honest_snapshots(history: pd.DataFrame, times: list[pd.Timestamp], out: Path, items: list[str]) -> tuple[list[Path], list[Path]]:
+    """User-vector snapshots as ``embed-users`` makes them: the vector stamped T is a function of
+    the user's events strictly before T (here their count and positive rate, so a label or an
+    event at or after T would show). Items get one content vector per id in every snapshot."""
+    item_vectors = np.random.default_rng(7).normal(size=(len(items), SNAPSHOT_DIM))
+    users_p, items_p = [], []
+    for k, t in enumerate(times):
+        before = history[history["timestamp"] < t]
+        stats = before.groupby("user_id")["label"].agg(["size", "mean"])
+        if stats.empty:
+            continue
+        vectors = np.column_stack([np.log1p(stats["size"]), stats["mean"], np.ones(len(stats)), stats["mean"] ** 2])
+        users_p.append(_snapshot(out, f"s{k}", "user", stats.index.astype(str).tolist(), vectors, t, "snap"))
+        items_p.append(_snapshot(out, f"s{k}", "item", items, item_vectors, t, "snap"))
+    return users_p, items_p
+
+
+def _impression_dataset(impressions, history, out, times, split, items):
+    users_p, items_p = _honest_snapshots(history, times, out, items)
+    ds = build_dataset(impressions, split, history=history, joiner=ParquetEmbeddingJoiner(users_p, items_p), history_len=5)
+    content = np.stack([np.random.default_rng(k).normal(size=12) for k in range(len(items))])
+    return with_llm_frozen(with_random(ds, SNAPSHOT_DIM, 1), HistoryIndex.build(history), pd.Index(items), content, SNAPSHOT_DIM)
+
+
+def _features_differ(a: RankingDataset, b: RankingDataset, upto: pd.Timestamp) -> list[str]:
+    """(split, column) of every feature that differs between two datasets on rows at or before ``upto``."""
+    found = []
+    for name in ("train", "valid", "test"):
+        x, y = a.split(name), b.split(name)
+        x, y = x[x["timestamp"] <= upto], y[y["timestamp"] <= upto]
+        assert x[["user_id", "item_id", "timestamp"]].equals(y[["user_id", "item_id", "timestamp"]])
+        for col in (c for c in x.columns if c != "label"):
+            same = [(p is None and q is None) or (p is not None and q is not None and np.array_equal(p, q, equal_nan=True))
+                    if isinstance(p, np.ndarray) or isinstance(q, np.ndarray) or p is None or q is None
+                    else (p == q or (pd.isna(p) and pd.isna(q)))
+                    for p, q in zip(x[col], y[col])]  # fmt: skip
+            if not all(same):
+                found.append(f"{name}.{col}")
+    return found
+
+
+@pytest.mark.parametrize("where", ["training", "evaluation"])
+def test_impression_mode_uses_nothing_at_or_after_the_row(world, tmp_path, monkeypatch, where):
+    """Rewrite everything at or after a time T0 that is an impression's own time: flip every later
+    label, add events at exactly T0 and later, and recompute the user-vector snapshots from the
+    rewritten history (one is stamped exactly T0). Then no feature of any row at or before T0 may
+    change: statistics, LEARN vectors, item-history similarity, control vectors. The negative
+    control takes features 1 ns after the row's time and must be caught."""
+    imp = world.impressions
+    split = SplitConfig(cut=(imp["timestamp"].quantile(0.8)).isoformat(), valid_fraction=0.15, features_as_of="impression")
+    periods = resolve_periods(validate_impressions(imp, "imp"), split)
+    pick = imp["timestamp"] < periods.valid_start if where == "training" else imp["timestamp"] >= periods.cut
+    t0 = imp.loc[pick, "timestamp"].iloc[len(imp.loc[pick]) // 2]
+    row0 = imp[imp["timestamp"] == t0].iloc[0]
+    times = sorted({*pd.date_range(imp["timestamp"].min(), imp["timestamp"].max(), periods=12), t0})
+    items = sorted(world.item_latent)
+
+    dirty_imp = imp.copy()
+    later = dirty_imp["timestamp"] >= t0
+    dirty_imp.loc[later, "label"] = 1 - dirty_imp.loc[later, "label"]
+    extra = pd.DataFrame({"user_id": [row0["user_id"]] * 3, "item_id": ["i0", "i1", "i2"],
+                          "timestamp": [t0, t0, t0 + pd.Timedelta(hours=1)], "label": [1, 1, 1]})  # fmt: skip
+    dirty_hist = pd.concat([dirty_imp, extra], ignore_index=True).astype({"user_id": "string", "item_id": "string"})
+
+    clean = _impression_dataset(imp, imp, tmp_path / "clean", times, split, items)
+    dirty = _impression_dataset(dirty_imp, dirty_hist, tmp_path / "dirty", times, split, items)
+    assert clean.periods == dirty.periods
+    assert (clean.split("train")["as_of"] == clean.split("train")["timestamp"]).all()
+    assert clean.split("test")["user_embedding"].notna().mean() > 0.9  # snapshots reach the evaluation rows
+    assert _features_differ(clean, dirty, t0) == []
+    assert _features_differ(clean, dirty, dirty_imp["timestamp"].max())  # later rows do change: the rewrite bites
+
+    # Negative control: features taken 1 ns after the row's own time see its own event and the extra ones.
+    leaky = lambda ts, cut, mode: ts + pd.Timedelta(nanoseconds=1)  # noqa: E731
+    monkeypatch.setattr("ranking.dataset.feature_times", leaky)
+    leaky_clean = _impression_dataset(imp, imp, tmp_path / "clean2", times, split, items)
+    leaky_dirty = _impression_dataset(dirty_imp, dirty_hist, tmp_path / "dirty2", times, split, items)
+    caught = _features_differ(leaky_clean, leaky_dirty, t0)
+    assert {c.split(".")[1] for c in caught} >= {"user_n", "user_pos"}, caught

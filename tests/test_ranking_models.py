@@ -3,20 +3,25 @@ main + weight * aux, and online scoring must reproduce offline scores."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
 import sys
 import types
 
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 from learn_features.embeddings_io import read_frame
 from ranking.config import BootstrapConfig, DataConfig, DNNConfig, ExperimentConfig, LGBMConfig, SplitConfig
-from ranking.dataset import STAT_COLUMNS, build_dataset
+from ranking.dataset import HISTORY_COLUMNS, STAT_COLUMNS, build_dataset
 from ranking.dnn import DNNRanker, ranking_loss
 from ranking.embeddings import FeastEmbeddingJoiner, ParquetEmbeddingJoiner
 from ranking.experiment import train_models
-from ranking.features import fit_feature_spec
+from ranking.features import exact_pca, fit_feature_spec, pca_transform
+from ranking.lgbm import TreeRanker
 from ranking.metrics import auc
 from ranking.scoring import score_candidates
 from ranking.synthetic import make_world, write_learn_snapshot
@@ -79,10 +84,10 @@ def test_main_tower_reads_fusion_and_raw_learn_embeddings(trained):
 
 def test_dnn_training_is_deterministic(trained):
     ds, _, _ = trained
-    spec = fit_feature_spec(ds.train, ds.item_numeric_columns, ds.has_genres, True, 2, 0)
+    spec = fit_feature_spec(ds.train, ds.item_numeric_columns, ds.has_genres, True, 2)
     cfg = DNNConfig(max_epochs=2, hidden=[16], aux_hidden=[8])
-    a = DNNRanker(cfg, spec, True, seed=7, num_threads=1).fit(ds.train, ds.valid).predict(ds.test)
-    b = DNNRanker(cfg, spec, True, seed=7, num_threads=1).fit(ds.train, ds.valid).predict(ds.test)
+    a = DNNRanker(cfg, spec, "learn", seed=7, num_threads=1).fit(ds.train, ds.valid).predict(ds.test)
+    b = DNNRanker(cfg, spec, "learn", seed=7, num_threads=1).fit(ds.train, ds.valid).predict(ds.test)
     np.testing.assert_array_equal(a, b)
 
 
@@ -100,7 +105,7 @@ def test_online_scoring_from_vectors_equals_offline(trained, name):
     user, rows = _one_user_candidates(ds)
     users = read_frame(user_p, "user").set_index("user_id")["embedding"]
     items = read_frame(item_p, "item").set_index("item_id")["embedding"]
-    id_features = rows[[*STAT_COLUMNS, "genres", "year"]]
+    id_features = rows[[*STAT_COLUMNS, *HISTORY_COLUMNS, "genres", "year"]]
     online = score_candidates(rankers[name], user, users[user], rows["item_id"].tolist(), [items[i] for i in rows["item_id"]], id_features)
     np.testing.assert_allclose(online, rankers[name].predict(rows), rtol=0, atol=1e-7)
     # The check has teeth: a different user vector changes the scores.
@@ -122,9 +127,49 @@ def test_feast_joiner_restores_row_order(monkeypatch, tmp_path, trained):
     monkeypatch.setitem(sys.modules, "learn_features.store.historical", types.SimpleNamespace(historical_learn_features=historical_learn_features))
     via_feast = build_dataset(ds.train.head(300)[["user_id", "item_id", "timestamp", "label"]], CONFIG.split, joiner=FeastEmbeddingJoiner(tmp_path))
     direct = build_dataset(ds.train.head(300)[["user_id", "item_id", "timestamp", "label"]], CONFIG.split, joiner=parquet)
-    assert calls == [tmp_path]
+    assert calls == [tmp_path, tmp_path]  # the rows, then the one model version's item vectors for the history
     for name in ("train", "valid", "test"):
         a, b = via_feast.split(name), direct.split(name)
         assert a["item_id"].tolist() == b["item_id"].tolist()
         assert all(np.array_equal(x, y) for x, y in zip(a["item_embedding"], b["item_embedding"]))
+        np.testing.assert_array_equal(a["learn_history_cosine"], b["learn_history_cosine"])
 
+
+
+def _low_rank_rows(n: int = 10_000, dim: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    rows = (rng.normal(size=(n, 8)) @ rng.normal(size=(8, dim)) + 0.1 * rng.normal(size=(n, dim))).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def _pca_features_under(threads: int, rows: np.ndarray) -> np.ndarray:
+    with threadpool_limits(limits=threads, user_api="blas"):  # what OMP_NUM_THREADS or the core count would set
+        return pca_transform(exact_pca(rows, 4), rows)
+
+
+def test_pca_features_do_not_depend_on_the_blas_thread_count(monkeypatch):
+    """LightGBM + LEARN moved by 0.8 pp UAUC between runs on identical inputs because PCA's
+    covariance product rounds differently with 1 and 2 BLAS threads (docs/ranking.md). The
+    PCA features must be the same bits whatever thread count the machine gives BLAS."""
+    rows = _low_rank_rows()
+    np.testing.assert_array_equal(_pca_features_under(1, rows), _pca_features_under(2, rows))
+    if (os.cpu_count() or 1) >= 2:  # negative control: without the pin, the bits follow the thread count
+        monkeypatch.setattr("ranking.features.threadpool_limits", lambda **_: contextlib.nullcontext())
+        assert not np.array_equal(_pca_features_under(1, rows), _pca_features_under(2, rows))
+
+
+def test_lightgbm_seeds_differ_only_with_subsampling(trained):
+    """Without subsampling every seed trains the same trees (the seed spread is 0 and says
+    nothing); with it, the seed draws from LightGBM's run-to-run spread, and a seed is still
+    reproducible."""
+    ds, _, _ = trained
+    spec = fit_feature_spec(ds.train, ds.item_numeric_columns, ds.has_genres, True, 2)
+
+    def scores(cfg, seed):
+        return TreeRanker(cfg, spec, True, seed, 1).fit(ds.train, ds.valid).predict(ds.test)
+
+    plain = LGBMConfig(max_rounds=40, early_stopping_rounds=10)
+    np.testing.assert_array_equal(scores(plain, 0), scores(plain, 1))
+    sub = dataclasses.replace(plain, feature_fraction=0.8, bagging_fraction=0.8, bagging_freq=1)
+    np.testing.assert_array_equal(scores(sub, 0), scores(sub, 0))
+    assert not np.array_equal(scores(sub, 0), scores(sub, 1))

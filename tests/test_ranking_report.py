@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from learn_features.errors import LearnFeaturesError
+from learn_features.pch.content_store import write_content_store
 from ranking.cli import register
 from ranking.config import load_config
 from ranking.synthetic import make_world, write_learn_snapshot
 
 CONFIG = """
-seed = 0
+seeds = [0, 1]
 num_threads = 1
+models = ["lgbm_baseline", "dnn_baseline", "lgbm_learn", "dnn_learn", "dnn_llm_frozen", "dnn_random"]
 [data]
 interactions = "impressions.csv"
 items = "items.csv"
@@ -24,6 +27,7 @@ format = "generic"
 cut_quantile = 0.8
 valid_fraction = 0.15
 train_start = "embeddings"
+features_as_of = "impression"
 [embeddings]
 source = "parquet"
 run_dir = "run"
@@ -54,6 +58,10 @@ def workdir(tmp_path_factory):
     world.items.assign(genres=world.items["genres"].map("|".join)).to_csv(root / "items.csv", index=False)
     learn_cut = world.start + pd.Timedelta(days=30)
     write_learn_snapshot(world, root / "run" / "embeddings", learn_cut, "learn-test")
+    items = sorted(world.item_latent)  # the run's item table order, which the content store follows
+    content = np.random.default_rng(0).normal(size=(len(items), 24)).astype(np.float32)
+    write_content_store(root / "run" / "content" / "llm", [content], items, {})
+    (root / "run" / "config.json").write_text(json.dumps({"split": {"history_len": 7}}))
     (root / "run" / "embeddings" / "manifest.json").write_text(json.dumps({"as_of": learn_cut.isoformat(), "model_version": "learn-test"}))
     (root / "ranking.toml").write_text(CONFIG)
     return root, learn_cut
@@ -74,16 +82,47 @@ def test_report_end_to_end(workdir, capsys):
     assert "report.html" in capsys.readouterr().out
 
     report = json.loads((root / "out" / "report.json").read_text())
-    assert [r["model"] for r in report["headline"]] == ["dnn_baseline", "dnn_learn", "lgbm_baseline", "lgbm_learn"]
-    assert all(0.0 < r["auc"] < 1.0 for r in report["headline"])
+    arms = ["dnn_baseline", "dnn_learn", "dnn_llm_frozen", "dnn_random", "lgbm_baseline", "lgbm_learn"]
+    assert [r["model"] for r in report["headline"]] == arms
+    assert report["features_as_of"] == "impression"
+    assert report["fingerprint"]["history_len"] == {"value": 7, "from": str(root / "run" / "config.json")}
+    for name in arms:
+        arm = report["arms"][name]
+        assert [m["name"] for m in arm["per_seed"]] == [name, name] and arm["seeds"] == [0, 1]
+        uaucs = [m["uauc"] for m in arm["per_seed"]]
+        assert arm["uauc_over_seeds"]["mean"] == pytest.approx(np.mean(uaucs))
+        assert arm["uauc_over_seeds"]["sd"] == pytest.approx(np.std(uaucs, ddof=1))
+        assert all(0.0 < m["auc"] < 1.0 for m in arm["per_seed"])
+        curves = arm["validation_curves"]
+        assert len(curves) == 2 and all(curve and "valid_logloss" in curve[0] for curve in curves)
+        if name.startswith("dnn"):  # the DNN curves also carry validation UAUC, and the kept epoch is on them
+            assert all("valid_uauc" in e for e in curves[0])
+            assert [m["best_iteration"] for m in arm["per_seed"]] == [min(c, key=lambda e: e["valid_logloss"])["epoch"] for c in curves]
     # Training starts at the LEARN snapshot, so every training row can see an item embedding.
     assert pd.Timestamp(report["periods"]["train_start"]) == learn_cut
     assert report["fingerprint"]["splits"]["train"]["item_embedding_coverage"] == 1.0
     assert report["fingerprint"]["learn_model_data_cut"] == learn_cut.isoformat()
     assert len(report["fingerprint"]["files_sha256"]) == 4
-    tiers = {(t["pair"], t["dimension"], t["tier"]): t for t in report["tiers"]}
-    assert len(tiers) == 14
-    assert abs(sum(t["share"] for (p, d, _), t in tiers.items() if p == "dnn" and d == "user") - 1.0) < 1e-9
+    for split, cov in report["coverage"].items():  # the controls have LEARN's coverage, in every split
+        assert cov["item_embedding_rows"] == 1.0 and cov["feature learn_item_pc0"] == 1.0
+        assert cov["user_random_rows"] == cov["user_llm_frozen_rows"] == cov["user_embedding_rows"] == cov["feature learn_cosine"]
+        assert 0.0 < cov["feature learn_history_cosine"] <= 1.0 and cov["users_with_history"] <= cov["users"]
+
+    comparisons = {(c["reference"], c["arm"]): c for c in report["comparisons"]}
+    assert list(comparisons) == [("dnn_baseline", "dnn_learn"), ("lgbm_baseline", "lgbm_learn"), ("dnn_baseline", "dnn_llm_frozen"),
+                                 ("dnn_baseline", "dnn_random"), ("dnn_llm_frozen", "dnn_learn"), ("dnn_random", "dnn_learn")]  # fmt: skip
+    for (ref, arm), c in comparisons.items():
+        for metric in ("uauc", "wuauc"):
+            per_seed = [100 * (a[metric] - r[metric]) for r, a in zip(report["arms"][ref]["per_seed"], report["arms"][arm]["per_seed"])]
+            assert c["seed_paired"][metric]["deltas_pp"] == pytest.approx(per_seed)
+            assert c["verdict"][metric]["result"] in ("lift", "worse", "not shown")
+            boot = c["bootstrap"][metric]
+            averaged = 100 * (report["arms"][arm]["seed_averaged"][metric] - report["arms"][ref]["seed_averaged"][metric])
+            assert boot["delta_pp"] == pytest.approx(averaged)  # the bootstrap reads the seed-averaged predictions
+
+    tiers = {(t["arm"], t["dimension"], t["tier"]): t for t in report["tiers"]}
+    assert len(tiers) == 4 * 7 and {t["reference"] for t in report["tiers"]} == {"dnn_baseline", "lgbm_baseline"}
+    assert abs(sum(t["share"] for (a, d, _), t in tiers.items() if a == "dnn_learn" and d == "user") - 1.0) < 1e-9
     for t in tiers.values():
         if t["n_impressions"] == 0:  # an empty tier is reported with a message, not NaN
             assert t["note"] == "no evaluation impressions in this tier" and t["auc"] is None
@@ -91,22 +130,33 @@ def test_report_end_to_end(workdir, capsys):
             assert t["uauc"]["ci_low_pp"] <= t["uauc"]["delta_pp"] <= t["uauc"]["ci_high_pp"]
             assert t["wuauc"].keys() == t["uauc"].keys()
             assert t["wuauc"]["ci_low_pp"] <= t["wuauc"]["delta_pp"] <= t["wuauc"]["ci_high_pp"]
-    # Table 6's WUAUC interval is the "all" tier's: same bootstrap, same rows, same difference.
-    for r in report["headline"]:
-        if r["model"].endswith("_baseline"):
-            assert r["delta_wuauc_ci_pp"] is None
-            continue
-        wuauc = tiers[r["model"].split("_")[0], "all", "all"]["wuauc"]
-        assert r["delta_wuauc_pp"] == pytest.approx(wuauc["delta_pp"])
-        assert r["delta_wuauc_ci_pp"] == [wuauc["ci_low_pp"], wuauc["ci_high_pp"]]
+    for (ref, arm), c in comparisons.items():  # a pair's "all" tier row is its comparison's bootstrap: same draws, same rows
+        if ref.endswith("_baseline"):
+            assert tiers[arm, "all", "all"]["reference"] == ref
+            assert tiers[arm, "all", "all"]["uauc"] == c["bootstrap"]["uauc"]
+    assert any(line.startswith("Does DNN + LEARN beat both control arms?") for line in report["answers"])
 
     html = (root / "out" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4
-    assert "<th>WUAUC LEARN</th><th>ΔWUAUC pp [95% CI]</th>" in html
+    assert html.count("data:image/png;base64,") == 1 + 4 + 6 + 2  # seed-paired, tiers, learning curves, calibration + scores
+    assert "<th>WUAUC arm</th><th>ΔWUAUC pp [95% CI]</th>" in html
     md = (root / "out" / "report.md").read_text()
-    assert "Table 6" in md and "Table 7" in md and "(plots/calibration.png)" in md
-    assert "| UAUC base | UAUC LEARN | ΔUAUC pp [95% CI] | WUAUC base | WUAUC LEARN | ΔWUAUC pp [95% CI] | Note |" in md
-    assert (root / "out" / "plots" / "tier_deltas_dnn.png").stat().st_size > 1000
+    assert "Table 6" in md and "Table 7" in md and "(plots/calibration.png)" in md and "## Answers" in md
+    assert "(plots/curves_dnn_learn.png)" in md and "Coverage per split" in md
+    assert "| UAUC base | UAUC arm | ΔUAUC pp [95% CI] | WUAUC base | WUAUC arm | ΔWUAUC pp [95% CI] | Note |" in md
+    assert (root / "out" / "plots" / "tier_deltas_dnn_learn.png").stat().st_size > 1000
+
+
+def test_tiers_and_bootstrap_read_the_seed_averaged_predictions(workdir):
+    from ranking.experiment import run_ranking_experiment, train_models
+
+    root, _ = workdir
+    config = load_config(root / "ranking.toml", ['models=["lgbm_baseline", "dnn_learn"]', "dnn.max_epochs=2"])
+    results = run_ranking_experiment(config)
+    test = results.dataset.test
+    for name in config.models:
+        expected = np.mean([train_models(results.dataset, config, seed)[name].predict(test) for seed in config.seeds], axis=0)
+        np.testing.assert_array_equal(results.predictions[name].to_numpy(), expected)
+    assert results.arms["dnn_learn"].per_seed[0].uauc != results.arms["dnn_learn"].per_seed[1].uauc  # the seeds differ
 
 
 def test_learn_model_trained_past_the_cut_is_refused(workdir, tmp_path):

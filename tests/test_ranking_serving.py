@@ -4,20 +4,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
+import pandas as pd
 import pytest
 
 pytest.importorskip("feast")
 from feast_fixtures import copy_repo  # noqa: E402  (tests/ helper, on sys.path via conftest)
 
-from learn_features.store.publish import publish_run  # noqa: E402
+from learn_features.embeddings_io import ITEM_FILE, USER_FILE, EmbeddingTable, write_table  # noqa: E402
+from learn_features.store.publish import EntityVectors, commit_publication, publish_run  # noqa: E402
 from learn_features.store.repo import apply_repo, open_store  # noqa: E402
 from learn_features.store.serving import LearnFeatureClient  # noqa: E402
 from ranking.config import BootstrapConfig, DataConfig, DNNConfig, ExperimentConfig, LGBMConfig, SplitConfig  # noqa: E402
-from ranking.dataset import STAT_COLUMNS, build_dataset  # noqa: E402
+from ranking.dataset import HISTORY_COLUMNS, STAT_COLUMNS, build_dataset  # noqa: E402
 from ranking.embeddings import FeastEmbeddingJoiner, ParquetEmbeddingJoiner  # noqa: E402
 from ranking.experiment import train_models  # noqa: E402
 from ranking.scoring import score_candidates  # noqa: E402
@@ -74,5 +77,39 @@ def test_online_scores_from_learn_feature_client_equal_offline(feast_world):
         assert online.user_missing == (user == without)
         item_vectors = [None if miss else vec for miss, vec in zip(online.missing, online.item_vectors)]
         for name, ranker in rankers.items():
-            served = score_candidates(ranker, user, online.user_vector, online.item_ids, item_vectors, rows[[*STAT_COLUMNS, "genres", "year"]])
+            served = score_candidates(ranker, user, online.user_vector, online.item_ids, item_vectors, rows[[*STAT_COLUMNS, *HISTORY_COLUMNS, "genres", "year"]])
             np.testing.assert_allclose(served, ranker.predict(rows), rtol=0, atol=1e-7, err_msg=f"{name} user {user}")
+
+
+def test_impression_mode_feast_and_parquet_joins_agree_over_snapshots(tmp_path):
+    """User-vector snapshots of one model (a schedule, as ``embed-users`` writes it) published at
+    several times: in "impression" mode, every row's LEARN vectors and item-history similarity
+    through Feast's ``get_historical_features`` equal the Parquet join's, bit for bit."""
+    world = make_world(n_users=40, n_items=80, n_impressions=1200, seed=6)
+    rng = np.random.default_rng(0)
+    items = sorted(world.item_latent)
+    item_vectors = rng.normal(size=(len(items), 8)).astype(np.float32)
+    times = list(pd.date_range(world.start, world.end, periods=6))
+    repo = copy_repo(tmp_path / "repo")
+    users_p, items_p = [], []
+    for k, t in enumerate(times[:-1]):
+        users = sorted(world.impressions.loc[world.impressions["timestamp"] < t, "user_id"].unique()) or ["u0"]
+        user_vectors = rng.normal(size=(len(users), 8)).astype(np.float32)
+        tables = {"user": EntityVectors.sorted(users, user_vectors), "item": EntityVectors.sorted(items, item_vectors)}
+        commit_publication(repo, "full", "learn-snap", tables, t, f"snapshot {k}")
+        users_p.append(write_table(EmbeddingTable("user", users, user_vectors, t, "learn-snap"), tmp_path / f"s{k}" / USER_FILE))
+        items_p.append(write_table(EmbeddingTable("item", items, item_vectors, t, "learn-snap"), tmp_path / f"s{k}" / ITEM_FILE))
+    apply_repo(open_store(repo), repo)
+    split = dataclasses.replace(CONFIG.split, features_as_of="impression")
+    via_feast = build_dataset(world.impressions, split, items=world.items, joiner=FeastEmbeddingJoiner(repo), history_len=5)
+    direct = build_dataset(world.impressions, split, items=world.items, joiner=ParquetEmbeddingJoiner(users_p, items_p), history_len=5)
+    for name in ("train", "valid", "test"):
+        a, b = via_feast.split(name), direct.split(name)
+        assert (a["as_of"] == a["timestamp"]).all()
+        for col in ("user_embedding", "item_embedding"):
+            assert all((x is None and y is None) or np.array_equal(x, y) for x, y in zip(a[col], b[col])), (name, col)
+        np.testing.assert_array_equal(a["learn_history_cosine"], b["learn_history_cosine"])
+    # Rows join different snapshots: the same user has different vectors at different times.
+    test = direct.test[direct.test["user_embedding"].notna()]
+    per_user = test.groupby("user_id")["user_embedding"].agg(lambda vs: len({v.tobytes() for v in vs}))
+    assert (per_user > 1).any()
