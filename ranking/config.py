@@ -30,7 +30,6 @@ ARM_VECTORS: dict[str, str | None] = {
 }
 BASELINE_MODELS = tuple(m for m, v in ARM_VECTORS.items() if v is None)
 LEARN_MODELS = tuple(m for m, v in ARM_VECTORS.items() if v == "learn")
-CONTROL_MODELS = ("dnn_llm_frozen", "dnn_random")
 #: (reference, arm): each arm is judged against the model that differs from it only by its
 #: vectors. The first four also get Table 7; the last two ask whether LEARN's information,
 #: not merely "some vector per user and item", makes the difference.
