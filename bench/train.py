@@ -128,7 +128,7 @@ def measure(preset: Preset, options: dict[str, Any], store_dir: str, device_name
                 if step == preset.warmup:
                     _sync(device)
                     started = time.perf_counter()
-                loss = train_step(module, model, batch, len(batches[step]), inputs, optimizer, scheduler, config, World(), autocast)
+                loss, _ = train_step(module, model, batch, len(batches[step]), inputs, optimizer, scheduler, config, World(), autocast)
         _sync(device)
     except torch.cuda.OutOfMemoryError:
         return {"error": "CUDA out of memory (try --batch-size)", "options": options}

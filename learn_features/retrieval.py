@@ -1,11 +1,14 @@
 """User -> item retrieval metrics over the full item gallery.
 
-Protocol: every user's past items (all events before their cut) are removed from the ranking,
-since recommending what the user already consumed is not the task. The remaining gallery is
-ranked by inner product of unit vectors (cosine) with an exact faiss IndexFlatIP. Targets
-are the user's distinct future items that are not past items. For a target subset (e.g. cold
-items) only users with at least one such target count, and the ranking stays over the full
-gallery: a cold item must beat warm items to be found.
+Protocol: every user's past items (all events before their target window) are removed from the
+ranking, since recommending what the user already consumed is not the task. The remaining
+gallery is ranked by score: inner product of unit vectors (cosine) with an exact faiss
+IndexFlatIP for embeddings (``rank_items``), or any dense score matrix (``rank_scores``, used for
+the count-based baselines too; equal scores are broken by one fixed random order of the items,
+so no method gains from the catalog's order). Targets are the user's distinct future positive
+items that are not past items. For a target subset (e.g. cold items) only users with at least
+one such target count, and the ranking stays over the full gallery: a cold item must beat warm
+items to be found.
 
 - Hit@K: 1 if any target is in the top K.
 - Recall@K: share of the user's targets in the top K.
@@ -37,6 +40,20 @@ def rank_items(user_vectors: np.ndarray, item_vectors: np.ndarray, exclude: Sequ
     return ranked
 
 
+def rank_scores(scores: np.ndarray, exclude: Sequence[np.ndarray], depth: int, tie_seed: int = 0) -> np.ndarray:
+    """(U, depth) item indices by descending ``scores`` (U, n_items), excluded items removed."""
+    n_items = scores.shape[1]
+    tie_order = np.random.default_rng(tie_seed).permutation(n_items)  # position k holds item tie_order[k]
+    ranked = np.full((scores.shape[0], min(depth, n_items)), -1, dtype=np.int64)
+    for row, excluded in enumerate(exclude):
+        permuted = scores[row, tie_order].astype(np.float64)
+        permuted[np.isin(tie_order, excluded)] = -np.inf
+        order = np.argsort(-permuted, kind="stable")[: ranked.shape[1]]
+        kept = order[np.isfinite(permuted[order])]
+        ranked[row, : len(kept)] = tie_order[kept]
+    return ranked
+
+
 def score_rankings(ranked: np.ndarray, targets: Sequence[np.ndarray], ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
     """Mean Hit/Recall/NDCG@K over users that have at least one target; adds ``users``."""
     per_user = per_user_scores(ranked, targets, ks)
@@ -59,6 +76,15 @@ def per_user_scores(ranked: np.ndarray, targets: Sequence[np.ndarray], ks: Seque
         out[f"recall@{k}"] = top.sum(axis=1) / np.maximum(sizes, 1)
         out[f"ndcg@{k}"] = (top * discounts[:k]).sum(axis=1) / np.maximum(ideal, 1e-12)
     return out
+
+
+def paired_bootstrap_interval(differences: np.ndarray, rounds: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of per-user differences (method minus reference).
+
+    The same users are resampled for both methods, so the spread between users that both share
+    cancels: this, not two overlapping per-method intervals, says whether two methods differ.
+    """
+    return bootstrap_interval(np.asarray(differences, dtype=np.float64), rounds=rounds, seed=seed)
 
 
 def bootstrap_interval(

@@ -49,6 +49,7 @@ source = "files"
 interactions = "{interactions}"
 catalog = "{catalog}"
 [split]
+protocols = ["temporal", "leave_one_out"]
 cut_quantile = 0.6
 history_len = 8
 target_len = 4

@@ -33,17 +33,40 @@ def finished_run(tmp_path_factory, tiny_llm_dir):  # noqa: F811
     return root, config
 
 
-def test_run_evaluates_every_method_with_cold_item_breakdown(finished_run):
+def test_run_evaluates_every_method_under_both_protocols(finished_run):
     root, _ = finished_run
     metrics = json.loads((root / "run" / "metrics.json").read_text())
-    assert set(metrics) == set(METHODS)
-    for name, values in metrics.items():
-        for key in ("recall@50", "ndcg@50", "hit@10", "recall@200"):
-            assert 0.0 <= values[key] <= 1.0, (name, key)
-        assert values["users"] > 0
-        assert "cold_items" in values and "recall@50" in values["cold_items"]
+    assert set(metrics["protocols"]) == {"temporal", "leave_one_out"}
     table = (root / "run" / "metrics.md").read_text()
+    for protocol, block in metrics["protocols"].items():
+        methods = block["methods"]
+        assert set(methods) == set(METHODS)
+        for name, values in methods.items():
+            for key in ("recall@50", "ndcg@50", "hit@10", "recall@200"):
+                assert 0.0 <= values[key] <= 1.0, (protocol, name, key)
+            assert values["users"] > 0
+            assert "cold_items" in values and "recall@50" in values["cold_items"]
+            if name != "learn_v1":
+                assert set(values["paired"]) >= {"recall@50", "ndcg@50"}
+        for name in ("learn_v1", "id_baseline", "llm_frozen"):
+            diagnostics = methods[name]["diagnostics"]
+            assert 0 < diagnostics["item_effective_rank"] <= diagnostics["dim"]
+        assert methods["learn_v1"]["training"][0]["final_loss"] < methods["learn_v1"]["training"][0]["final_chance_loss"] * 1.5
+        assert f"## Protocol: {protocol}" in table
     assert all(f"| {name} |" in table for name in METHODS)
+
+
+def test_per_user_scores_recompute_the_paired_differences(finished_run):
+    """per_user.parquet holds every user's score, so a paired comparison needs no retraining."""
+    root, _ = finished_run
+    metrics = json.loads((root / "run" / "metrics.json").read_text())["protocols"]["temporal"]["methods"]
+    per_user = pd.read_parquet(root / "run" / "per_user.parquet")
+    rows = per_user[(per_user["protocol"] == "temporal") & (per_user["subset"] == "all")]
+    mine = rows[rows["method"] == "popularity"].set_index("user_id")["recall@50"]
+    reference = rows[rows["method"] == "learn_v1"].set_index("user_id")["recall@50"]
+    assert mine.index.equals(reference.index)
+    assert (mine - reference).mean() == pytest.approx(metrics["popularity"]["paired"]["recall@50"]["delta"])
+    assert mine.mean() == pytest.approx(metrics["popularity"]["recall@50"])
 
 
 def test_published_embeddings_follow_the_contract(finished_run):
@@ -102,8 +125,8 @@ def _help(command: str, capsys) -> str:
     return capsys.readouterr().out
 
 
-TOML_COMMANDS = ["extract", "train", "embed", "evaluate", "run", "report"]
-FEAST_COMMANDS = ["materialize", "verify-online", "embed-items"]
+TOML_COMMANDS = ["extract", "train", "embed", "evaluate", "run", "embed-users", "stream-users", "report"]
+FEAST_COMMANDS = ["materialize", "verify-online", "embed-items", "stream-users"]
 
 
 @pytest.mark.parametrize("command", [*TOML_COMMANDS, *FEAST_COMMANDS, "publish"])
@@ -122,12 +145,14 @@ def test_any_eval_ks_works_with_an_interval_for_each(finished_run, tmp_path):
     run = shutil.copytree(root / "run", tmp_path / "run")
     assert main(["evaluate", "--config", str(config), "--run-dir", str(run), "--set", "eval.ks=[5, 20]", "--quiet"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
-    for values in metrics.values():
-        assert "recall@50" not in values and set(values["ci95"]) == {"recall@5", "ndcg@5", "recall@20", "ndcg@20"}
-        low, high = values["ci95"]["recall@20"]
-        assert low <= values["recall@20"] <= high
-    header = (run / "metrics.md").read_text().splitlines()[6]
-    assert header == "| method | users | recall@5 | ndcg@5 | recall@20 | ndcg@20 | hit@20 |"
+    for block in metrics["protocols"].values():
+        for values in block["methods"].values():
+            assert "recall@50" not in values and set(values["ci95"]) == {"recall@5", "ndcg@5", "recall@20", "ndcg@20"}
+            low, high = values["ci95"]["recall@20"]
+            assert low <= values["recall@20"] <= high
+    lines = (run / "metrics.md").read_text().splitlines()
+    header = lines[lines.index("### All target items") + 2]
+    assert header == "| method | users | recall@5 | ndcg@5 | recall@20 | ndcg@20 |"
 
 
 def test_paths_in_a_config_file_resolve_against_its_folder(tmp_path, monkeypatch, tiny_llm_dir):  # noqa: F811

@@ -16,7 +16,7 @@ from learn_features.pch import checkpoint
 from learn_features.pch.batching import PAD, pad_sequences
 from learn_features.pch.inference import item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
-from learn_features.pch.loss import dense_all_action_infonce, recency_weights
+from learn_features.pch.loss import Candidates, dense_all_action_infonce, recency_weights
 from learn_features.pch.model import PCH
 from learn_features.retrieval import rank_items
 
@@ -143,6 +143,70 @@ def test_loss_equals_reference_loop(seed: int, temperature: float, alpha: float,
     got = dense_all_action_infonce(users.float(), items.float(), hl, tl, temperature, alpha, beta)
     expected = reference_loss(users, items, hl, tl, temperature, alpha, beta)
     assert got.item() == pytest.approx(expected, rel=1e-4)
+
+
+def corrected_reference_loss(users, items, hl, tl, ids, log_q, extra, extra_ids, extra_log_q, temperature, alpha, beta) -> float:
+    """Sampling-bias correction and false-negative masking, term by term: every logit of an item
+    loses its log q; another user's target (or an extra) whose id is one of b's own targets is
+    no negative for b."""
+    u, v, e = users.tolist(), items.tolist(), extra.tolist()
+    hl, tl, ids, log_q = hl.tolist(), tl.tolist(), ids.tolist(), log_q.tolist()
+    extra_ids, extra_log_q = extra_ids.tolist(), extra_log_q.tolist()
+
+    def dot(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b))
+
+    total = 0.0
+    for b in range(len(u)):
+        own = set(ids[b][: tl[b]])
+        n_b = hl[b]
+        weights = [1.0] if n_b == 1 else [math.log(alpha + i * (beta - alpha) / (n_b - 1)) for i in range(n_b)]
+        weights = [w / sum(weights) for w in weights]
+        user_loss = 0.0
+        for i in range(n_b):
+            negatives = [
+                math.exp(dot(u[b][i], v[o][j]) / temperature - log_q[o][j])
+                for o in range(len(u)) if o != b for j in range(tl[o]) if ids[o][j] not in own
+            ]
+            negatives += [math.exp(dot(u[b][i], e[k]) / temperature - extra_log_q[k]) for k in range(len(e)) if extra_ids[k] not in own]
+            pairs = []
+            for j in range(tl[b]):
+                positive = math.exp(dot(u[b][i], v[b][j]) / temperature - log_q[b][j])
+                pairs.append(-math.log(positive / (positive + sum(negatives))))
+            user_loss += weights[i] * sum(pairs) / len(pairs)
+        total += user_loss
+    return total / len(u)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_corrected_loss_equals_reference_loop(seed: int) -> None:
+    """log-q correction, false-negative masking and extra negatives == a slow reference, on a tiny
+    batch where users share target items (the false negatives) and an extra is a user's own target."""
+    users, items, hl, tl = random_batch(seed)
+    ids = torch.tensor([[1, 2, 3], [2, -1, -1], [3, 4, -1], [5, 1, 6]])
+    gen = torch.Generator().manual_seed(seed)
+    log_q = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    extra = torch.nn.functional.normalize(torch.randn(3, 6, generator=gen, dtype=torch.float64), dim=-1)
+    extra_ids, extra_log_q = torch.tensor([4, 7, 8]), torch.randn(3, generator=gen, dtype=torch.float64)
+    candidates = Candidates(ids, log_q.float(), extra.float(), extra_ids, extra_log_q.float())
+    got = dense_all_action_infonce(users.float(), items.float(), hl, tl, 0.5, 10.0, 100.0, candidates=candidates)
+    expected = corrected_reference_loss(users, items, hl, tl, ids, log_q, extra, extra_ids, extra_log_q, 0.5, 10.0, 100.0)
+    assert got.item() == pytest.approx(expected, rel=1e-4)
+    plain = dense_all_action_infonce(users.float(), items.float(), hl, tl, 0.5, 10.0, 100.0)
+    assert abs(got.item() - plain.item()) > 1e-3  # the corrections change the loss
+
+
+def test_false_negative_masking_removes_shared_targets() -> None:
+    """Two users with the same single target: masked, neither is the other's negative (loss 0);
+    unmasked, each pays for the other's copy."""
+    users = torch.nn.functional.normalize(torch.ones(2, 1, 4), dim=-1)
+    items = users.clone()
+    lengths = torch.ones(2, dtype=torch.long)
+    ids = torch.tensor([[9], [9]])
+    masked = dense_all_action_infonce(users, items, lengths, lengths, 0.1, candidates=Candidates(target_ids=ids))
+    assert masked.item() == 0.0
+    unmasked = dense_all_action_infonce(users, items, lengths, lengths, 0.1)
+    assert unmasked.item() == pytest.approx(math.log(2.0), rel=1e-6)
 
 
 def test_loss_with_a_single_user_has_no_negatives() -> None:

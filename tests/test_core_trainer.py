@@ -11,19 +11,19 @@ import torch
 
 from core_fixtures import *  # noqa: F401,F403
 from core_fixtures import cluster_content, clustered_split, tiny_pch_config
-from learn_features.data.split import EvalUsers, Split
+from learn_features.data.split import EvalUsers, Split, TrainSequence
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
 from learn_features.pch.inputs import ItemInputs
 from learn_features.pch.model import PCH
 from training import trainer
-from training.trainer import BEST, LAST, TrainConfig, sample_epoch, train_towers, validation_score
+from training.trainer import BEST, LAST, TrainConfig, sample_epoch, train_towers, validation_score, windows_per_user
 
 N_ITEMS = 120
 HISTORY_LEN, TARGET_LEN = 8, 4
 MODEL = tiny_pch_config(max_len=8)
 TRAIN = TrainConfig(
-    lr=3e-3, epochs=6, batch_size=8, samples_per_user=2, patience=10, seed=0, device="cpu", select_metric="recall@10"
+    lr=3e-3, epochs=6, batch_size=8, coverage=2.0, patience=10, seed=0, device="cpu", select_metric="recall@10"
 )
 
 
@@ -53,16 +53,21 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 @pytest.fixture
 def loss_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts training steps (one loss evaluation per optimizer step)."""
+    """Counts training steps (optimizer steps)."""
     calls: list[int] = []
-    original = trainer.dense_all_action_infonce
+    original = trainer.train_step
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "dense_all_action_infonce", counting)
+    monkeypatch.setattr(trainer, "train_step", counting)
     return calls
+
+
+def steps_per_epoch(split: Split, config: TrainConfig) -> int:
+    windows = sum(windows_per_user(len(seq), TARGET_LEN, config.coverage) for seq in split.train.values())
+    return int(np.ceil(windows / config.batch_size))
 
 
 @pytest.fixture(scope="module")
@@ -95,17 +100,17 @@ def test_interrupted_run_resumes_to_identical_weights(
     """Ctrl-C in the middle of epoch 3, then a plain re-run: it resumes from last.pt (epoch 2)
     and finishes with the weights, best checkpoint and history of the uninterrupted run."""
     ref_dir, ref_result = reference
-    steps_per_epoch = int(np.ceil(len(data[0].train) * TRAIN.samples_per_user / TRAIN.batch_size))
-    original = trainer.dense_all_action_infonce
+    per_epoch = steps_per_epoch(data[0], TRAIN)
+    original = trainer.train_step
     calls: list[int] = []
 
     def interrupt_in_epoch_3(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2 * steps_per_epoch + 3:
+        if len(calls) == 2 * per_epoch + 3:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "dense_all_action_infonce", interrupt_in_epoch_3)
+    monkeypatch.setattr(trainer, "train_step", interrupt_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, data)
     saved = checkpoint.load_payload(tmp_path / LAST)
@@ -118,9 +123,9 @@ def test_interrupted_run_resumes_to_identical_weights(
         resumed_steps.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "dense_all_action_infonce", counting)
+    monkeypatch.setattr(trainer, "train_step", counting)
     result = run(tmp_path, data)
-    assert len(resumed_steps) == (TRAIN.epochs - 2) * steps_per_epoch  # epochs 1-2 not redone
+    assert len(resumed_steps) == (TRAIN.epochs - 2) * per_epoch  # epochs 1-2 not redone
     assert_same_weights(tmp_path / LAST, ref_dir / LAST)
     assert_same_weights(tmp_path / BEST, ref_dir / BEST)
     assert result.history == ref_result.history and result.best_epoch == ref_result.best_epoch
@@ -168,6 +173,7 @@ def test_validation_score_improves_over_random_init(reference, data) -> None:
     assert validation_score(rebuilt, inputs, split.val, len(split.item_ids), TRAIN.select_metric) == pytest.approx(result.best_score)
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < losses[0]
+    assert all(h["loss"] < h["chance_loss"] for h in result.history[1:]), result.history
 
 
 def test_test_users_do_not_influence_training(reference, data, tmp_path: Path, single_thread) -> None:
@@ -179,6 +185,7 @@ def test_test_users_do_not_influence_training(reference, data, tmp_path: Path, s
         [rng.integers(0, N_ITEMS, len(h)) for h in split.test.histories],
         [rng.integers(0, N_ITEMS, len(t)) for t in split.test.targets],
         [rng.integers(0, N_ITEMS, len(e)) for e in split.test.exclude],
+        list(rng.integers(0, 10**9, len(split.test))),
     )
     scrambled = dataclasses.replace(split, test=scrambled_test)
     run(tmp_path, (scrambled, inputs), dataclasses.replace(TRAIN, epochs=2))
@@ -196,7 +203,7 @@ def test_patience_stops_training(data, tmp_path: Path, single_thread) -> None:
 
 def test_id_baseline_checkpoint_carries_its_item_ids(data, tmp_path: Path, single_thread) -> None:
     split, _ = data
-    trained = np.unique(np.concatenate(list(split.train.values())))
+    trained = np.flatnonzero(split.warm_items)
     inputs = ItemInputs.from_training_items(len(split.item_ids), trained, torch.device("cpu"))
     ids = [split.item_ids[i] for i in trained]
     result = train_towers(
@@ -210,13 +217,15 @@ def test_id_baseline_checkpoint_carries_its_item_ids(data, tmp_path: Path, singl
     assert model.input.num_embeddings == len(ids) + 1
 
 
-def test_sample_epoch_draws_contiguous_windows(data) -> None:
-    """Each training user gives ``samples_per_user`` (history, target) pairs: adjacent slices of their sequence."""
+def test_sample_epoch_draws_windows_in_proportion_to_length(data) -> None:
+    """A user gives max(1, round(coverage x (events - 1) / M)) windows: the last N events before a
+    cut and the positives among the next M, contiguous in their sequence."""
     split, _ = data
-    config = dataclasses.replace(TRAIN, samples_per_user=3)
+    config = dataclasses.replace(TRAIN, coverage=3.0)
     samples = sample_epoch(split.train, config, HISTORY_LEN, TARGET_LEN, epoch=0)
-    assert len(samples) == 3 * len(split.train)
-    sequences = [s.tolist() for s in split.train.values()]
+    assert len(samples) == sum(windows_per_user(len(s), TARGET_LEN, 3.0) for s in split.train.values())
+    assert windows_per_user(41, 4, 1.0) == 10 and windows_per_user(2, 4, 1.0) == 1
+    sequences = [s.items.tolist() for s in split.train.values()]
     for history, target in samples:
         assert 1 <= len(history) <= HISTORY_LEN and 1 <= len(target) <= TARGET_LEN
         joined = history.tolist() + target.tolist()
@@ -231,7 +240,21 @@ def test_sample_epoch_draws_contiguous_windows(data) -> None:
     assert any(not np.array_equal(a[0], b[0]) for a, b in zip(samples, other))
 
 
-@pytest.mark.parametrize("kwargs", [{"batch_size": 1}, {"lr": 0.0}, {"epochs": 0}, {"warmup_ratio": 1.0}])
+def test_sample_epoch_targets_are_positives_only() -> None:
+    """Non-positive events are history, never targets; windows without a positive are never drawn."""
+    items = np.arange(10)
+    positive = np.array([1, 0, 0, 0, 0, 0, 0, 0, 1, 0], dtype=bool)
+    train = {"u": TrainSequence(items, positive, np.arange(10))}
+    samples = sample_epoch(train, dataclasses.replace(TRAIN, coverage=20.0), 4, 3, epoch=0)
+    assert samples and all(target.tolist() == [8] for _, target in samples)
+    assert {len(history) for history, _ in samples} <= {4}  # cuts at 6, 7 or 8: four events of history
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"batch_size": 1}, {"lr": 0.0}, {"epochs": 0}, {"warmup_ratio": 1.0}, {"coverage": 0.0}, {"select_metric": "recall"},
+     {"select_metric": "mrr@10"}, {"uniform_negatives": -1}],
+)
 def test_train_config_validation(kwargs: dict) -> None:
     with pytest.raises(LearnFeaturesError):
         TrainConfig(**kwargs)

@@ -37,7 +37,7 @@ from training import trainer
 from training.collectives import World
 from training.config import PipelineConfig
 from training.loader import prefetch
-from training.trainer import LAST, TrainConfig, build_optimizer, host_batches, step_module, train_step
+from training.trainer import LAST, Objective, TrainConfig, build_optimizer, host_batches, step_module, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -157,7 +157,7 @@ def test_store_inputs_train_exactly_like_resident_fp16_content(tmp_path: Path, s
     vectors = cluster_content(n_items=60, noise=2.0)
     store = write_content_store(tmp_path / "store", chunked(vectors, [25, 35]), split.item_ids, {}, shard_bytes=20 * 16 * 2)
     resident = ItemInputs.from_content(vectors.astype(np.float16).astype(np.float32), CPU)
-    config = TrainConfig(lr=3e-3, epochs=2, batch_size=8, samples_per_user=2, device="cpu", select_metric="recall@10")
+    config = TrainConfig(lr=3e-3, epochs=2, batch_size=8, coverage=2.0, uniform_negatives=5, device="cpu", select_metric="recall@10")
     model = tiny_pch_config(max_len=8)
     for name, inputs in (("store", ItemInputs(store=store)), ("resident", resident)):
         trainer.train_towers(tmp_path / name, model, config, split, inputs, 8, 4, "learn_v1", progress=False)
@@ -186,7 +186,7 @@ def test_attention_runs_through_sdpa_with_is_causal(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
     model = PCH(tiny_pch_config(n_layers=2), content_dim=12).train()
-    users, items = model(torch.randn(3, 6, 12), torch.randn(3, 4, 12))
+    users, items, _, _ = model(torch.randn(3, 6, 12), torch.randn(3, 4, 12))
     (users.sum() + items.sum()).backward()
     assert len(calls) == 4 and all(no_mask and causal for no_mask, causal in calls), calls
 
@@ -280,9 +280,14 @@ def one_step(variant: int, world: World) -> dict:
     optimizer = build_optimizer(model, config, CPU)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     module = step_module(model, config, CPU, world)
-    batch = next(host_batches([GLOBAL_BATCH], inputs, world, pin=False))
+    # Every correction of the objective is on: log-q, masking of the shared items (3, 5, 11, 17, 23
+    # are targets of one user and history or targets of another), uniform extras, and for
+    # variant 1 the serving-path term.
+    share = torch.log(torch.linspace(1.0, 2.0, 30) / torch.linspace(1.0, 2.0, 30).sum())
+    objective = Objective(share, True, 1.0 if variant == 1 else 0.0, 30)
+    batch = next(host_batches([GLOBAL_BATCH], inputs, world, False, [np.array([5, 26, 29])]))
     autocast = torch.autocast("cpu", enabled=False)
-    loss = train_step(module, model, batch, len(GLOBAL_BATCH), inputs, optimizer, scheduler, config, world, autocast)
+    loss, _ = train_step(module, model, batch, len(GLOBAL_BATCH), inputs, optimizer, scheduler, config, world, autocast, objective)
     return {"loss": loss, "local_users": int(batch.history.shape[0]), "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
 
 
@@ -347,7 +352,7 @@ def test_extract_assembles_the_store_once_from_the_cache(extracted_job, monkeypa
     extractor = ContentExtractor(prep.config.llm, prep.config.cache_dir)
     expected = extractor.embed_texts(render_prompts(prep.dataset.catalog, prep.config.llm.prompt_template), progress=False)
     np.testing.assert_array_equal(store.take(np.arange(len(store))), expected.astype(np.float16))
-    inputs = pipeline.inputs_for(prep, pipeline.get_methods(["learn_v1"])[0], CPU)
+    inputs = pipeline.inputs_for(prep, prep.split, pipeline.get_methods(["learn_v1"])[0], CPU)
     assert inputs.store is not None and inputs.content is None
 
     shard = root / "run" / "content" / "llm" / "shard-00000.npy"
@@ -385,9 +390,9 @@ def test_torchrun_trains_like_one_process(extracted_job, tmp_path: Path) -> None
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert launched.returncode == 0, launched.stderr[-3000:]
-    assert "learn_v1: best epoch" in launched.stdout and "(2 ranks)" in launched.stdout
+    assert "temporal/learn_v1/seed0: best epoch" in launched.stdout and "(2 ranks)" in launched.stdout
     assert main(["train", *common, "--run-dir", str(tmp_path / "single"), "--quiet"]) == 0
-    ddp, single = (checkpoint.load_payload(tmp_path / d / "models" / "learn_v1" / LAST) for d in ("ddp", "single"))
+    ddp, single = (checkpoint.load_payload(tmp_path / d / "models" / "temporal" / "learn_v1" / "seed0" / LAST) for d in ("ddp", "single"))
     for a, b in zip(ddp["state"]["history"], single["state"]["history"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     # Attention is invariant to the key bias, so its gradient is float noise that Adam scales
@@ -428,3 +433,18 @@ def test_train_bench_tiny_preset_runs_both_configurations(tmp_path: Path) -> Non
         assert result["users_per_s"] > 0 and result["peak_memory"] > 0 and np.isfinite(result["final_loss"])
     assert summary["results"]["naive"]["options"]["prefetch"] == 0 and summary["results"]["optimised"]["options"]["optimizer"] == "adamw"
     assert summary["speedup_users_per_s"] > 0 and "optimised / naive: users/s x" in done.stdout
+
+
+def test_training_in_worker_processes_equals_training_in_turn(extracted_job, tmp_path: Path, single_thread) -> None:
+    """train.workers=2 (spawned single-threaded processes, one model each) writes the same
+    checkpoints, bit for bit, as training the models one after the other on one thread."""
+    root, config = extracted_job
+    common = ["--config", str(config), "--method", "learn_v1", "--method", "id_baseline", "--seeds", "2", "--quiet"]
+    for run_dir in ("workers", "in-turn"):
+        assert main(["extract", "--config", str(config), "--run-dir", str(tmp_path / run_dir), "--quiet"]) == 0
+    assert main(["train", *common, "--run-dir", str(tmp_path / "workers"), "--set", "train.workers=2"]) == 0
+    assert main(["train", *common, "--run-dir", str(tmp_path / "in-turn")]) == 0
+    checkpoints = sorted(p.relative_to(tmp_path / "in-turn") for p in (tmp_path / "in-turn" / "models").rglob("best.pt"))
+    assert len(checkpoints) == 2 * 2 * 2  # protocols x methods x seeds
+    for relative in checkpoints:
+        assert_same_weights(tmp_path / "workers" / relative, tmp_path / "in-turn" / relative)

@@ -100,3 +100,15 @@ def gather_targets(
     all_lengths = [torch.empty_like(lengths) for _ in range(world.size)]
     dist.all_gather(all_lengths, lengths)
     return _GatherWithLocalGrad.apply(items), torch.cat(all_lengths), world.rank * slot
+
+
+def gather_rows(world: World, rows: torch.Tensor, global_batch: int, fill: int = -1) -> torch.Tensor:
+    """Every rank's (B_r, ...) rows, padded to the rank slot with ``fill`` like ``gather_targets``
+    pads its targets, so row k lines up with the k-th gathered target row. No gradient."""
+    if world.size == 1:
+        return rows
+    padding = world.slot(global_batch) - rows.shape[0]
+    rows = F.pad(rows, (0, 0) * (rows.dim() - 1) + (0, padding), value=fill)
+    pieces = [torch.empty_like(rows) for _ in range(world.size)]
+    dist.all_gather(pieces, rows.contiguous())
+    return torch.cat(pieces)

@@ -10,6 +10,7 @@ from learn_features.data.split import SplitConfig
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch.model import PCHConfig
 from learn_features.retrieval import DEFAULT_KS
+from learn_features.data.tables import ORDER_BY_TIME
 from training.methods import METHODS, get_methods
 from training.trainer import TrainConfig
 
@@ -18,12 +19,20 @@ DATA_SOURCES = ("movielens", "files")
 
 @dataclass
 class DataConfig:
-    """``movielens``: an ml-latest-* folder; ``files``: interactions + catalog in CSV/Parquet."""
+    """``movielens``: an ml-latest-* folder; ``files``: interactions + catalog in CSV/Parquet.
+
+    ``positive`` says which events count as positives, i.e. as training targets and as the
+    targets evaluation looks for (every event stays in the history either way); None makes
+    every event positive. ``order`` sequences each user's events: ``timestamp``, the file's
+    ``row`` order, or a numeric position column (sequence-only data, leave-one-out only).
+    """
 
     source: str = "movielens"
     movielens_dir: str = field(default="data/ml-latest-small", metadata=PATH)
     interactions: str | None = field(default=None, metadata=PATH)
     catalog: str | None = field(default=None, metadata=PATH)
+    positive: str | None = None
+    order: str = ORDER_BY_TIME
 
     def __post_init__(self) -> None:
         if self.source not in DATA_SOURCES:
@@ -38,6 +47,8 @@ class EvalConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     primary_method: str = "learn_v1"  # whose embeddings `embed` publishes
     bootstrap_rounds: int = 1000
+    seeds: int = 1  # trained methods are trained this many times (train.seed, +1, ...); tables give mean ± SD
+    recent_days: float = 365.0  # popularity_recent's trailing window
 
     def __post_init__(self) -> None:
         # Checked here, when the config loads, so that a bad value is refused before any work
@@ -52,6 +63,9 @@ class EvalConfig:
             raise LearnFeaturesError(f"eval.ks must be distinct positive cut-offs, e.g. [10, 50, 100]; got {self.ks}")
         if self.bootstrap_rounds < 1:
             raise LearnFeaturesError(f"eval.bootstrap_rounds must be >= 1, got {self.bootstrap_rounds}")
+        self.ks = sorted(self.ks)
+        if self.seeds < 1 or self.recent_days <= 0:
+            raise LearnFeaturesError("eval.seeds must be >= 1 and eval.recent_days > 0")
 
 
 @dataclass
@@ -67,6 +81,11 @@ class PipelineConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        if "temporal" in self.split.protocols and self.data.order != ORDER_BY_TIME:
+            raise LearnFeaturesError(
+                f"split.protocols includes 'temporal', which needs timestamps, but data.order is {self.data.order!r}; "
+                "use split.protocols = [\"leave_one_out\"] for sequence-only data"
+            )
         longest = max(self.split.history_len, self.split.target_len)
         if self.model.max_len < longest:
             raise LearnFeaturesError(

@@ -1,71 +1,217 @@
-"""Turning rankings into the metrics table: overall and cold-item breakdowns, with intervals.
+"""Turning rankings into the retrieval tables: per protocol, per method, with paired intervals.
 
-``metrics.json`` maps each method to its metrics, e.g. ``{"learn_v1": {"recall@50": ..,
-"ndcg@50": .., "users": 28, "ci95": {"recall@50": [lo, hi], ..}, "cold_items": {...}}}``,
-for every K in ``eval.ks``. The 95% intervals (recall@K and ndcg@K for each K) are
-percentile bootstraps over test users: with a few dozen users the interval, not the point
-estimate, tells whether two methods differ.
+Per-user scores are the unit of everything: a method's metric is the mean over test users of
+its per-user score (averaged over training seeds first), its interval a bootstrap over users,
+and its difference to the reference method (``learn_v1``) a *paired* bootstrap over the same
+users' per-user differences. Two per-method intervals that overlap say little; the paired one
+says whether the two methods differ. With several seeds the table also gives the SD of the
+seed means, so a training-based lift can be set against the spread over seeds.
+
+``metrics.json``::
+
+    {"protocols": {"temporal": {"split": {...}, "seeds": [0], "reference": "learn_v1",
+      "methods": {"learn_v1": {"recall@50": .., "ndcg@50": .., "users": 130,
+                               "ci95": {"recall@50": [lo, hi], ..}, "seed_sd": {..},
+                               "paired": {"recall@50": {"delta": .., "ci95": [lo, hi]}, ..},
+                               "cold_items": {... the same, cold targets only ...},
+                               "diagnostics": {...}, "training": [...]}}}}}
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
-from learn_features.retrieval import bootstrap_interval, per_user_scores
+from learn_features.retrieval import bootstrap_interval, paired_bootstrap_interval, per_user_scores
 
-INTERVAL_METRICS = ("recall", "ndcg")
+REFERENCE = "learn_v1"
 
 
-def _summarise(per_user: dict[str, np.ndarray], rounds: int) -> dict:
-    users = int(next(iter(per_user.values())).size)
-    out: dict = {name: float(v.mean()) if users else None for name, v in per_user.items()}
+@dataclass
+class MethodRankings:
+    """One method's rankings of the evaluated users, one (U, depth) array per training seed."""
+
+    name: str
+    ranked: list[np.ndarray]
+    diagnostics: dict = field(default_factory=dict)
+    training: list[dict] = field(default_factory=list)
+
+
+def headline_metrics(ks: Sequence[int]) -> list[str]:
+    return [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
+
+
+def per_user_table(rankings: MethodRankings, targets: Sequence[np.ndarray], ks: Sequence[int]) -> dict[str, np.ndarray]:
+    """metric -> (seeds, users-with-targets) per-user scores."""
+    per_seed = [per_user_scores(r, targets, ks) for r in rankings.ranked]
+    return {name: np.stack([s[name] for s in per_seed]) for name in per_seed[0]}
+
+
+def summarise(table: dict[str, np.ndarray], ks: Sequence[int], rounds: int, reference: dict[str, np.ndarray] | None) -> dict:
+    """Means, bootstrap intervals, seed SD and (with a reference) paired differences."""
+    users = int(next(iter(table.values())).shape[1])
+    out: dict = {name: float(values.mean()) if users else None for name, values in table.items()}
     out["users"] = users
-    out["ci95"] = {
-        name: list(bootstrap_interval(values, rounds=rounds)) if users else None
-        for name, values in per_user.items()
-        if name.split("@")[0] in INTERVAL_METRICS
-    }
+    out["ci95"], out["seed_sd"], out["paired"] = {}, {}, {}
+    for name in headline_metrics(ks):
+        values = table[name]
+        out["seed_sd"][name] = float(values.mean(axis=1).std(ddof=1)) if values.shape[0] > 1 and users else None
+        out["ci95"][name] = list(bootstrap_interval(values.mean(axis=0), rounds=rounds)) if users else None
+        if reference is not None and users:
+            difference = values.mean(axis=0) - reference[name].mean(axis=0)
+            out["paired"][name] = {"delta": float(difference.mean()), "ci95": list(paired_bootstrap_interval(difference, rounds=rounds))}
     return out
 
 
-def method_metrics(ranked: np.ndarray, targets: Sequence[np.ndarray], cold_targets: Sequence[np.ndarray], eval_config) -> dict:
-    result = _summarise(per_user_scores(ranked, targets, eval_config.ks), eval_config.bootstrap_rounds)
-    result["cold_items"] = _summarise(per_user_scores(ranked, cold_targets, eval_config.ks), eval_config.bootstrap_rounds)
-    return result
+def protocol_metrics(
+    rankings: list[MethodRankings],
+    targets: Sequence[np.ndarray],
+    cold_targets: Sequence[np.ndarray],
+    ks: Sequence[int],
+    rounds: int,
+) -> dict[str, dict]:
+    """Every method's summary on all targets and on cold targets, paired against ``REFERENCE``."""
+    tables = {r.name: (per_user_table(r, targets, ks), per_user_table(r, cold_targets, ks)) for r in rankings}
+    reference = tables.get(REFERENCE)
+    results = {}
+    for r in rankings:
+        overall, cold = tables[r.name]
+        results[r.name] = summarise(overall, ks, rounds, None if reference is None else reference[0])
+        results[r.name]["cold_items"] = summarise(cold, ks, rounds, None if reference is None else reference[1])
+        results[r.name]["diagnostics"] = r.diagnostics
+        results[r.name]["training"] = r.training
+    return results
 
 
-def _cell(metrics: dict, name: str) -> str:
+def per_user_frame(protocol: str, rankings: list[MethodRankings], user_ids: Sequence[str], targets: Sequence[np.ndarray],
+                   cold_targets: Sequence[np.ndarray], ks: Sequence[int], seeds: Sequence[int]) -> pd.DataFrame:
+    """Every (method, seed, subset, user) score, so paired comparisons can be recomputed without retraining."""
+    frames = []
+    for subset, wanted in (("all", targets), ("cold_items", cold_targets)):
+        users = [u for u, t in zip(user_ids, wanted) if len(t)]
+        for r in rankings:
+            table = per_user_table(r, wanted, ks)
+            for k, seed in enumerate(seeds[: len(r.ranked)]):
+                frame = pd.DataFrame({name: values[k] for name, values in table.items()})
+                frame.insert(0, "user_id", users)
+                frame.insert(0, "subset", subset)
+                frame.insert(0, "seed", seed)
+                frame.insert(0, "method", r.name)
+                frame.insert(0, "protocol", protocol)
+                frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _cell(metrics: dict, name: str, with_interval: bool) -> str:
     value = metrics.get(name)
     if value is None:
         return "n/a"
-    if name in metrics.get("ci95", {}) and metrics["ci95"][name]:
-        low, high = metrics["ci95"][name]
-        return f"{value:.4f} [{low:.3f}, {high:.3f}]"
-    return f"{value:.4f}"
+    text = f"{value:.4f}"
+    sd = metrics.get("seed_sd", {}).get(name)
+    if sd is not None:
+        text += f" ± {sd:.4f}"
+    interval = metrics.get("ci95", {}).get(name)
+    if with_interval and interval:
+        text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+    return text
 
 
-def metrics_markdown(methods: dict[str, dict], split: dict, ks: Sequence[int]) -> str:
-    cold_cols = [f"{m}@{k}" for k in ks for m in INTERVAL_METRICS]
-    overall_cols = cold_cols + [f"hit@{max(ks)}"]
-    lines = [
-        "# Retrieval metrics (held-out test users, full item gallery)",
-        "",
-        f"Cut time {split['cut_time']}; {split['test_users']} test users with {split['test_targets']} target items "
-        f"({split['test_cold_targets']} on cold-start items); gallery of {split['items']} items, "
-        f"{split['items'] - split['warm_items']} of them cold. Brackets: 95% bootstrap interval over users.",
-        "",
-        "## All target items",
-        "",
-        "| method | users | " + " | ".join(overall_cols) + " |",
-        "|---|---|" + "---|" * len(overall_cols),
-    ]
+def _paired_cell(metrics: dict, name: str) -> str:
+    paired = metrics.get("paired", {}).get(name)
+    if not paired:
+        return "n/a"
+    low, high = paired["ci95"]
+    mark = "" if low <= 0 <= high else " *"
+    return f"{paired['delta']:+.4f} [{low:+.3f}, {high:+.3f}]{mark}"
+
+
+def _table(methods: dict[str, dict], section: str | None, columns: list[str], headline: str) -> list[str]:
+    lines = ["| method | users | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
     for name, metrics in methods.items():
-        lines.append(f"| {name} | {metrics['users']} | " + " | ".join(_cell(metrics, c) for c in overall_cols) + " |")
-    lines += ["", "## Cold-start target items (no interaction before the cut)", "",
-              "| method | users | " + " | ".join(cold_cols) + " |", "|---|---|" + "---|" * len(cold_cols)]
+        m = metrics if section is None else metrics[section]
+        lines.append(f"| {name} | {m['users']} | " + " | ".join(_cell(m, c, c == headline) for c in columns) + " |")
+    return lines
+
+
+def _paired_table(methods: dict[str, dict], section: str | None, columns: list[str]) -> list[str]:
+    lines = ["| method | " + " | ".join(f"Δ{c}" for c in columns) + " |", "|---|" + "---|" * len(columns)]
     for name, metrics in methods.items():
-        cold = metrics["cold_items"]
-        lines.append(f"| {name} | {cold['users']} | " + " | ".join(_cell(cold, c) for c in cold_cols) + " |")
-    return "\n".join(lines) + "\n"
+        if name == REFERENCE:
+            continue
+        m = metrics if section is None else metrics[section]
+        lines.append(f"| {name} | " + " | ".join(_paired_cell(m, c) for c in columns) + " |")
+    return lines
+
+
+def _diagnostics_table(methods: dict[str, dict]) -> list[str]:
+    columns = ["item mean cos", "item eff. rank", "user mean cos", "user eff. rank", "pop. corr.", "best epoch", "final loss / chance"]
+    lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for name, metrics in methods.items():
+        d = metrics["diagnostics"]
+        if not d:
+            continue
+
+        def fmt(key: str, digits: int = 3) -> str:
+            value = d.get(key)
+            return "n/a" if value is None else f"{value:.{digits}f}"
+
+        training = metrics.get("training") or []
+        epochs = ", ".join(str(t["best_epoch"]) for t in training) or "n/a"
+        losses = ", ".join(f"{t['final_loss']:.3f} / {t['final_chance_loss']:.3f}" for t in training) or "n/a"
+        dims = d.get("dim")
+        rank = lambda key: "n/a" if d.get(key) is None else f"{d[key]:.1f} of {dims}"  # noqa: E731
+        lines.append(
+            f"| {name} | {fmt('item_mean_cosine')} | {rank('item_effective_rank')} | {fmt('user_mean_cosine')} | "
+            f"{rank('user_effective_rank')} | {fmt('popularity_spearman')} | {epochs} | {losses} |"
+        )
+    return lines
+
+
+def metrics_markdown(protocols: dict[str, dict], ks: Sequence[int], on: str = "test") -> str:
+    headline = f"recall@{50 if 50 in ks else ks[len(ks) // 2]}"
+    columns = headline_metrics(ks)
+    title = "Retrieval metrics (full item gallery)" if on == "test" else "Retrieval metrics on the VALIDATION users (for choosing settings)"
+    lines = [f"# {title}", ""]
+    for protocol, block in protocols.items():
+        split, methods = block["split"], block["methods"]
+        seeds = block["seeds"]
+        cut = f"cut {split['cut_time']}; " if split.get("cut_time") else ""
+        lines += [
+            f"## Protocol: {protocol}",
+            "",
+            f"{cut}{block['users']} evaluated users; {split['test_users']} test users with {split['test_targets']} target items "
+            f"({split['test_cold_targets']} on cold-start items), {split['val_users']} validation users; gallery of {split['items']} items, {split['items'] - split['warm_items']} of them cold; "
+            f"{split['train_users']} training users, {split['train_events']} training events; training seeds {seeds}. "
+            f"Values are means over users (of the seed mean), ± the SD of the seed means where there are several seeds; "
+            f"brackets on {headline}: 95% bootstrap interval over users.",
+            "",
+            "### All target items",
+            "",
+            *_table(methods, None, columns, headline),
+            "",
+            f"### Paired difference to {REFERENCE} (per-user, 95% bootstrap over users; * = excludes 0)",
+            "",
+            *_paired_table(methods, None, [headline, headline.replace("recall", "ndcg")]),
+            "",
+            "### Cold-start target items (no training event)",
+            "",
+            *_table(methods, "cold_items", columns, headline),
+            "",
+            f"### Cold-start items: paired difference to {REFERENCE}",
+            "",
+            *_paired_table(methods, "cold_items", [headline, headline.replace("recall", "ndcg")]),
+            "",
+            "### Diagnostics (collapse, popularity bias, training)",
+            "",
+            "Mean pairwise cosine and effective rank (exp of the entropy of the normalised singular values of the "
+            "centred vectors) of item and test-user vectors; Spearman correlation of an item's mean score over the "
+            "test users with its training popularity; best validation epoch and the final epoch's training loss "
+            "against the loss of a model that scores every item alike, per seed.",
+            "",
+            *_diagnostics_table(methods),
+            "",
+        ]
+    return "\n".join(lines)

@@ -1,14 +1,16 @@
 """The LEARN job, stage by stage: extract -> train -> embed -> evaluate.
 
 Every stage reads the config, reloads and re-splits the data (seconds, deterministic), checks
-the inputs it needs (content stores, checkpoints), records the config and the split
+the inputs it needs (content stores, checkpoints), records the config and the splits
 (``config.json``, ``split.json``) and then writes its outputs atomically under ``run_dir``:
 
 - ``content/<encoder>/``: content embeddings aligned to the catalog, as the fp16 sharded
   store that training and inference read row by row (``extract``, streamed from the cache);
-- ``models/<method>/{best,last}.pt``: trained towers, resumable (``train``);
-- ``embeddings/{user,item}_embeddings.parquet`` + ``manifest.json`` (``embed``);
-- ``metrics.json`` + ``metrics.md`` (``evaluate``).
+- ``models/<protocol>/<method>/seed<k>/{best,last}.pt``: trained towers, resumable (``train``),
+  one set per evaluation protocol (each protocol trains on its own training events) and seed;
+- ``embeddings/{user,item}_embeddings.parquet`` + ``manifest.json`` (``embed``): the primary
+  method of the primary protocol, first seed;
+- ``metrics.json`` + ``metrics.md`` + ``per_user.parquet`` (``evaluate``).
 
 Re-running a finished stage is cheap: extraction hits the cache, training finds its last
 checkpoint complete, and outputs are rewritten with identical content.
@@ -16,22 +18,27 @@ checkpoint complete, and outputs are rewritten with identical content.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from learn_features.atomic import write_json_atomic, write_text_atomic
+from learn_features.atomic import atomic_path, write_json_atomic, write_text_atomic
 from learn_features.cex.extractor import ContentExtractor, EncoderConfig, ShardPass
 from learn_features.cex.model_loading import pick_device
 from learn_features.cex.prompt import render_prompts
 from learn_features.cex.sharding import local_device, resolve_shard
 from learn_features.data.movielens import load_movielens_catalog, load_movielens_interactions
-from learn_features.data.split import Split, resolve_cut_time, split_dataset
+from learn_features.data.labels import LabelRule
+from learn_features.data.split import EvalUsers, Split, resolve_cut_time, split_dataset
 from learn_features.data.tables import Dataset, LoadReport, assemble, load_generic
 from learn_features.embeddings_io import ITEM_FILE, USER_FILE, EmbeddingTable, run_manifest_path, write_table
 from learn_features.errors import LearnFeaturesError
@@ -39,37 +46,51 @@ from learn_features.pch import checkpoint
 from learn_features.pch.content_store import INDEX, ContentStore, ContentStoreBuilder, items_digest, open_current
 from learn_features.pch.inference import item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
-from learn_features.retrieval import rank_items
+from learn_features.retrieval import rank_scores
+from training import baselines
 from training.config import PipelineConfig
-from training.evaluation import method_metrics, metrics_markdown
+from training.diagnostics import vector_diagnostics
+from training.evaluation import MethodRankings, metrics_markdown, per_user_frame, protocol_metrics
 from training.methods import Method, get_methods
-from training.trainer import BEST, LAST, TrainResult, train_towers
-
+from training.trainer import BEST, LAST, TrainResult, train_towers, validation_score_of_scores
 
 @dataclass
 class Prepared:
-    """Validated data and its split: the common starting point of every stage."""
+    """Validated data and its split under every configured protocol: the start of every stage."""
 
     config: PipelineConfig
     dataset: Dataset
-    split: Split
+    splits: dict[str, Split]
 
     @property
     def run_dir(self) -> Path:
         return Path(self.config.run_dir)
 
+    @property
+    def split(self) -> Split:
+        """The primary protocol's split: what `embed` publishes."""
+        return self.splits[self.config.split.primary_protocol]
+
+    @property
+    def item_ids(self) -> list[str]:
+        return self.dataset.catalog["item_id"].tolist()
+
 
 def prepare(config: PipelineConfig) -> Prepared:
     data = config.data
     if data.source == "movielens":
+        source = str(Path(data.movielens_dir) / "ratings.csv")
         interactions = load_movielens_interactions(data.movielens_dir)
-        cut = resolve_cut_time(interactions, config.split)
+        cut = resolve_cut_time(interactions, config.split) if "temporal" in config.split.protocols else None
         catalog = load_movielens_catalog(data.movielens_dir, tags_before=cut)
-        dataset = assemble(interactions, catalog, str(Path(data.movielens_dir) / "ratings.csv"), LoadReport())
+        dataset = assemble(interactions, catalog, source, LoadReport())
     else:
-        dataset = load_generic(data.interactions, data.catalog)
-    split = split_dataset(dataset.interactions, dataset.catalog, config.split)
-    return Prepared(config, dataset, split)
+        source = str(data.interactions)
+        dataset = load_generic(data.interactions, data.catalog, data.order)
+    positive = LabelRule.parse(data.positive, "data.positive").matches(dataset.interactions, source) if data.positive else True
+    dataset.interactions["positive"] = positive
+    splits = {p: split_dataset(dataset.interactions, dataset.catalog, config.split, p) for p in config.split.protocols}
+    return Prepared(config, dataset, splits)
 
 
 def record(prep: Prepared) -> None:
@@ -80,12 +101,13 @@ def record(prep: Prepared) -> None:
     of a finished run.
     """
     write_json_atomic(prep.run_dir / "config.json", asdict(prep.config))
-    write_json_atomic(prep.run_dir / "split.json", {"load": asdict(prep.dataset.report), "split": prep.split.summary()})
+    splits = {p: s.summary() for p, s in prep.splits.items()}
+    write_json_atomic(prep.run_dir / "split.json", {"load": asdict(prep.dataset.report), "splits": splits})
 
 
 def needed_contents(config: PipelineConfig) -> list[str]:
     """The content encoders ("llm", "text_encoder") that the configured methods read."""
-    return sorted({m.content for m in get_methods(config.eval.methods) if m.content != "ids"})
+    return sorted({m.content for m in get_methods(config.eval.methods) if m.content in ("llm", "text_encoder")})
 
 
 def encoder_for(config: PipelineConfig, content: str) -> EncoderConfig:
@@ -138,9 +160,9 @@ def assemble_store(prep: Prepared, content: str, extractor: ContentExtractor, ke
     source = {"encoder": extractor.config.content_identity(), "model_fingerprint": extractor.fingerprint,
               "keys_sha256": items_digest(keys)}
     store = open_current(directory, source)
-    if store is not None and store.items_sha256 == items_digest(prep.split.item_ids):
+    if store is not None and store.items_sha256 == items_digest(prep.item_ids):
         return store
-    with ContentStoreBuilder(directory, prep.split.item_ids, source) as builder:
+    with ContentStoreBuilder(directory, prep.item_ids, source) as builder:
         for positions, vectors in tqdm(extractor.cache.scatter(keys), desc=f"assembling {content} store",
                                        unit="cache shard", disable=not progress):
             builder.put(positions, vectors)
@@ -164,118 +186,239 @@ def content_store(prep: Prepared, content: str) -> ContentStore:
         raise LearnFeaturesError(
             f"{directory}: extracted with other {content} settings ({', '.join(changed)}); re-run `learn-features extract`"
         )
-    if store.items_sha256 != items_digest(prep.split.item_ids):
+    if store.items_sha256 != items_digest(prep.item_ids):
         raise LearnFeaturesError(f"{directory}: items differ from the current catalog; re-run `learn-features extract`")
     return store
 
 
 def training_item_ids(split: Split) -> list[str]:
-    trained = np.unique(np.concatenate(list(split.train.values())))
-    return [split.item_ids[i] for i in trained]
+    """The items that own an ID slot: every item with a training event."""
+    return [split.item_ids[i] for i in np.flatnonzero(split.warm_items)]
 
 
-def inputs_for(prep: Prepared, method: Method, device: torch.device) -> ItemInputs:
+def inputs_for(prep: Prepared, split: Split, method: Method, device: torch.device) -> ItemInputs:
     if method.content == "ids":
-        trained = np.concatenate(list(prep.split.train.values()))
-        return ItemInputs.from_training_items(len(prep.split.item_ids), trained, device)
+        return ItemInputs.from_training_items(len(split.item_ids), np.flatnonzero(split.warm_items), device)
     return ItemInputs(store=content_store(prep, method.content))
 
 
+def seeds_of(config: PipelineConfig) -> list[int]:
+    return [config.train.seed + k for k in range(config.eval.seeds)]
+
+
+def model_dir(run_dir: Path, protocol: str, method: str, seed: int) -> Path:
+    return run_dir / "models" / protocol / method / f"seed{seed}"
+
+
 def train(prep: Prepared, only: list[str] | None = None, progress: bool = True) -> dict[str, TrainResult]:
+    """Every trained method, under every protocol and seed; keys are ``protocol/method/seed<k>``.
+
+    With ``train.workers`` > 1 on a CPU, that many spawned processes train one job each at a
+    time, single-threaded: the towers are small, so two one-thread processes on two cores get
+    through about twice the steps of one two-thread process. Each job is seeded and resumable
+    on its own, so the results do not depend on how the jobs were spread.
+    """
     config = prep.config
     device = pick_device(config.train.device)
     methods = [m for m in get_methods(only or config.eval.methods) if m.trained]
-    inputs = {m.name: inputs_for(prep, m, device) for m in methods}
-    for method in methods:  # a resume checkpoint that cannot be read safely is refused before any work
-        last = prep.run_dir / "models" / method.name / LAST
-        if last.exists():
-            checkpoint.load_payload(last)
+    jobs = [(split, m, inputs_for(prep, split, m, device)) for split in prep.splits.values() for m in methods]
+    for split, method, _ in jobs:  # a resume checkpoint that cannot be read safely is refused before any work
+        for seed in seeds_of(config):
+            last = model_dir(prep.run_dir, split.protocol, method.name, seed) / LAST
+            if last.exists():
+                checkpoint.load_payload(last)
     record(prep)
+    keys = [(split.protocol, method.name, seed) for split, method, _ in jobs for seed in seeds_of(config)]
+    if config.train.workers > 1 and device.type == "cpu" and len(keys) > 1:
+        return _train_in_workers(prep, keys, progress)
+    inputs = {(split.protocol, method.name): i for split, method, i in jobs}
+    return {f"{p}/{m}/seed{s}": train_one(prep, p, m, s, inputs[p, m], progress) for p, m, s in keys}
+
+
+def train_one(prep: Prepared, protocol: str, method_name: str, seed: int, inputs: ItemInputs, progress: bool) -> TrainResult:
+    """One trained method under one protocol and seed (resumes or skips finished work)."""
+    config, split = prep.config, prep.splits[protocol]
+    method = get_methods([method_name])[0]
+    return train_towers(
+        model_dir(prep.run_dir, protocol, method.name, seed),
+        replace(config.model, variant=method.variant),
+        replace(config.train, seed=seed),
+        split,
+        inputs,
+        config.split.history_len,
+        config.split.target_len,
+        method.name,
+        training_item_ids(split) if method.content == "ids" else None,
+        progress,
+    )
+
+
+def _train_in_workers(prep: Prepared, keys: list[tuple[str, str, int]], progress: bool) -> dict[str, TrainResult]:
+    context = multiprocessing.get_context("spawn")  # never fork after OpenMP (STACK.md)
     results = {}
-    for method in methods:
-        model_config = replace(config.model, variant=method.variant)
-        results[method.name] = train_towers(
-            prep.run_dir / "models" / method.name,
-            model_config,
-            config.train,
-            prep.split,
-            inputs[method.name],
-            config.split.history_len,
-            config.split.target_len,
-            method.name,
-            training_item_ids(prep.split) if method.content == "ids" else None,
-            progress,
-        )
-    return results
+    with ProcessPoolExecutor(max_workers=prep.config.train.workers, mp_context=context) as pool:
+        futures = {pool.submit(_train_job, prep.config, *key): key for key in keys}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="training", unit="model", disable=not progress):
+            protocol, method, seed = futures[future]
+            results[f"{protocol}/{method}/seed{seed}"] = result = future.result()
+            if progress:
+                tqdm.write(f"[{protocol}/{method}/seed{seed}] best epoch {result.best_epoch} of {len(result.history)}, "
+                           f"validation {prep.config.train.select_metric} {result.best_score:.4f}")
+    return {f"{p}/{m}/seed{s}": results[f"{p}/{m}/seed{s}"] for p, m, s in keys}
 
 
-def method_vectors(prep: Prepared, method: Method, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(user vectors for ``histories``, item vectors for the whole catalog) of one method."""
-    if not method.trained:
-        store = content_store(prep, method.content)
-        content = store.take(np.arange(len(store))).astype(np.float32)
-        content = content / np.linalg.norm(content, axis=1, keepdims=True)
-        users = np.stack([content[h].mean(axis=0) for h in histories])
-        return users / np.linalg.norm(users, axis=1, keepdims=True), content
-    payload = checkpoint.load_payload(prep.run_dir / "models" / method.name / BEST)
+def _train_job(config: PipelineConfig, protocol: str, method_name: str, seed: int) -> TrainResult:
+    """A worker process's job: rebuild the (deterministic) split, train one model on one thread."""
+    torch.set_num_threads(1)
+    prep = prepare(config)
+    method = get_methods([method_name])[0]
+    return train_one(prep, protocol, method_name, seed, inputs_for(prep, prep.splits[protocol], method, pick_device(config.train.device)), False)
+
+
+def tower_vectors(prep: Prepared, split: Split, method: Method, seed: int, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(user vectors for ``histories``, item vectors for the whole catalog) of one trained model."""
+    payload = checkpoint.load_payload(model_dir(prep.run_dir, split.protocol, method.name, seed) / BEST)
     device = pick_device(prep.config.train.device)
     model = checkpoint.build_model(payload, device)
-    inputs = inputs_for(prep, method, device)
-    return user_vectors(model, inputs, histories), item_vectors(model, inputs, np.arange(len(prep.split.item_ids)))
+    inputs = inputs_for(prep, split, method, device)
+    return user_vectors(model, inputs, histories), item_vectors(model, inputs, np.arange(len(split.item_ids)))
+
+
+def frozen_content_vectors(prep: Prepared, split: Split, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Baseline-v1: centred LLM content vectors; a user is the mean of their history's."""
+    store = content_store(prep, "llm")
+    items = baselines.centred_content(store.take(np.arange(len(store))).astype(np.float32), split.warm_items)
+    return baselines.mean_history_vectors(items, histories), items
 
 
 def embed(prep: Prepared) -> dict[str, Path]:
     """Publishable LEARN embeddings of the primary method: every user with a past, every item."""
-    config = prep.config
+    config, split = prep.config, prep.split
     method = get_methods([config.eval.primary_method])[0]
-    best_path = prep.run_dir / "models" / method.name / BEST
+    seed = config.train.seed
+    best_path = model_dir(prep.run_dir, split.protocol, method.name, seed) / BEST
     payload = checkpoint.load_payload(best_path)
-    inputs = inputs_for(prep, method, pick_device(config.train.device))
+    inputs = inputs_for(prep, split, method, pick_device(config.train.device))
     record(prep)
     version = checkpoint.model_version(payload, method.name, inputs.identity)
-    user_ids = sorted(prep.split.profiles)
-    users, items = method_vectors(prep, method, [prep.split.profiles[u] for u in user_ids])
+    user_ids = sorted(split.profiles)
+    users, items = tower_vectors(prep, split, method, seed, [split.profiles[u] for u in user_ids])
     out = prep.run_dir / "embeddings"
-    as_of = prep.split.cut_time
+    as_of = split.data_end if split.data_end is not None else pd.Timestamp.now(tz="UTC")
     paths = {
         "user": write_table(EmbeddingTable("user", user_ids, users, as_of, version), out / USER_FILE),
-        "item": write_table(EmbeddingTable("item", prep.split.item_ids, items, as_of, version), out / ITEM_FILE),
+        "item": write_table(EmbeddingTable("item", split.item_ids, items, as_of, version), out / ITEM_FILE),
     }
     write_json_atomic(
         run_manifest_path(prep.run_dir),
         {
             "model_version": version,
             "method": method.name,
+            "protocol": split.protocol,
             "dim": int(users.shape[1]),
             "as_of": as_of.isoformat(),
             "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
             "checkpoint": str(best_path.resolve()),
             "encoder": asdict(encoder_for(config, method.content)),
             "cache_dir": str(Path(config.cache_dir).resolve()),
+            "content_store": str(content_store_dir(prep.run_dir, method.content).resolve()),
+            "history_len": config.split.history_len,
             "users": len(user_ids),
-            "items": len(prep.split.item_ids),
+            "items": len(split.item_ids),
         },
     )
     return paths
 
 
-def evaluate(prep: Prepared, progress: bool = True) -> dict[str, dict]:
-    """Retrieval metrics of every method on the held-out test users, overall and on cold items."""
-    config, split = prep.config, prep.split
-    methods = get_methods(config.eval.methods)
-    for method in methods:  # every input is checked before anything is written
-        if method.trained:
-            checkpoint.load_payload(prep.run_dir / "models" / method.name / BEST)
-        if method.content != "ids":
-            content_store(prep, method.content)
-    record(prep)
-    test = split.test
-    cold_targets = [t[~split.warm_items[t]] for t in test.targets]
-    results = {}
-    for method in tqdm(methods, desc="evaluating", disable=not progress):
-        users, items = method_vectors(prep, method, test.histories)
-        ranked = rank_items(users, items, test.exclude, max(config.eval.ks))
-        results[method.name] = method_metrics(ranked, test.targets, cold_targets, config.eval)
-    write_json_atomic(prep.run_dir / "metrics.json", results)
-    write_text_atomic(prep.run_dir / "metrics.md", metrics_markdown(results, split.summary(), config.eval.ks))
-    return results
+def method_scores(prep: Prepared, split: Split, method: Method, seed: int, users: EvalUsers, knn_k: int | None = None) -> tuple[np.ndarray, dict]:
+    """(users x items) scores of one method for ``users``, and its vector diagnostics (if it has vectors)."""
+    config = prep.config
+    if method.kind == "popularity":
+        return baselines.popularity_scores(split, users), {}
+    if method.kind == "popularity_recent":
+        return baselines.popularity_recent_scores(split, users, config.eval.recent_days), {}
+    if method.kind == "item_knn":
+        similarity = baselines.cooccurrence_similarity(split.train, len(split.item_ids), knn_k or baselines.KNN_NEIGHBOURS[-1])
+        return baselines.item_knn_scores(similarity, users.histories), {}
+    if method.kind == "content_mean":
+        user_vecs, item_vecs = frozen_content_vectors(prep, split, users.histories)
+    else:
+        user_vecs, item_vecs = tower_vectors(prep, split, method, seed, users.histories)
+    scores = user_vecs @ item_vecs.T
+    popularity = baselines.training_positive_counts(split.train, len(split.item_ids))
+    return scores, vector_diagnostics(user_vecs, item_vecs, scores, popularity, split.warm_items)
+
+
+def choose_knn_neighbours(prep: Prepared, split: Split) -> int:
+    """item_knn's k, chosen on the validation users (never on test users) by the training metric."""
+    if not len(split.val):
+        return baselines.KNN_NEIGHBOURS[-1]
+    metric = prep.config.train.select_metric
+    depth = int(metric.split("@")[1])
+
+    def score(k: int) -> float:
+        scores = baselines.item_knn_scores(baselines.cooccurrence_similarity(split.train, len(split.item_ids), k), split.val.histories)
+        return validation_score_of_scores(scores, split.val, metric, depth)
+
+    return max(baselines.KNN_NEIGHBOURS, key=score)
+
+
+def evaluation_outputs(on: str) -> tuple[str, str, str]:
+    """(metrics.json, metrics.md, per_user.parquet) names for the ``test`` or ``validation`` users."""
+    suffix = "" if on == "test" else f"-{on}"
+    return f"metrics{suffix}.json", f"metrics{suffix}.md", f"per_user{suffix}.parquet"
+
+
+def evaluate(prep: Prepared, progress: bool = True, on: str = "test") -> dict[str, dict]:
+    """Retrieval metrics of every method on each protocol's test users, overall and on cold items.
+
+    ``on="validation"`` scores the validation users instead, into ``metrics-validation.*``: the
+    table to compare settings on, since choosing by the test table would tune on test users.
+    """
+    config = prep.config
+    depth = max(config.eval.ks)
+    seeds = seeds_of(config)
+    results: dict[str, dict] = {}
+    per_user = []
+    trained = train(prep, progress=progress)
+    for protocol, split in prep.splits.items():
+        test = split.test if on == "test" else split.val
+        cold_targets = [t[~split.warm_items[t]] for t in test.targets]
+        rankings = []
+        for method in tqdm(get_methods(config.eval.methods), desc=f"evaluating ({protocol})", disable=not progress):
+            runs = seeds if method.trained else seeds[:1]
+            knn_k = choose_knn_neighbours(prep, split) if method.kind == "item_knn" else None
+            ranked, diagnostics = [], {}
+            for seed in runs:
+                scores, diagnostics = method_scores(prep, split, method, seed, test, knn_k)
+                ranked.append(rank_scores(scores, test.exclude, depth))
+            if knn_k is not None:
+                diagnostics = {"neighbours": knn_k}
+            training = [_training_summary(trained[f"{protocol}/{method.name}/seed{seed}"]) for seed in runs] if method.trained else []
+            rankings.append(MethodRankings(method.name, ranked, diagnostics, training))
+        results[protocol] = {
+            "split": split.summary(),
+            "users": len(test),
+            "seeds": seeds,
+            "methods": protocol_metrics(rankings, test.targets, cold_targets, config.eval.ks, config.eval.bootstrap_rounds),
+        }
+        per_user.append(per_user_frame(protocol, rankings, test.user_ids, test.targets, cold_targets, config.eval.ks, seeds))
+    document = {"evaluated_users": on, "protocols": results}
+    json_name, md_name, per_user_name = evaluation_outputs(on)
+    write_json_atomic(prep.run_dir / json_name, document)
+    write_text_atomic(prep.run_dir / md_name, metrics_markdown(results, config.eval.ks, on))
+    with atomic_path(prep.run_dir / per_user_name) as tmp:
+        pq.write_table(pa.Table.from_pandas(pd.concat(per_user, ignore_index=True), preserve_index=False), tmp)
+    return document
+
+
+def _training_summary(result: TrainResult) -> dict:
+    last = result.history[-1] if result.history else {}
+    return {
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "best_validation": result.best_score,
+        "final_loss": last.get("loss"),
+        "final_chance_loss": last.get("chance_loss"),
+        "history": result.history,
+    }

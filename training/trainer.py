@@ -1,10 +1,18 @@
 """Training the PCH towers with dense all-action InfoNCE, resumably and reproducibly.
 
-Each epoch draws ``samples_per_user`` random cut points inside every training user's past
-sequence: the part before the cut is the history (last N), the part after it the target
-(first M). Sampling and dropout are seeded from (seed, epoch), so a run resumed from
-``last.pt`` continues exactly as an uninterrupted one would. ``best.pt`` keeps the epoch with
-the best validation score (validation users only; test users never influence training).
+Each epoch draws random cut points inside every training user's sequence, in proportion to its
+length (``coverage``: about one pass over every event per epoch): the part before the cut is
+the history (last N events), the positive events among the next M are the targets. Sampling and
+dropout are seeded from (seed, epoch), so a run resumed from ``last.pt`` continues exactly as an
+uninterrupted one would. ``best.pt`` keeps the epoch with the best validation score (validation
+windows only; test users never influence training). Every epoch records the mean loss next to
+the loss of a model that scores every item alike (``chance``), so a run that learned nothing
+shows it.
+
+The objective (``Objective``) is the dense all-action InfoNCE with the corrections of
+``learn_features.pch.loss``: log-q sampling-bias correction from the items' share of training
+positives, false-negative masking, optional uniformly sampled extra negatives, and for variant 1
+the same loss over the targets embedded alone, the path serving uses.
 
 Speed (all off the CPU default path, which stays fp32 and bit-reproducible): bf16 autocast
 and a fused Adam/AdamW kernel on CUDA, batches built one step ahead in a background thread
@@ -38,22 +46,22 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from learn_features.cex.model_loading import pick_device
-from learn_features.data.split import EvalUsers, Split
+from learn_features.data.split import EvalUsers, Split, TrainSequence
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
 from learn_features.pch.batching import Batch, make_batch
 from learn_features.pch.inference import item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
-from learn_features.pch.loss import dense_all_action_infonce
+from learn_features.pch.loss import Candidates, dense_all_action_infonce
 from learn_features.pch.model import PCH, PCHConfig
-from learn_features.retrieval import rank_items, score_rankings
-from training.collectives import World, gather_targets
+from learn_features.retrieval import rank_items, rank_scores, score_rankings
+from training.collectives import World, gather_rows, gather_targets
 from training.loader import prefetch, to_device_ahead
 
 LAST = "last.pt"
 BEST = "best.pt"
 # Execution choices that leave the training math unchanged: toggling them still resumes last.pt.
-RUNTIME_ONLY = ("prefetch", "compile", "device")  # the device counts only through the bf16/fused it allows
+RUNTIME_ONLY = ("prefetch", "compile", "device", "workers")  # the device counts only through the bf16/fused it allows
 SELECT_METRIC = re.compile(r"(hit|recall|ndcg)@\d+")  # what retrieval.per_user_scores computes per K
 
 
@@ -65,7 +73,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 30  # global: split over the ranks of a distributed run
     warmup_ratio: float = 0.1
-    samples_per_user: int = 1
+    coverage: float = 1.0  # windows per user and epoch: max(1, round(coverage * (events - 1) / target_len))
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     patience: int = 3  # epochs without validation improvement before stopping
@@ -79,10 +87,22 @@ class TrainConfig:
     bf16: bool = True  # bf16 autocast on CUDA; CPU always runs fp32
     prefetch: int = 1  # batches built ahead in a background thread (pinned on CUDA); 0 = inline
     compile: bool = False  # torch.compile the towers; the first steps pay for compilation
+    workers: int = 1  # CPU: models trained at once, each in its own single-threaded process
+    logq_correction: bool = True  # subtract log(expected draws) from every item's logit (Yi et al. 2019)
+    mask_false_negatives: bool = True  # another user's target that is also one of mine is no negative
+    uniform_negatives: int = 0  # extra negatives per batch drawn uniformly from the catalog (mixed negatives)
+    serving_loss_weight: float = 1.0  # variant 1: weight of the loss over targets embedded alone, as served
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 2 or self.samples_per_user < 1:
-            raise LearnFeaturesError("train.lr must be > 0, train.epochs >= 1, train.batch_size >= 2 (negatives come from other users), train.samples_per_user >= 1")
+        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 2 or self.coverage <= 0:
+            raise LearnFeaturesError("train.lr must be > 0, train.epochs >= 1, train.batch_size >= 2 (negatives come from other users), train.coverage > 0")
+        if self.uniform_negatives < 0 or self.serving_loss_weight < 0:
+            raise LearnFeaturesError("train.uniform_negatives and train.serving_loss_weight must be >= 0")
+        if self.workers < 1:
+            raise LearnFeaturesError(f"train.workers must be >= 1, got {self.workers}")
+        metric, _, depth = self.select_metric.partition("@")
+        if metric not in ("recall", "ndcg", "hit") or not depth.isdigit() or int(depth) < 1:
+            raise LearnFeaturesError(f"train.select_metric must look like recall@50, ndcg@10 or hit@100, got {self.select_metric!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise LearnFeaturesError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.prefetch < 0:
@@ -101,14 +121,79 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def sample_epoch(train: dict[str, np.ndarray], config: TrainConfig, history_len: int, target_len: int, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def windows_per_user(events: int, target_len: int, coverage: float) -> int:
+    """Windows a user contributes per epoch: in proportion to the length of their sequence (none
+    for a single event, which has no history before a target)."""
+    return max(1, round(coverage * (events - 1) / target_len)) if events >= 2 else 0
+
+
+def sample_epoch(train: dict[str, TrainSequence], config: TrainConfig, history_len: int, target_len: int, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(history, targets) windows: a cut c, the last N events before it, the positives among the next M.
+
+    Cuts are drawn among the positions whose next M events hold a positive, so every window
+    has a target.
+    """
     rng = np.random.default_rng([config.seed, epoch])
     samples = []
     for user in sorted(train):
         seq = train[user]
-        for cut in rng.integers(1, len(seq), size=config.samples_per_user):
-            samples.append((seq[max(0, cut - history_len) : cut], seq[cut : cut + target_len]))
+        positives = np.r_[0, np.cumsum(seq.positive)]
+        starts = np.arange(1, len(seq))
+        cuts = starts[positives[np.minimum(starts + target_len, len(seq))] > positives[starts]]
+        if not len(cuts):
+            continue
+        for cut in rng.choice(cuts, size=windows_per_user(len(seq), target_len, config.coverage)):
+            window = slice(cut, cut + target_len)
+            samples.append((seq.items[max(0, cut - history_len) : cut], seq.items[window][seq.positive[window]]))
     return [samples[i] for i in rng.permutation(len(samples))]
+
+
+def epoch_extras(config: TrainConfig, epoch: int, batches: int, n_items: int) -> list[np.ndarray] | None:
+    """Each batch's uniformly drawn extra negatives (the same on every rank), or None."""
+    if not config.uniform_negatives:
+        return None
+    rng = np.random.default_rng([config.seed, epoch, 1])
+    return list(rng.integers(0, n_items, size=(batches, config.uniform_negatives)))
+
+
+@dataclass
+class Objective:
+    """What one training run's loss adds to plain in-batch InfoNCE (see ``learn_features.pch.loss``)."""
+
+    log_share: torch.Tensor | None  # (n_items,) log of each item's share of training positives; None: no log-q
+    mask_false_negatives: bool
+    serving_weight: float  # > 0 only for variant 1
+    n_items: int
+
+    @classmethod
+    def build(cls, config: TrainConfig, model_config: PCHConfig, train: dict[str, TrainSequence], n_items: int, device: torch.device) -> "Objective":
+        log_share = None
+        if config.logq_correction:
+            counts = np.zeros(n_items, dtype=np.float64)
+            for seq in train.values():
+                np.add.at(counts, seq.items[seq.positive], 1.0)
+            with np.errstate(divide="ignore"):
+                log_share = torch.as_tensor(np.log(counts / counts.sum()), dtype=torch.float32, device=device)
+        serving = config.serving_loss_weight if model_config.variant == 1 else 0.0
+        return cls(log_share, config.mask_false_negatives, serving, n_items)
+
+    def candidates(self, target_ids: torch.Tensor, target_lengths: torch.Tensor, extra_ids: torch.Tensor | None, extra: torch.Tensor | None) -> Candidates:
+        """The loss's view of the gathered batch: ids for masking, log q for correction.
+
+        An in-batch item is expected ``targets x share`` times among the candidates, a uniform
+        extra ``extras / n_items`` times: the log of those expected counts is what each logit loses.
+        """
+        target_log_q = extra_log_q = None
+        if self.log_share is not None:
+            drawn = target_lengths.sum().clamp_min(1).float()
+            target_log_q = self.log_share[target_ids.clamp_min(0)] + torch.log(drawn)
+            if extra_ids is not None:
+                extra_log_q = torch.full(extra_ids.shape, math.log(len(extra_ids) / self.n_items), device=extra_ids.device)
+        mask = self.mask_false_negatives
+        return Candidates(
+            target_ids=target_ids if mask else None, target_log_q=target_log_q,
+            extra=extra, extra_ids=extra_ids if mask else None, extra_log_q=extra_log_q,
+        )
 
 
 def validation_score(model: PCH, inputs: ItemInputs, users: EvalUsers, n_items: int, metric: str) -> float:
@@ -116,6 +201,11 @@ def validation_score(model: PCH, inputs: ItemInputs, users: EvalUsers, n_items: 
     model.eval()
     ranked = rank_items(user_vectors(model, inputs, users.histories), item_vectors(model, inputs, np.arange(n_items)), users.exclude, depth)
     return score_rankings(ranked, users.targets, (depth,))[metric]
+
+
+def validation_score_of_scores(scores: np.ndarray, users: EvalUsers, metric: str, depth: int) -> float:
+    """The same validation metric for a method given as a dense (users x items) score matrix."""
+    return score_rankings(rank_scores(scores, users.exclude, depth), users.targets, (depth,))[metric]
 
 
 def _fingerprint(*parts: object) -> str:
@@ -146,13 +236,16 @@ def global_batches(samples: list[tuple[np.ndarray, np.ndarray]], batch_size: int
     return [batch for batch in batches if len(batch) >= max(2, world.size)]
 
 
-def host_batches(batches: list[list[tuple[np.ndarray, np.ndarray]]], inputs: ItemInputs, world: World, pin: bool) -> Iterator[Batch]:
+def host_batches(
+    batches: list[list[tuple[np.ndarray, np.ndarray]]], inputs: ItemInputs, world: World, pin: bool, extras: list[np.ndarray] | None = None
+) -> Iterator[Batch]:
     """This rank's part of each global batch, built on the host (run ahead by ``prefetch``).
 
-    Targets are padded to the global batch's longest so that ranks can gather them.
+    Targets are padded to the global batch's longest so that ranks can gather them; the extra
+    negatives are the whole batch's, on every rank.
     """
-    for batch in batches:
-        host = make_batch(world.part(batch), inputs, target_length=max(len(t) for _, t in batch))
+    for k, batch in enumerate(batches):
+        host = make_batch(world.part(batch), inputs, max(len(t) for _, t in batch), None if extras is None else extras[k])
         yield host.pin_memory() if pin else host
 
 
@@ -167,21 +260,41 @@ def train_step(
     config: TrainConfig,
     world: World,
     autocast: torch.autocast,
-) -> float:
-    """One optimizer step on this rank's part of a global batch of ``global_size`` users; returns the batch loss."""
+    objective: Objective | None = None,
+) -> tuple[float, float]:
+    """One optimizer step on this rank's part of a global batch of ``global_size`` users.
+
+    Returns (the batch loss, the loss a model scoring every item alike would have on it).
+    """
+    objective = objective or Objective(None, False, 0.0, 0)
+    extra = None if batch.extra is None else inputs.lookup(batch.extra, batch.rows)
     with autocast:
-        users, items = module(inputs.lookup(batch.history, batch.rows), inputs.lookup(batch.targets, batch.rows))
+        users, items, served, extra = module(
+            inputs.lookup(batch.history, batch.rows), inputs.lookup(batch.targets, batch.rows), extra, objective.serving_weight > 0
+        )
     all_items, all_lengths, first_user = gather_targets(world, items.float(), batch.target_lengths, global_size)
-    loss = dense_all_action_infonce(
-        users.float(), all_items, batch.history_lengths, all_lengths, model.config.temperature, config.alpha, config.beta,
-        first_user=first_user, global_batch=None if world.size == 1 else global_size,
+    candidates = objective.candidates(
+        gather_rows(world, batch.target_items, global_size), all_lengths, batch.extra_items, None if extra is None else extra.float()
     )
+    loss_of = partial(
+        dense_all_action_infonce, history_lengths=batch.history_lengths, target_lengths=all_lengths, temperature=model.config.temperature,
+        alpha=config.alpha, beta=config.beta, first_user=first_user, global_batch=None if world.size == 1 else global_size, candidates=candidates,
+    )
+    loss = loss_of(users.float(), all_items)
+    if served is not None:
+        all_served, _, _ = gather_targets(world, served.float(), batch.target_lengths, global_size)
+        loss = loss + objective.serving_weight * loss_of(users.float(), all_served)
+    with torch.no_grad():  # the same loss for scores that are all equal: the chance level
+        flat = torch.zeros_like(users[:, :1].float())
+        chance = loss_of(flat, torch.zeros_like(all_items), history_lengths=torch.ones_like(batch.history_lengths))
+        if served is not None:
+            chance = chance * (1.0 + objective.serving_weight)
     optimizer.zero_grad(set_to_none=True)
     (loss * world.size).backward()  # DDP averages gradients over ranks; the ranks' loss shares must add up instead
     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     optimizer.step()
     scheduler.step()
-    return world.sum(loss.detach()).item()
+    return world.sum(loss.detach()).item(), world.sum(chance).item()
 
 
 def epoch_score(model: PCH, inputs: ItemInputs, split: Split, config: TrainConfig, mean_loss: float, world: World) -> float:
@@ -220,7 +333,10 @@ def train_towers(
     torch.manual_seed(config.seed)
     model = PCH(model_config, content_dim=inputs.content_dim, num_items=inputs.num_id_slots).to(device)
     optimizer = build_optimizer(model, config, device)
-    steps_per_epoch = math.ceil(len(split.train) * config.samples_per_user / config.batch_size)
+    n_items = len(split.item_ids)
+    objective = Objective.build(config, model_config, split.train, n_items, device)
+    windows = sum(windows_per_user(len(seq), target_len, config.coverage) for seq in split.train.values())
+    steps_per_epoch = math.ceil(windows / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     state = {"epoch": -1, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
@@ -238,24 +354,33 @@ def train_towers(
 
     module = step_module(model, config, device, world)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
-    step = partial(train_step, module, model, inputs=inputs, optimizer=optimizer, scheduler=scheduler, config=config, world=world, autocast=autocast)
+    step = partial(
+        train_step, module, model, inputs=inputs, optimizer=optimizer, scheduler=scheduler, config=config, world=world,
+        autocast=autocast, objective=objective,
+    )
     for epoch in range(state["epoch"] + 1, config.epochs):
         if state["bad_epochs"] >= config.patience:
             break
         torch.manual_seed((config.seed * 100_003 + epoch) * world.size + world.rank)  # own dropout per rank
         model.train()
         batches = global_batches(sample_epoch(split.train, config, history_len, target_len, epoch), config.batch_size, world)
-        losses = []
-        with closing(prefetch(host_batches(batches, inputs, world, pin=device.type == "cuda"), config.prefetch)) as ready:
+        extras = epoch_extras(config, epoch, len(batches), n_items)
+        losses, chances = [], []
+        with closing(prefetch(host_batches(batches, inputs, world, device.type == "cuda", extras), config.prefetch)) as ready:
             steps = zip((len(b) for b in batches), to_device_ahead(ready, device))
             desc = f"[{method}] epoch {epoch + 1}/{config.epochs}"
             for global_size, batch in tqdm(steps, total=len(batches), desc=desc, disable=not (progress and lead), leave=False):
-                losses.append(step(batch, global_size))
+                loss, chance = step(batch, global_size)
+                losses.append(loss)
+                chances.append(chance)
         mean_loss = float(np.mean(losses)) if losses else float("nan")
+        mean_chance = float(np.mean(chances)) if chances else float("nan")
         score = epoch_score(model, inputs, split, config, mean_loss, world)
-        state["history"].append({"epoch": epoch + 1, "loss": mean_loss, f"val_{config.select_metric}": score})
+        state["history"].append({"epoch": epoch + 1, "loss": mean_loss, "chance_loss": mean_chance, f"val_{config.select_metric}": score})
         if progress and lead:
-            tqdm.write(f"[{method}] epoch {epoch + 1}: loss {mean_loss:.4f}, validation {config.select_metric} {score:.4f}")
+            tqdm.write(
+                f"[{method}] epoch {epoch + 1}: loss {mean_loss:.4f} (chance {mean_chance:.4f}), validation {config.select_metric} {score:.4f}"
+            )
         if score > state["best_score"]:
             state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
             extra = {"method": method, "epoch": epoch + 1, "val_score": score, "fingerprint": fingerprint}

@@ -1,39 +1,64 @@
-"""Leak-free chronological split at one global cut time.
+"""Leak-free evaluation protocols: who trains on what, and which events each evaluated user must find.
 
-- Everything before the cut is "the past"; training sees only past events of training users.
-- Test users are the users active on both sides of the cut. They are held out of training
-  entirely: history = their last N events before the cut, target = their first M events at
-  or after it.
-- Validation users are a random share of the remaining users, also held out of training.
-  Their past sequence is cut internally (target = its last min(M, len/2) events), so model
-  selection never looks at anything after the global cut, nor at any test user.
-- Cold-start items are items with no event before the cut: no model has seen their ids.
+Two protocols, chosen by ``split.protocol``:
 
-On MovieLens few users straddle any global cut (users rate in bursts), so the test set is
-small; the evaluation reports the user count with every table.
+``temporal`` (default): one global cut time T.
+- Training sees every event before T, of every user (held-out windows of validation users aside,
+  see below). Nothing at or after T ever reaches training.
+- Test users are all users with events at or after T, new users included: the towers are
+  inductive and need no user id. A test user's post-cut events are halved: the first half joins
+  the history, and the target window is the next ``target_len`` events after it. History is the
+  last ``history_len`` events before the window, pre- and post-cut alike; targets are the
+  window's distinct positive items the user had not interacted with before the window. So a
+  user with pre-cut events and one post-cut event has that event as target, and a new user with
+  two post-cut events has one as history and one as target.
+- Validation (model selection): ``val_fraction`` of the users with at least ``min_val_events``
+  pre-cut events hold out the tail of their pre-cut sequence, built like a test window (target
+  window after the first half, at most ``target_len`` events). Everything from the window on is
+  removed from training, so the validation targets never train; the earlier part still does.
+
+``leave_one_out``: the literature's protocol (SASRec, RecFormer, LEARN's own code). Per user, in
+sequence order: the last positive event is the test target, the positive event before it is the
+validation target, and everything before the validation target trains. Users with fewer than
+two positives (or no event before them) only train. Order is all it needs, so data without
+timestamps works. It leaks across the global timeline (a user's training events can come after
+another user's test target), which the temporal protocol exists to avoid.
+
+In both, history excludes nothing (every event is context) while targets, in training and in
+evaluation, are positive events only (``positive`` column, see ``data.positive``). Items the
+user interacted with before the target window are excluded from the ranking: recommending what
+the user already consumed is not the task. Cold-start items are items with no training event.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from learn_features.errors import LearnFeaturesError
 
+Protocol = Literal["temporal", "leave_one_out"]
+PROTOCOLS: tuple[str, ...] = ("temporal", "leave_one_out")
+
 
 @dataclass
 class SplitConfig:
-    cut_time: str | None = None  # ISO-8601; wins over cut_quantile when set
-    cut_quantile: float = 0.8  # of all interaction timestamps
+    protocols: list[str] = field(default_factory=lambda: ["temporal"])  # the first one is what `embed` publishes
+    cut_time: str | None = None  # ISO-8601; wins over cut_quantile when set (temporal)
+    cut_quantile: float = 0.8  # of all interaction timestamps (temporal)
     history_len: int = 80
     target_len: int = 40
-    val_fraction: float = 0.15
-    min_val_events: int = 4  # a validation user needs at least this many past events
+    val_fraction: float = 0.15  # temporal: share of users with a held-out validation window
+    min_val_events: int = 4  # temporal: a validation user needs at least this many pre-cut events
     seed: int = 0
 
     def __post_init__(self) -> None:
+        unknown = [p for p in self.protocols if p not in PROTOCOLS]
+        if unknown or not self.protocols or len(set(self.protocols)) != len(self.protocols):
+            raise LearnFeaturesError(f"split.protocols must be distinct values of {list(PROTOCOLS)}, got {self.protocols}")
         if not 0.0 < self.cut_quantile < 1.0:
             raise LearnFeaturesError(f"split.cut_quantile must be in (0, 1), got {self.cut_quantile}")
         if self.history_len < 1 or self.target_len < 1:
@@ -44,37 +69,72 @@ class SplitConfig:
             # A validation user's past is split into history and target, so it needs one of each.
             raise LearnFeaturesError(f"split.min_val_events must be >= 2, got {self.min_val_events}")
 
+    @property
+    def primary_protocol(self) -> str:
+        return self.protocols[0]
+
+
+@dataclass
+class TrainSequence:
+    """One user's training events in order: item indices, which are positives, and their times."""
+
+    items: np.ndarray  # int64 catalog indices
+    positive: np.ndarray  # bool
+    times: np.ndarray  # int64 unix seconds (0 when the data has order only)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
 
 @dataclass
 class EvalUsers:
     """Users scored by retrieval: history in, targets to find, past items excluded from ranking."""
 
-    user_ids: list[str]
-    histories: list[np.ndarray]
-    targets: list[np.ndarray]
-    exclude: list[np.ndarray]
+    user_ids: list[str] = field(default_factory=list)
+    histories: list[np.ndarray] = field(default_factory=list)  # last N events before the target window
+    targets: list[np.ndarray] = field(default_factory=list)  # distinct positive items of the window, new to the user
+    exclude: list[np.ndarray] = field(default_factory=list)  # every item the user touched before the window
+    target_times: list[int] = field(default_factory=list)  # unix seconds of the window's first event
 
     def __len__(self) -> int:
         return len(self.user_ids)
 
+    def add(self, user: str, before: np.ndarray, window: np.ndarray, window_positive: np.ndarray, time: int, history_len: int) -> bool:
+        """Add ``user`` if the window holds a positive item new to them; returns whether it did."""
+        seen = np.unique(before)
+        targets = _unique_in_order(window[window_positive])
+        targets = targets[~np.isin(targets, seen)]
+        if not len(before) or not len(targets):
+            return False
+        self.user_ids.append(user)
+        self.histories.append(before[-history_len:])
+        self.targets.append(targets)
+        self.exclude.append(seen)
+        self.target_times.append(int(time))
+        return True
+
 
 @dataclass
 class Split:
-    cut_time: pd.Timestamp
+    protocol: str
+    cut_time: pd.Timestamp | None  # temporal: T; leave-one-out: None
     item_ids: list[str]  # index -> item_id, in catalog order
-    train: dict[str, np.ndarray]  # training user -> chronological past item indices
+    train: dict[str, TrainSequence]  # user -> training events (a lone event gives no window, but counts for popularity and ids)
     val: EvalUsers
     test: EvalUsers
-    profiles: dict[str, np.ndarray]  # every user with past events -> last N past item indices
-    warm_items: np.ndarray  # bool per item: seen before the cut
+    profiles: dict[str, np.ndarray]  # every user with training-period events -> last N of them (what `embed` publishes)
+    warm_items: np.ndarray  # bool per item: has a training event
+    data_end: pd.Timestamp | None  # the latest time the trained model knows of (temporal: T)
 
     def summary(self) -> dict[str, object]:
         return {
-            "cut_time": self.cut_time.isoformat(),
+            "protocol": self.protocol,
+            "cut_time": None if self.cut_time is None else self.cut_time.isoformat(),
             "items": len(self.item_ids),
             "warm_items": int(self.warm_items.sum()),
             "train_users": len(self.train),
             "train_events": int(sum(len(s) for s in self.train.values())),
+            "train_positives": int(sum(int(s.positive.sum()) for s in self.train.values())),
             "val_users": len(self.val),
             "test_users": len(self.test),
             "test_targets": int(sum(len(t) for t in self.test.targets)),
@@ -98,6 +158,8 @@ def parse_time(value: str, field: str) -> pd.Timestamp:
 def resolve_cut_time(interactions: pd.DataFrame, config: SplitConfig) -> pd.Timestamp:
     if config.cut_time:
         return parse_time(config.cut_time, "split.cut_time")
+    if "timestamp" not in interactions or interactions["timestamp"].isna().all():
+        raise LearnFeaturesError("the temporal protocol needs interaction timestamps; this data has order only (use split.protocols = [\"leave_one_out\"])")
     ordered = interactions["timestamp"].sort_values(kind="stable").reset_index(drop=True)
     if ordered.empty:
         raise LearnFeaturesError("no interactions: there is nothing to place a cut in")
@@ -109,63 +171,124 @@ def _unique_in_order(values: np.ndarray) -> np.ndarray:
     return values[np.sort(first)]
 
 
-def split_dataset(interactions: pd.DataFrame, catalog: pd.DataFrame, config: SplitConfig) -> Split:
-    """``interactions`` must be validated (see data.tables) and cover catalog items only."""
+@dataclass
+class _UserEvents:
+    items: np.ndarray
+    positive: np.ndarray
+    times: np.ndarray  # int64 unix seconds
+
+    def seq(self, start: int = 0, end: int | None = None) -> TrainSequence:
+        return TrainSequence(self.items[start:end], self.positive[start:end], self.times[start:end])
+
+
+def _user_events(interactions: pd.DataFrame, item_ids: list[str]) -> dict[str, _UserEvents]:
+    """Each user's events in sequence order: the ``order`` column of ``data.tables.assemble``,
+    else time then item id."""
+    index = pd.Series(np.arange(len(item_ids)), index=item_ids)
+    keys = ["user_id", "order"] if "order" in interactions else ["user_id", "timestamp", "item_id"]
+    events = interactions.sort_values(keys, kind="stable")
+    items = index.loc[events["item_id"]].to_numpy()
+    positive = events["positive"].to_numpy(dtype=bool) if "positive" in events else np.ones(len(events), bool)
+    if "timestamp" in events and events["timestamp"].notna().all():
+        times = events["timestamp"].to_numpy(dtype="datetime64[s]").astype(np.int64)
+    else:
+        times = np.zeros(len(events), np.int64)
+    users = events["user_id"].to_numpy()
+    bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
+    return {
+        str(users[s]): _UserEvents(items[s:e], positive[s:e], times[s:e]) for s, e in zip(bounds[:-1], bounds[1:])
+    }
+
+
+def _window_start(n_before: int, n_after: int) -> int:
+    """Where the target window starts: after the first half of the events being evaluated."""
+    return n_before + n_after // 2
+
+
+def split_temporal(interactions: pd.DataFrame, catalog: pd.DataFrame, config: SplitConfig) -> Split:
     cut = resolve_cut_time(interactions, config)
     item_ids = catalog["item_id"].tolist()
-    index = pd.Series(np.arange(len(item_ids)), index=item_ids)
-    events = interactions.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
-    item_index = index.loc[events["item_id"]].to_numpy()
-    past_mask = (events["timestamp"] < cut).to_numpy()
-    warm = np.zeros(len(item_ids), dtype=bool)
-    warm[item_index[past_mask]] = True
-
-    past: dict[str, np.ndarray] = {}
-    future: dict[str, np.ndarray] = {}
-    users = events["user_id"].to_numpy()
-    boundaries = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
-    for start, end in zip(boundaries[:-1], boundaries[1:]):
-        user = str(users[start])
-        seq, mask = item_index[start:end], past_mask[start:end]
-        if mask.any():
-            past[user] = seq[mask]
-        if (~mask).any():
-            future[user] = seq[~mask]
-
+    per_user = _user_events(interactions, item_ids)
+    cut_s = int(cut.timestamp())
     n, m = config.history_len, config.target_len
-    test_ids = sorted(u for u in future if u in past)
-    test = EvalUsers(test_ids, [], [], [])
-    for user in test_ids:
-        seen = np.unique(past[user])
-        targets = _unique_in_order(future[user][:m])
-        test.histories.append(past[user][-n:])
-        test.targets.append(targets[~np.isin(targets, seen)])
-        test.exclude.append(seen)
-    keep = [i for i, t in enumerate(test.targets) if len(t)]
-    test = EvalUsers(*[[getattr(test, f)[i] for i in keep] for f in ("user_ids", "histories", "targets", "exclude")])
 
-    held_out = set(test_ids)
-    rest = sorted(u for u in past if u not in held_out)
+    test = EvalUsers()
+    past: dict[str, _UserEvents] = {}
+    for user in sorted(per_user):
+        ev = per_user[user]
+        n_past = int(np.searchsorted(ev.times, cut_s, side="left"))  # events are time-ordered
+        if n_past:
+            past[user] = _UserEvents(ev.items[:n_past], ev.positive[:n_past], ev.times[:n_past])
+        if n_past < len(ev.items):
+            s = _window_start(n_past, len(ev.items) - n_past)
+            test.add(user, ev.items[:s], ev.items[s : s + m], ev.positive[s : s + m], ev.times[s], n)
+
     rng = np.random.default_rng(config.seed)
-    candidates = [u for u in rest if len(past[u]) >= config.min_val_events]
-    n_val = int(round(config.val_fraction * len(rest)))
-    val_ids = sorted(rng.choice(candidates, size=min(n_val, len(candidates)), replace=False).tolist())
-    val = EvalUsers(val_ids, [], [], [])
+    candidates = [u for u in sorted(past) if len(past[u].items) >= config.min_val_events]
+    n_val = min(int(round(config.val_fraction * len(past))), len(candidates))
+    val_ids = sorted(rng.choice(candidates, size=n_val, replace=False).tolist()) if n_val else []
+    val = EvalUsers()
+    train: dict[str, TrainSequence] = {}
+    held_from: dict[str, int] = {}
     for user in val_ids:
-        seq = past[user]
-        k = min(m, len(seq) // 2)
-        history_all = seq[:-k]
-        seen = np.unique(history_all)
-        targets = _unique_in_order(seq[-k:])
-        val.histories.append(history_all[-n:])
-        val.targets.append(targets[~np.isin(targets, seen)])
-        val.exclude.append(seen)
+        ev = past[user]
+        s = max(_window_start(0, len(ev.items)), len(ev.items) - m)
+        if val.add(user, ev.items[:s], ev.items[s : s + m], ev.positive[s : s + m], ev.times[s], n):
+            held_from[user] = s
+    for user, ev in past.items():
+        seq = ev.seq(0, held_from.get(user))
+        if len(seq):
+            train[user] = seq
+    _require_users(train, test, f"the cut {cut.isoformat()}")
+    warm = _warm(train, len(item_ids))
+    profiles = {u: ev.items[-n:] for u, ev in past.items()}
+    return Split("temporal", cut, item_ids, train, val, test, profiles, warm, cut)
 
-    val_set = set(val_ids)
-    train = {u: past[u] for u in rest if u not in val_set and len(past[u]) >= 2}
-    if not train:
-        raise LearnFeaturesError(f"no training users: no user has 2+ events before the cut {cut.isoformat()}")
+
+def split_leave_one_out(interactions: pd.DataFrame, catalog: pd.DataFrame, config: SplitConfig) -> Split:
+    item_ids = catalog["item_id"].tolist()
+    per_user = _user_events(interactions, item_ids)
+    n = config.history_len
+    train: dict[str, TrainSequence] = {}
+    val, test = EvalUsers(), EvalUsers()
+    for user in sorted(per_user):
+        ev = per_user[user]
+        positions = np.flatnonzero(ev.positive)
+        keep = len(ev.items)
+        if len(positions) >= 2 and positions[-2] >= 1:
+            t, v = int(positions[-1]), int(positions[-2])
+            single = np.ones(1, bool)
+            in_test = test.add(user, ev.items[:t], ev.items[t : t + 1], single, ev.times[t], n)
+            in_val = val.add(user, ev.items[:v], ev.items[v : v + 1], single, ev.times[v], n)
+            if in_test or in_val:
+                keep = v  # nothing from the validation target on trains
+        if keep:
+            train[user] = ev.seq(0, keep)
+    _require_users(train, test, "leave-one-out")
+    warm = _warm(train, len(item_ids))
+    profiles = {u: ev.items[-n:] for u, ev in per_user.items()}
+    has_time = "timestamp" in interactions and interactions["timestamp"].notna().all()
+    data_end = interactions["timestamp"].max() if has_time else None
+    return Split("leave_one_out", None, item_ids, train, val, test, profiles, warm, data_end)
+
+
+def _require_users(train: dict[str, TrainSequence], test: EvalUsers, where: str) -> None:
+    if not any(len(seq) >= 2 for seq in train.values()):
+        raise LearnFeaturesError(f"no training users: no user has 2+ training events ({where})")
     if not len(test):
-        raise LearnFeaturesError(f"no test users: no user has events on both sides of the cut {cut.isoformat()}")
-    profiles = {u: s[-n:] for u, s in past.items()}
-    return Split(cut, item_ids, train, val, test, profiles, warm)
+        raise LearnFeaturesError(f"no test users: no user has a history and a new positive item to find ({where})")
+
+
+def _warm(train: dict[str, TrainSequence], n_items: int) -> np.ndarray:
+    warm = np.zeros(n_items, dtype=bool)
+    for seq in train.values():
+        warm[seq.items] = True
+    return warm
+
+
+def split_dataset(interactions: pd.DataFrame, catalog: pd.DataFrame, config: SplitConfig, protocol: str | None = None) -> Split:
+    """``interactions`` must be validated (see data.tables) and cover catalog items only."""
+    chosen = protocol or config.primary_protocol
+    if chosen == "temporal":
+        return split_temporal(interactions, catalog, config)
+    return split_leave_one_out(interactions, catalog, config)

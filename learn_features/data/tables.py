@@ -2,7 +2,8 @@
 
 Formats (CSV, TSV or Parquet, chosen by file extension):
 - interactions: ``user_id``, ``item_id``, ``timestamp`` (unix seconds or ISO-8601), optional
-  ``rating``, ``label`` (0/1) and ``event_type``;
+  ``rating``, ``label`` (0/1) and ``event_type``. Sequence-only data (no timestamps) gives its
+  order instead: a position column or the file's row order (``data.order``);
 - catalog: ``item_id`` plus any text fields (title, category, brand, price, keywords,
   attributes, description, tags, ...).
 
@@ -24,6 +25,9 @@ import pyarrow.parquet as pq
 from learn_features.errors import LearnFeaturesError
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
+ID_COLUMNS = ("user_id", "item_id")
+#: ``data.order`` values besides a column name: events ordered by time, or as the file lists them.
+ORDER_BY_TIME, ORDER_BY_ROW = "timestamp", "row"
 OPTIONAL_INTERACTION_COLUMNS = ("rating", "label", "event_type")
 MAX_UNIX_SECONDS = 9.2e9  # pandas' nanosecond timestamps end in 2262
 FINER_UNITS = (("milliseconds", 1_000), ("microseconds", 1_000_000), ("nanoseconds", 1_000_000_000))
@@ -141,19 +145,37 @@ def _unit_hint(value: object) -> str:
     return ""
 
 
-def validate_interactions(df: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Normalise types (ids to str, timestamp to UTC) and reject rows that cannot be used."""
-    require_columns(df, INTERACTION_COLUMNS, source)
+def validate_interactions(df: pd.DataFrame, source: str, order: str = ORDER_BY_TIME) -> pd.DataFrame:
+    """Normalise types (ids to str, timestamp to UTC) and reject rows that cannot be used.
+
+    ``order`` says how each user's events are sequenced: by ``timestamp`` (required then), by
+    the file's ``row`` order, or by a named numeric position column. Sequence-only data gets a
+    ``position`` column (the row order, or that column) and, where it has them, UTC
+    ``timestamp`` values (NaT otherwise); ``assemble`` turns either into one ``order``.
+    """
+    timed = order == ORDER_BY_TIME or "timestamp" in df.columns
+    required = INTERACTION_COLUMNS if order == ORDER_BY_TIME else ID_COLUMNS + (() if order == ORDER_BY_ROW else (order,))
+    require_columns(df, required, source)
     df = df.reset_index(drop=True)
-    for column in ("user_id", "item_id", "timestamp"):
+    for column in required:
         _reject_empty(df, column, source)
     out = pd.DataFrame(
         {
             "user_id": df["user_id"].astype(str).str.strip(),
             "item_id": df["item_id"].astype(str).str.strip(),
-            "timestamp": parse_timestamps(df["timestamp"], source),
+            "timestamp": parse_timestamps(df["timestamp"], source) if timed else pd.Series(pd.NaT, index=df.index, dtype="datetime64[ns, UTC]"),
         }
     )
+    if order == ORDER_BY_ROW:
+        out["position"] = np.arange(len(df), dtype=np.float64)
+    elif order != ORDER_BY_TIME:
+        position = pd.to_numeric(df[order], errors="coerce")
+        if position.isna().any():
+            raise LearnFeaturesError(
+                f"{source}: field {order!r} (data.order) is not a number in {int(position.isna().sum())} row(s) "
+                f"(rows {_first_rows(position.isna())})"
+            )
+        out["position"] = position.astype(np.float64)
     if "rating" in df.columns:
         rating = pd.to_numeric(df["rating"], errors="coerce")
         if rating.isna().any():
@@ -230,9 +252,16 @@ class Dataset:
     report: LoadReport
 
 
-def assemble(interactions: pd.DataFrame, catalog: pd.DataFrame, interactions_source: str, report: LoadReport) -> Dataset:
+def assemble(
+    interactions: pd.DataFrame, catalog: pd.DataFrame, interactions_source: str, report: LoadReport, order: str = ORDER_BY_TIME
+) -> Dataset:
+    """Checked, sorted inputs; ``order`` numbers every event in its user's sequence order
+    (time, then item id, for timed data; the position otherwise), the one order every
+    protocol reads."""
     check_items_in_catalog(interactions, catalog, interactions_source)
-    interactions = interactions.sort_values(["user_id", "timestamp", "item_id"], kind="stable").reset_index(drop=True)
+    keys = ["user_id", "timestamp", "item_id"] if order == ORDER_BY_TIME else ["user_id", "position"]
+    interactions = interactions.sort_values(keys, kind="stable").reset_index(drop=True)
+    interactions["order"] = np.arange(len(interactions), dtype=np.int64)
     report.interactions = len(interactions)
     report.users = interactions["user_id"].nunique()
     report.items_in_catalog = len(catalog)
@@ -240,8 +269,8 @@ def assemble(interactions: pd.DataFrame, catalog: pd.DataFrame, interactions_sou
     return Dataset(interactions=interactions, catalog=catalog, report=report)
 
 
-def load_generic(interactions_path: str | Path, catalog_path: str | Path) -> Dataset:
+def load_generic(interactions_path: str | Path, catalog_path: str | Path, order: str = ORDER_BY_TIME) -> Dataset:
     report = LoadReport()
-    interactions = validate_interactions(read_table(interactions_path), str(interactions_path))
+    interactions = validate_interactions(read_table(interactions_path), str(interactions_path), order)
     catalog = validate_catalog(read_table(catalog_path), str(catalog_path), report)
-    return assemble(interactions, catalog, str(interactions_path), report)
+    return assemble(interactions, catalog, str(interactions_path), report, order)

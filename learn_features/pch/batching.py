@@ -46,7 +46,10 @@ class Batch:
     history_lengths: torch.Tensor  # (B,)
     targets: torch.Tensor  # (B, M) long
     target_lengths: torch.Tensor  # (B,)
-    rows: torch.Tensor | None = None  # (U, content_dim) float16
+    target_items: torch.Tensor  # (B, M) long: the targets' catalog indices (-1 padding), for the loss's corrections
+    rows: torch.Tensor | None = None  # (R, content_dim) float16
+    extra: torch.Tensor | None = None  # (U,) long: extra negatives (catalog indices, or row indices with ``rows``)
+    extra_items: torch.Tensor | None = None  # (U,) long: their catalog indices
 
     def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Batch":
         return Batch(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name)) for f in fields(self)})
@@ -66,13 +69,21 @@ class Batch:
 
 
 def make_batch(
-    pairs: Sequence[tuple[np.ndarray, np.ndarray]], inputs: ItemInputs, target_length: int | None = None
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    inputs: ItemInputs,
+    target_length: int | None = None,
+    extra: np.ndarray | None = None,
 ) -> Batch:
-    """Host-side batch of (history, target) index pairs; with a content store, its rows too."""
+    """Host-side batch of (history, target) index pairs, plus optional extra negative items
+    shared by the batch; with a content store, the rows they all use too."""
     history, history_lengths = pad_array([h for h, _ in pairs])
     targets, target_lengths = pad_array([t for _, t in pairs], target_length)
-    rows, (history, targets) = inputs.localize(history, targets)
+    extra_items = None if extra is None else np.asarray(extra, dtype=np.int64)
+    arrays = [history, targets] + ([] if extra_items is None else [extra_items])
+    rows, local = inputs.localize(*arrays)
+    as_tensor = torch.from_numpy
     return Batch(
-        torch.from_numpy(history), torch.from_numpy(history_lengths),
-        torch.from_numpy(targets), torch.from_numpy(target_lengths), rows,
+        as_tensor(local[0]), as_tensor(history_lengths), as_tensor(local[1]), as_tensor(target_lengths),
+        as_tensor(targets), rows,
+        None if extra_items is None else as_tensor(local[2]), None if extra_items is None else as_tensor(extra_items),
     )

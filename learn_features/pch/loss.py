@@ -1,17 +1,28 @@
-"""Dense all-action InfoNCE with recency weighting.
+"""Dense all-action InfoNCE with recency weighting, sampling-bias correction and false-negative masking.
 
 For user b, every valid history position i gives a user embedding u_bi and every valid target
 position j an item embedding v_bj. Each (u_bi, v_bj) is a positive; the negatives of that pair
-are all valid targets of the *other* users in the batch (a user's other targets are neither
-positive nor negative for the pair). With s = u.v / tau:
+are all valid targets of the *other* users in the batch, plus optional extra negatives shared
+by the batch (uniformly sampled catalog items, "mixed negatives"). A user's other targets are
+neither positive nor negative for the pair. With s = u.v / tau - log q (see below):
 
-    l_bij = -log( exp(s_bij) / (exp(s_bij) + sum_{b' != b, j'} exp(s_bi,b'j')) )
+    l_bij = -log( exp(s_bij) / (exp(s_bij) + sum_negatives exp(s)) )
           = softplus(lse_neg_bi - s_bij)
 
 Per user: L_b = sum_i w_bi * mean_j l_bij, with the paper's recency weights
 w_bi ∝ log(alpha + i * (beta - alpha) / (n_b - 1)) over the user's n_b real history
 positions (i = 0 oldest), normalised to sum to one. With n_b = 1 the single weight is 1.
 The batch loss is the mean of L_b over users.
+
+Two corrections from the two-tower literature, both optional (they need the items' catalog ids):
+
+- **Sampling-bias correction** (Yi et al., RecSys 2019). In-batch negatives are other users'
+  targets, so an item is drawn in proportion to its popularity, and an uncorrected softmax
+  learns to push popular items down. Every logit of an item is lowered by log q, the log of
+  its expected number of draws among the candidates (``log_q``), positives included, which
+  turns the sampled softmax into an estimate of the full one.
+- **False-negative masking.** When another user's target is one of b's own targets, it is not
+  a negative for b; it is masked.
 
 Data-parallel training splits a batch over processes. Each process passes its own users and
 the targets of *every* user in the batch (gathered across processes, see
@@ -22,6 +33,8 @@ negatives. With the defaults (one process) nothing changes: the plain mean over 
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +49,22 @@ def recency_weights(lengths: torch.Tensor, max_len: int, alpha: float = 10.0, be
     return weights / weights.sum(dim=1, keepdim=True)
 
 
+@dataclass
+class Candidates:
+    """What the loss needs to know about items beyond their embeddings; all optional.
+
+    ``target_ids`` (G, M) are the gathered targets' catalog indices (-1 padding) and
+    ``target_log_q`` (G, M) their log expected draw counts. ``extra`` (U, D) are negatives shared
+    by every user, with ``extra_ids`` (U,) and ``extra_log_q`` (U,).
+    """
+
+    target_ids: torch.Tensor | None = None
+    target_log_q: torch.Tensor | None = None
+    extra: torch.Tensor | None = None
+    extra_ids: torch.Tensor | None = None
+    extra_log_q: torch.Tensor | None = None
+
+
 def dense_all_action_infonce(
     users: torch.Tensor,
     items: torch.Tensor,
@@ -46,28 +75,59 @@ def dense_all_action_infonce(
     beta: float = 10000.0,
     first_user: int = 0,
     global_batch: int | None = None,
+    candidates: Candidates | None = None,
 ) -> torch.Tensor:
     """users (B, N, D) and items (G, M, D), both L2-normalised; lengths count real positions.
 
     User b's own targets are items[first_user + b]. On one process G == B and first_user is 0;
     rows of ``items`` with target length 0 (padding of a gathered batch) are never negatives.
+
+    Computed over the real positions only: the R real history positions against the K real
+    targets, an (R, K) logit matrix instead of the padded (B N, G M) one (about a third of
+    its size at the paper's N = 80, M = 40, where windows are rarely full).
     """
+    c = candidates or Candidates()
     batch, n, dim = users.shape
     gathered, m = items.shape[:2]
     device = users.device
+    history_valid = torch.arange(n, device=device).unsqueeze(0) < history_lengths.unsqueeze(1)  # (B, N)
     target_valid = torch.arange(m, device=device).unsqueeze(0) < target_lengths.unsqueeze(1)  # (G, M)
-    logits = users.reshape(batch * n, dim) @ items.reshape(gathered * m, dim).T / temperature  # (BN, GM)
-    logits = logits.float().view(batch, n, gathered, m)
+    row_user = torch.arange(batch, device=device).unsqueeze(1).expand(batch, n)[history_valid]  # (R,)
+    col_owner = torch.arange(gathered, device=device).unsqueeze(1).expand(gathered, m)[target_valid]  # (K,)
+    logits = users[history_valid] @ items[target_valid].T / temperature  # (R, K)
+    logits = logits.float()
+    if c.target_log_q is not None:
+        logits = logits - c.target_log_q[target_valid].float()
 
     own_row = first_user + torch.arange(batch, device=device)  # (B,): each user's row in the gathered batch
-    other_user = own_row.unsqueeze(1) != torch.arange(gathered, device=device).unsqueeze(0)  # (B, G)
-    negative = other_user[:, None, :, None] & target_valid[None, None, :, :]  # (B, 1, G, M)
-    lse_negative = logits.masked_fill(~negative, float("-inf")).flatten(2).logsumexp(dim=-1)  # (B, N)
+    negative = col_owner.unsqueeze(0) != own_row.unsqueeze(1)  # (B, K)
+    own_ids, own_valid = None, target_valid[own_row]
+    if c.target_ids is not None:
+        own_ids = c.target_ids[own_row]
+        negative = negative & ~_is_own_target(own_ids, own_valid, c.target_ids[target_valid])
+    negative_logits = logits.masked_fill(~negative[row_user], float("-inf"))
+    if c.extra is not None:
+        extra = (users[history_valid] @ c.extra.T / temperature).float()  # (R, U)
+        if c.extra_log_q is not None:
+            extra = extra - c.extra_log_q.float()
+        if c.extra_ids is not None and own_ids is not None:
+            extra = extra.masked_fill(_is_own_target(own_ids, own_valid, c.extra_ids)[row_user], float("-inf"))
+        negative_logits = torch.cat([negative_logits, extra], dim=1)
+    lse_negative = negative_logits.logsumexp(dim=1)  # (R,)
 
-    own = logits[torch.arange(batch, device=device), :, own_row]  # (B, N, M): s_bij
-    own_valid = target_valid[own_row]  # (B, M)
-    per_pair = F.softplus(lse_negative.unsqueeze(-1) - own)  # -inf negatives (batch of 1) give 0
-    per_position = (per_pair * own_valid.unsqueeze(1)).sum(-1) / target_lengths[own_row].clamp_min(1).unsqueeze(1)
-    weights = recency_weights(history_lengths, n, alpha, beta)
-    per_user = (weights * per_position).sum(dim=1)
+    # Each user's own targets are a contiguous run of columns: gather them as an (R, M) block.
+    first_col = torch.cumsum(target_lengths, 0) - target_lengths  # (G,)
+    own_cols = (first_col[own_row].unsqueeze(1) + torch.arange(m, device=device)).clamp_max(max(logits.shape[1] - 1, 0))
+    own = logits.gather(1, own_cols[row_user]) if logits.shape[1] else logits.new_zeros(len(row_user), m)  # (R, M): s_bij
+    valid = own_valid[row_user]
+    per_pair = F.softplus(lse_negative.unsqueeze(1) - own) * valid  # -inf negatives (batch of 1) give 0
+    per_position = per_pair.sum(1) / target_lengths[own_row][row_user].clamp_min(1)  # (R,)
+    weights = recency_weights(history_lengths, n, alpha, beta)[history_valid]
+    per_user = torch.zeros(batch, device=device).index_add(0, row_user, weights * per_position)
     return per_user.mean() if global_batch is None else per_user.sum() / global_batch
+
+
+def _is_own_target(own_ids: torch.Tensor, own_valid: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
+    """(B, K): whether each candidate id is one of user b's own (valid) target ids."""
+    hit = (own_ids[:, :, None] == candidate_ids[None, None, :]) & own_valid[:, :, None]
+    return hit.any(dim=1) & (candidate_ids >= 0)[None, :]

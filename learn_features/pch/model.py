@@ -13,6 +13,11 @@ Item-tower variants:
 At inference an item embedding needs its text alone: variants 1 and 2 run the item as a
 length-1 sequence, variant 3 applies its linear map. Cold-start items are covered either way
 (for the ID baseline they all share the one "unknown item" embedding).
+
+Variant 1 is served through a path its paper loss never trains: in training target j sees
+targets 0..j at position j, at serving every item runs alone at position 0. So training can
+also embed each target alone (``forward(..., alone=True)``) and the trainer adds the same loss
+over those serving-path embeddings (``train.serving_loss_weight``).
 """
 
 from __future__ import annotations
@@ -93,13 +98,18 @@ class PCH(nn.Module):
         x = self.transformer(x, mask=mask, is_causal=True)
         return F.normalize(self.head(self.final_norm(x)), dim=-1)
 
-    def forward(self, history: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One training step's towers: (user embeddings per history position, target embeddings).
+    def forward(
+        self, history: torch.Tensor, targets: torch.Tensor, extra: torch.Tensor | None = None, alone: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """One training step's towers: (user embeddings per history position, target embeddings,
+        the targets each embedded alone as served when ``alone``, embeddings of ``extra`` items).
 
         Training goes through ``forward`` because DistributedDataParallel and torch.compile
         wrap exactly this method.
         """
-        return self.user_embeddings(history), self.target_embeddings(targets)
+        served = self.item_embeddings(targets.flatten(0, 1)).unflatten(0, targets.shape[:2]) if alone else None
+        extra_embeddings = self.item_embeddings(extra) if extra is not None else None
+        return self.user_embeddings(history), self.target_embeddings(targets), served, extra_embeddings
 
     def user_embeddings(self, history: torch.Tensor) -> torch.Tensor:
         """One user embedding per history position (the dense all-action loss uses them all)."""
