@@ -28,6 +28,7 @@ from learn_features.store.repo import (
     ITEM_PUSH_SOURCE,
     RANKER_SERVICE,
     USER,
+    USER_PUSH_SOURCE,
     offline_glob,
 )
 
@@ -70,6 +71,12 @@ learn_item_embeddings_source = FileSource(
     description="Published LEARN item embeddings, including pushed cold-start items.",
     owner=OWNER,
 )
+learn_user_push = PushSource(
+    name=USER_PUSH_SOURCE,
+    batch_source=learn_user_embeddings_source,
+    description="User vectors recomputed from the latest history (learn-features stream-users), pushed online at once.",
+    owner=OWNER,
+)
 learn_item_push = PushSource(
     name=ITEM_PUSH_SOURCE,
     batch_source=learn_item_embeddings_source,
@@ -86,7 +93,7 @@ learn_user_embedding = FeatureView(
         Field(name=USER.embedding, dtype=Array(Float32), description="LEARN user tower output."),
         Field(name=USER.model_version, dtype=String, description="Model version that produced the vector."),
     ],
-    source=learn_user_embeddings_source,
+    source=learn_user_push,
     online=True,
     owner=OWNER,
     description="LEARN user embedding (PCH user tower over the user's content history).",

@@ -32,7 +32,7 @@ RUN_MANIFEST_KEYS = ("model_version", "dim", "as_of", "created_at")
 #: The JSON type of each manifest key that a reader may ask for.
 RUN_MANIFEST_TYPES: dict[str, type] = {
     "model_version": str, "method": str, "dim": int, "as_of": str, "created_at": str, "checkpoint": str,
-    "encoder": dict, "cache_dir": str, "users": int, "items": int,
+    "encoder": dict, "cache_dir": str, "users": int, "items": int, "protocol": str, "content_store": str, "history_len": int,
 }
 
 

@@ -300,8 +300,8 @@ def train_override_without_value(w: World, tmp: Path):
 @case
 def embed_truncated_checkpoint(w: World, tmp: Path):
     shutil.copytree(w.run, tmp / "run")
-    best = tmp / "run" / "models" / "learn_v1" / "best.pt"
-    truncated(w.run / "models" / "learn_v1" / "best.pt", best)
+    best = tmp / "run" / "models" / "temporal" / "learn_v1" / "seed0" / "best.pt"
+    truncated(w.run / "models" / "temporal" / "learn_v1" / "seed0" / "best.pt", best)
     return pipeline("embed", w, "--run-dir", str(tmp / "run")), [str(best), "refused to load this checkpoint"]
 
 
@@ -618,7 +618,44 @@ def report_truncated_run_manifest(w: World, tmp: Path):
     return report(config, tmp), [str(run / "embeddings" / "manifest.json"), "not valid JSON"]
 
 
-COMMANDS = ("embed-items", "verify-online", "materialize", "evaluate", "extract", "publish", "report", "embed", "train", "run")
+@case
+def embed_users_without_times(w: World, tmp: Path):
+    return pipeline("embed-users", w, "--repo", str(w.repo)), ["embed-users", "--as-of T", "--every"]
+
+
+@case
+def embed_users_bad_interval(w: World, tmp: Path):
+    argv = pipeline("embed-users", w, "--from", "as-of", "--to", "end", "--every", "weekly", "--repo", str(w.repo))
+    return argv, ["--every 'weekly'", "interval"]
+
+
+@case
+def embed_users_bad_time(w: World, tmp: Path):
+    return pipeline("embed-users", w, "--as-of", "yesterday-ish", "--repo", str(w.repo)), ["--as-of", "'yesterday-ish'", "ISO-8601"]
+
+
+@case
+def embed_users_into_a_repo_with_nothing_published(w: World, tmp: Path):
+    empty = copy_repo(tmp / "empty-repo")
+    return pipeline("embed-users", w, "--as-of", "end", "--repo", str(empty)), [str(empty), "nothing is published"]
+
+
+@case
+def stream_users_events_without_timestamp(w: World, tmp: Path):
+    events = write(tmp / "events.csv", "user_id,item_id\nu1,sku-3\n")
+    return pipeline("stream-users", w, "--repo", str(w.repo), "--events", str(events)), [str(events), "timestamp"]
+
+
+@case
+def stream_users_events_with_millisecond_times(w: World, tmp: Path):
+    events = write(tmp / "events.csv", "user_id,item_id,timestamp\nu1,sku-3,1600000000000\n")
+    return pipeline("stream-users", w, "--repo", str(w.repo), "--events", str(events)), [str(events), "looks like milliseconds"]
+
+
+COMMANDS = (  # a longer name first: "embed-users-..." rows belong to embed-users, not embed
+    "embed-items", "embed-users", "stream-users", "verify-online", "materialize", "evaluate", "extract", "publish", "report",
+    "embed", "train", "run",
+)
 
 
 def test_the_table_covers_every_command() -> None:
@@ -661,15 +698,16 @@ def test_malicious_checkpoint_is_refused_and_never_executed(world: World, tmp_pa
     manifest = run / "embeddings" / "manifest.json"
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "checkpoint": str(evil)}))
     for name in ("best.pt", "last.pt"):
-        shutil.copy(evil, run / "models" / "learn_v1" / name)
+        shutil.copy(evil, run / "models" / "temporal" / "learn_v1" / "seed0" / name)
     catalog = write(tmp_path / "new.csv", "item_id,title,category\nnew-1,A film,drama\n")
     before = {str(p): p.read_bytes() for p in files_in(run)}
 
     commands = {
         "embed-items": (["embed-items", "--run-dir", str(run), "--catalog", str(catalog), "--output", str(tmp_path / "o.parquet")], evil),
-        "embed": (pipeline("embed", world, "--run-dir", str(run)), run / "models" / "learn_v1" / "best.pt"),
-        "evaluate": (pipeline("evaluate", world, "--run-dir", str(run)), run / "models" / "learn_v1" / "best.pt"),
-        "train (resume)": (pipeline("train", world, "--run-dir", str(run), "--method", "learn_v1"), run / "models" / "learn_v1" / "last.pt"),
+        "embed": (pipeline("embed", world, "--run-dir", str(run)), run / "models" / "temporal" / "learn_v1" / "seed0" / "best.pt"),
+        # evaluate trains what is missing first (eval.seeds), so it reads the resume checkpoint first
+        "evaluate": (pipeline("evaluate", world, "--run-dir", str(run)), run / "models" / "temporal" / "learn_v1" / "seed0" / "last.pt"),
+        "train (resume)": (pipeline("train", world, "--run-dir", str(run), "--method", "learn_v1"), run / "models" / "temporal" / "learn_v1" / "seed0" / "last.pt"),
     }
     for command, (argv, path) in commands.items():
         capsys.readouterr()

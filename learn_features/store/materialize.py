@@ -110,7 +110,7 @@ def materialize_publications(
         pending = [p for p in publications if p.publication_id not in done and (end is None or p.published_at <= end)]
         if not pending:
             return MaterializeResult(key, [])
-        start = pending[0].published_at
+        start = min(p.first_event_time for p in pending)
         stop = end if end is not None else max(pd.Timestamp.now(tz="UTC"), pending[-1].published_at + ONE_MICROSECOND)
         views = [fields.view for fields in FIELDS.values()]
         output = (contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())) if quiet else ()

@@ -76,7 +76,7 @@ LOCK_FILE = Path("data") / ".publish.lock"
 ONE_MICROSECOND = pd.Timedelta(microseconds=1)
 MAX_LIST_VALUES = 2**31 - 1  # int32 list offsets
 
-Kind = Literal["full", "push"]
+Kind = Literal["full", "push", "users"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ class Publication:
     digest: str
     rows: dict[str, int]
     source: str
+    first_event_time: pd.Timestamp  # == published_at, except for "users" rows stamped at many times
 
     @property
     def publication_id(self) -> str:
@@ -120,12 +121,18 @@ class EntityVectors:
 
     ids: np.ndarray  # object array of str
     vectors: np.ndarray
+    times_us: np.ndarray | None = None  # per-row event times (µs, UTC); None: the publication's time
 
     @classmethod
-    def sorted(cls, ids: list[str] | np.ndarray, vectors: np.ndarray) -> EntityVectors:
+    def sorted(cls, ids: list[str] | np.ndarray, vectors: np.ndarray, times_us: np.ndarray | None = None) -> EntityVectors:
+        """Sorted by (id, time), so that digests do not depend on the order rows came in."""
         ids_arr = np.asarray(ids, dtype=object)
-        order = np.argsort(ids_arr, kind="stable")
-        return cls(ids_arr[order], np.ascontiguousarray(vectors[order], dtype=np.float32))
+        if times_us is None:
+            order = np.argsort(ids_arr, kind="stable")
+            return cls(ids_arr[order], np.ascontiguousarray(vectors[order], dtype=np.float32))
+        times = np.asarray(times_us, dtype=np.int64)
+        order = pd.DataFrame({"id": ids_arr, "t": times}).sort_values(["id", "t"], kind="stable").index.to_numpy()
+        return cls(ids_arr[order], np.ascontiguousarray(vectors[order], dtype=np.float32), times[order])
 
 
 def _parse_publication(meta_path: Path) -> Publication:
@@ -140,6 +147,7 @@ def _parse_publication(meta_path: Path) -> Publication:
             digest=str(meta["digest"]),
             rows={str(k): int(v) for k, v in meta["rows"].items()},
             source=str(meta.get("source", "")),
+            first_event_time=pd.Timestamp(meta.get("first_event_time", meta["published_at"])).tz_convert("UTC"),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LearnFeaturesError(f"{meta_path}: unreadable publication record: {exc}") from exc
@@ -197,6 +205,8 @@ def _digest(model_version: str, tables: dict[Entity, EntityVectors]) -> str:
         h.update(f"\0{entity}\0{table.vectors.shape}\0".encode())
         h.update("\n".join(table.ids.tolist()).encode("utf-8"))
         h.update(table.vectors.tobytes())
+        if table.times_us is not None:
+            h.update(table.times_us.tobytes())
     return h.hexdigest()
 
 
@@ -204,16 +214,17 @@ def _arrow_table(entity: Entity, table: EntityVectors, published_at: pd.Timestam
     """Published rows with Feast feature names as columns.
 
     Vectors are variable-size ``list<float32>`` (not fixed-size) so that publications of
-    models with different dimensions can be globbed into one DuckDB scan.
+    models with different dimensions can be globbed into one DuckDB scan. Rows carry
+    ``published_at`` unless the table has times of its own (user-vector snapshots).
     """
     names = FIELDS[entity]
     n, dim = table.vectors.shape
-    ts_us = published_at.value // 1000
+    times = table.times_us if table.times_us is not None else np.full(n, published_at.value // 1000, dtype=np.int64)
     return pa.table(
         {
             names.join_key: pa.array(table.ids.tolist(), pa.string()),
             names.embedding: _list_column(table.vectors),
-            "event_timestamp": pa.array(np.full(n, ts_us, dtype=np.int64), pa.timestamp("us", tz="UTC")),
+            "event_timestamp": pa.array(times, pa.timestamp("us", tz="UTC")),
             names.model_version: pa.array([model_version] * n, pa.string()),
         }
     )
@@ -269,9 +280,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _publication_id(published_at: pd.Timestamp, kind: Kind, model_version: str) -> str:
+def _publication_id(published_at: pd.Timestamp, kind: Kind, model_version: str, digest: str) -> str:
+    """Time, kind, version and a digest prefix: two ``users`` publications may share a latest time."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", model_version)[:80]
-    return f"{published_at.strftime('%Y%m%dT%H%M%S%fZ')}-{kind}-{safe}"
+    return f"{published_at.strftime('%Y%m%dT%H%M%S%fZ')}-{kind}-{safe}-{digest[:8]}"
 
 
 def commit_publication(
@@ -300,7 +312,8 @@ def commit_publication(
     dims = {t.vectors.shape[1] for t in tables.values()}
     if len(dims) != 1:
         raise LearnFeaturesError(f"{source}: user and item dimensions differ: {sorted(dims)}")
-    pub_id = _publication_id(published_at, kind, model_version)
+    digest = digest or _digest(model_version, tables)
+    pub_id = _publication_id(published_at, kind, model_version, digest)
     staged = Path(tempfile.mkdtemp(prefix=f"{pub_id}.", dir=staging_root))
     staged.chmod(0o755)  # mkdtemp makes it owner-only; serving hosts may read as another user
     try:
@@ -312,12 +325,14 @@ def commit_publication(
         if catalog is not None:
             with atomic_path(staged / CATALOG_FILE) as tmp:
                 pq.write_table(catalog, tmp)
+        first = min((int(t.times_us.min()) for t in tables.values() if t.times_us is not None and len(t.times_us)), default=None)
         meta = {
             "kind": kind,
             "model_version": model_version,
             "dim": dims.pop(),
             "published_at": published_at.isoformat(),
-            "digest": digest or _digest(model_version, tables),
+            "first_event_time": published_at.isoformat() if first is None else pd.Timestamp(first * 1000, tz="UTC").isoformat(),
+            "digest": digest,
             "rows": {entity: int(t.vectors.shape[0]) for entity, t in tables.items()},
             "source": source,
         }
@@ -470,25 +485,109 @@ def stale_catalog_rows(repo_path: str | Path, model_version: str) -> pd.DataFram
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"item_id": []})
 
 
-def read_published(repo_path: str | Path, entity: Entity, model_version: str) -> EntityVectors:
-    """The latest published vector per id among all publications of ``model_version``."""
+@dataclass(frozen=True)
+class PublishedRows:
+    """Every published row of one entity and model version: ids, event times (µs) and vectors,
+    in publication order (a later publication's row wins a tie of times)."""
+
+    ids: np.ndarray
+    times_us: np.ndarray
+    vectors: np.ndarray
+
+    def latest(self) -> EntityVectors:
+        """Per id, the row with the latest event time: what an online store that loaded them all serves."""
+        order = pd.DataFrame({"id": self.ids, "t": self.times_us}).sort_values("t", kind="stable").drop_duplicates("id", keep="last")
+        rows = order.index.to_numpy()
+        return EntityVectors(self.ids[rows], self.vectors[rows], self.times_us[rows])
+
+    def in_effect(self, ids: np.ndarray, times_us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each (id, time): whether a row at or before that time exists, and its vector (the
+        row a point-in-time join returns then)."""
+        query = pd.DataFrame({"id": ids, "t": times_us, "q": np.arange(len(ids))}).sort_values("t", kind="stable")
+        table = pd.DataFrame({"id": self.ids, "t": self.times_us, "row": np.arange(len(self.ids))}).sort_values("t", kind="stable")
+        found = pd.merge_asof(query, table, on="t", by="id", direction="backward").sort_values("q")
+        rows = found["row"].to_numpy()
+        present = ~np.isnan(rows)
+        vectors = np.zeros((len(ids), self.vectors.shape[1]), np.float32)
+        vectors[present] = self.vectors[rows[present].astype(np.int64)]
+        return present, vectors
+
+
+def published_rows(repo_path: str | Path, entity: Entity, model_version: str) -> PublishedRows:
+    """Every row of ``entity`` published under ``model_version`` (see ``PublishedRows``)."""
     names = FIELDS[entity]
-    latest: dict[str, int] = {}
+    ids: list[np.ndarray] = []
+    times: list[np.ndarray] = []
     chunks: list[np.ndarray] = []
-    ids: list[str] = []
     for pub in list_publications(repo_path):
         path = pub.parquet(entity)
         if pub.model_version != model_version or path is None:
             continue
-        tbl = read_parquet(path, columns=[names.join_key, names.embedding])
-        chunk_ids = tbl.column(names.join_key).to_pylist()
-        flat = _flat_values(tbl.column(names.embedding))
-        chunks.append(flat.reshape(len(chunk_ids), pub.dim))
-        for i in chunk_ids:
-            latest[i] = len(ids)  # later publications override earlier rows
-            ids.append(i)
+        tbl = read_parquet(path, columns=[names.join_key, names.embedding, "event_timestamp"])
+        ids.append(np.asarray(tbl.column(names.join_key).to_pylist(), dtype=object))
+        times.append(tbl.column("event_timestamp").cast(pa.int64()).to_numpy())
+        chunks.append(_flat_values(tbl.column(names.embedding)).reshape(len(ids[-1]), pub.dim))
     if not ids:
+        return PublishedRows(np.zeros(0, dtype=object), np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
+    return PublishedRows(np.concatenate(ids), np.concatenate(times), np.concatenate(chunks).astype(np.float32, copy=False))
+
+
+def read_published(repo_path: str | Path, entity: Entity, model_version: str) -> EntityVectors:
+    """The latest published vector per id among all publications of ``model_version``: the
+    row with the latest event time (rows of one time: the later publication), which is the
+    row an online store that loaded them all serves."""
+    rows = published_rows(repo_path, entity, model_version)
+    if not len(rows.ids):
         raise LearnFeaturesError(f"{Path(repo_path) / OFFLINE_DIR}: no published {entity} embeddings for {model_version!r}")
-    matrix = np.concatenate(chunks).astype(np.float32, copy=False)
-    rows = np.fromiter(latest.values(), dtype=np.int64, count=len(latest))
-    return EntityVectors(np.asarray(list(latest.keys()), dtype=object), matrix[rows])
+    return rows.latest()
+
+
+@dataclass(frozen=True)
+class UserPublishResult:
+    """A ``users`` publication, or None when every row was already in effect."""
+
+    publication: Publication | None
+    published: int  # rows committed
+    unchanged: int  # rows left out: a point-in-time read at their time already returns their vector
+
+
+def publish_user_vectors(
+    repo_path: str | Path, model_version: str, ids: np.ndarray, vectors: np.ndarray, times: np.ndarray, source: str
+) -> UserPublishResult:
+    """Commit user vectors stamped at their own times (``times``: UTC µs) as a ``users`` publication.
+
+    These are the inductive user tower's vectors as of snapshot times, or streamed ones; they
+    belong to one model version and are refused unless it is the active version here, since
+    they are scored against that version's item vectors. A row whose vector is what a
+    point-in-time read at its time already returns is left out, so publishing the same
+    snapshots again, or a snapshot of users whose history did not change, adds nothing.
+    Their times may lie before earlier publications: ``learn-features materialize`` loads
+    every pending publication whatever its time, and point-in-time joins pick, per
+    impression, the latest row at or before it.
+    """
+    if not len(ids):
+        raise LearnFeaturesError(f"{source}: no user vectors to publish")
+    table = EntityVectors.sorted(ids, vectors, times)
+    duplicated = pd.DataFrame({"id": table.ids, "t": table.times_us}).duplicated().to_numpy()
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated)[0])
+        raise LearnFeaturesError(f"{source}: user {table.ids[row]!r} has two vectors at one time ({pd.Timestamp(int(table.times_us[row]) * 1000, tz='UTC')})")
+    with publish_lock(repo_path):
+        active = active_publication(repo_path)
+        if active is None or active.model_version != model_version or active.dim != vectors.shape[1]:
+            found = "nothing" if active is None else f"{active.model_version!r} (dim {active.dim}, {active.publication_id})"
+            raise LearnFeaturesError(
+                f"{repo_path}: user vectors of model_version {model_version!r} (dim {vectors.shape[1]}) cannot join the active "
+                f"item publication, which is {found}; publish that run first (`learn-features publish`)"
+            )
+        published = published_rows(repo_path, "user", model_version)
+        new = np.ones(len(table.ids), dtype=bool)
+        if len(published.ids):
+            present, current = published.in_effect(table.ids, table.times_us)
+            new = ~(present & (current == table.vectors).all(axis=1))
+        if not new.any():
+            return UserPublishResult(None, 0, len(new))
+        kept = EntityVectors(table.ids[new], table.vectors[new], table.times_us[new])
+        latest = pd.Timestamp(int(kept.times_us.max()) * 1000, tz="UTC")
+        pub = commit_publication(repo_path, "users", model_version, {"user": kept}, latest, source)
+    return UserPublishResult(pub, int(new.sum()), int((~new).sum()))

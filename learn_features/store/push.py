@@ -24,16 +24,17 @@ from learn_features.store.publish import (
     publish_lock,
     record_push,
 )
-from learn_features.store.repo import ITEM, ITEM_PUSH_SOURCE, open_applied_store, resolve_config, store_errors
+from learn_features.store.repo import FIELDS, ITEM_PUSH_SOURCE, open_applied_store, resolve_config, store_errors
 
 
 def push_frame(table: EmbeddingTable, pushed_at: pd.Timestamp) -> pd.DataFrame:
-    """The PushSource's row format: Feast feature names, one shared event time."""
+    """A PushSource's row format for ``table``'s entity: Feast feature names, one shared event time."""
+    fields = FIELDS[table.entity]
     return pd.DataFrame(
         {
-            ITEM.join_key: [str(i) for i in table.ids],
-            ITEM.embedding: list(table.vectors.astype(np.float32)),
-            ITEM.model_version: table.model_version,
+            fields.join_key: [str(i) for i in table.ids],
+            fields.embedding: list(table.vectors.astype(np.float32)),
+            fields.model_version: table.model_version,
             "event_timestamp": pd.Series([pushed_at] * len(table.ids), dtype="datetime64[us, UTC]"),
         }
     )

@@ -30,6 +30,7 @@ DEFAULT_CONFIG = "feature_store.yaml"
 USER_VIEW = "learn_user_embedding"
 ITEM_VIEW = "learn_item_embedding"
 ITEM_PUSH_SOURCE = "learn_item_push"
+USER_PUSH_SOURCE = "learn_user_push"
 RANKER_SERVICE = "learn_ranker"
 
 # Feast view TTL of the embeddings: 0, which Feast reads as "never expires". A LEARN vector

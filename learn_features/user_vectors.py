@@ -1,0 +1,143 @@
+"""User vectors as of any time: the inductive user tower over each user's history up to then.
+
+The LEARN user tower needs no user id: a vector is a function of the user's last N events. So a
+trained run gives every user, including users who arrived after training, a vector as of any
+moment, computed from the events strictly *before* it (an impression at time t must never see
+its own event or a later one).
+
+- ``UserTower`` is a run's trained towers plus the content of its catalog, loaded from the run's
+  ``embeddings/manifest.json`` (written by ``embed``).
+- ``snapshot_histories`` cuts every user's history out of an event table at a list of snapshot
+  times. A schedule keeps a user's row at a snapshot only when their history changed since the
+  previous snapshot: the vector would be the same, and a point-in-time join picks the latest
+  earlier row anyway, so the unchanged rows would only cost time and space.
+
+Events on items the run's catalog does not hold have no content vector; they are left out of
+the history and counted (``UserVectors.unknown_events``), never silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from learn_features.cex.model_loading import pick_device
+from learn_features.embeddings_io import ITEM_FILE, read_frame, read_run_manifest, run_manifest_path
+from learn_features.errors import LearnFeaturesError
+from learn_features.pch import checkpoint
+from learn_features.pch.content_store import ContentStore, items_digest
+from learn_features.pch.inference import user_vectors
+from learn_features.pch.inputs import ItemInputs
+from learn_features.pch.model import PCH
+
+#: What ``UserTower.load`` needs from the run manifest, beyond what every reader may rely on.
+TOWER_KEYS = ("model_version", "checkpoint", "content_store", "history_len")
+
+
+@dataclass(frozen=True)
+class UserVectors:
+    """Vectors for the users that had at least one known event, and what was left out."""
+
+    user_ids: list[str]
+    vectors: np.ndarray  # (len(user_ids), dim) float32
+    unknown_events: int  # events on items outside the run's catalog, left out of the histories
+    unknown_examples: list[str]  # a few such item ids, for the message
+    without_history: list[str]  # users none of whose events were usable
+
+
+@dataclass
+class UserTower:
+    """A run's user tower with its item inputs: histories of item ids in, user vectors out."""
+
+    model_version: str
+    history_len: int
+    model: PCH
+    inputs: ItemInputs
+    item_index: dict[str, int]
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "auto") -> UserTower:
+        manifest = read_run_manifest(run_dir, required=TOWER_KEYS)
+        where = run_manifest_path(run_dir)
+        payload = checkpoint.load_payload(Path(manifest["checkpoint"]))
+        item_ids = read_frame(Path(run_dir) / "embeddings" / ITEM_FILE, "item")["item_id"].astype(str).tolist()
+        torch_device = pick_device(device)
+        if payload["trained_item_ids"] is not None:
+            inputs = checkpoint.id_inputs_for(payload, item_ids, torch_device)
+        else:
+            store_dir = Path(manifest["content_store"])
+            if not store_dir.is_dir():
+                raise LearnFeaturesError(f"{where}: content store {store_dir} not found; re-run `learn-features extract` for this run")
+            store = ContentStore(store_dir)
+            if store.items_sha256 != items_digest(item_ids):
+                raise LearnFeaturesError(f"{where}: the content store {store_dir} holds another catalog than the run's item embeddings")
+            inputs = ItemInputs(store=store)
+        model = checkpoint.build_model(payload, torch_device)
+        return cls(str(manifest["model_version"]), int(manifest["history_len"]), model, inputs, {item: i for i, item in enumerate(item_ids)})
+
+    def embed(self, user_ids: Sequence[str], histories: Sequence[Sequence[str]]) -> UserVectors:
+        """Each user's vector from their history (item ids, oldest first; the last N are used)."""
+        kept_users, kept_histories, without, unknown = [], [], [], []
+        for user, history in zip(user_ids, histories):
+            indices = [self.item_index.get(str(item), -1) for item in history]
+            unknown += [str(item) for item, index in zip(history, indices) if index < 0]
+            known = np.array([i for i in indices if i >= 0], dtype=np.int64)[-self.history_len :]
+            if len(known):
+                kept_users.append(str(user))
+                kept_histories.append(known)
+            else:
+                without.append(str(user))
+        vectors = user_vectors(self.model, self.inputs, kept_histories) if kept_histories else np.zeros((0, self.model.config.d_out), np.float32)
+        return UserVectors(kept_users, vectors.astype(np.float32), len(unknown), sorted(set(unknown))[:5], without)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The users whose history changed by ``time``, with their last events before it."""
+
+    time: pd.Timestamp
+    user_ids: list[str]
+    histories: list[list[str]]
+
+
+def snapshot_histories(events: pd.DataFrame, times: Sequence[pd.Timestamp], history_len: int, changed_only: bool = True) -> list[Snapshot]:
+    """Histories as of each of ``times`` (events strictly before it, last ``history_len``).
+
+    ``events`` has ``user_id``, ``item_id`` and UTC ``timestamp``; ties keep the table's order.
+    With ``changed_only``, a user appears at a snapshot only if they have an event in the
+    interval since the previous one (at the first snapshot: any event before it).
+    """
+    ordered = events.sort_values(["user_id", "timestamp"], kind="stable")
+    users = ordered["user_id"].astype(str).to_numpy()
+    items = ordered["item_id"].astype(str).to_numpy()
+    stamps = ordered["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
+    snapshots, previous = [], None
+    for time in sorted(times):
+        cut = pd.Timestamp(time).value
+        chosen, histories = [], []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            n_before = int(np.searchsorted(stamps[start:end], cut, side="left"))
+            if not n_before:
+                continue
+            if changed_only and previous is not None and stamps[start + n_before - 1] < previous:
+                continue
+            chosen.append(str(users[start]))
+            histories.append(items[start + max(0, n_before - history_len) : start + n_before].tolist())
+        snapshots.append(Snapshot(pd.Timestamp(time), chosen, histories))
+        previous = cut
+    return snapshots
+
+
+def schedule(start: pd.Timestamp, end: pd.Timestamp, every: pd.Timedelta) -> list[pd.Timestamp]:
+    """``start``, ``start + every``, ... up to and including ``end``."""
+    if every <= pd.Timedelta(0):
+        raise LearnFeaturesError(f"--every must be a positive interval, got {every}")
+    if end < start:
+        raise LearnFeaturesError(f"--to {end.isoformat()} is before --from {start.isoformat()}")
+    return list(pd.date_range(start, end, freq=every))
