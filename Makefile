@@ -27,7 +27,7 @@ install: $(STAMP)
 ## every user's vector from their latest history) -> ranking report on point-in-time vectors.
 ## MovieLens is history (1996-2018): the ranker's point-in-time joins read a per-run replay
 ## repo (runs/movielens/feast_replay) with the run's vectors at its data cut and every user's
-## vector re-computed every 7 days after it; see docs/feast.md.
+## vector recomputed after each of their events since; see docs/feast.md.
 run: $(STAMP)
 	$(BIN)/learn-features run --config $(CONFIG) --run-dir $(RUN_DIR)
 	$(BIN)/learn-features publish --run-dir $(RUN_DIR) --repo feature_repo
@@ -36,7 +36,7 @@ run: $(STAMP)
 	$(BIN)/learn-features materialize --repo feature_repo
 	$(BIN)/learn-features verify-online --repo feature_repo
 	$(BIN)/learn-features publish --run-dir $(RUN_DIR) --repo feature_repo --replay
-	$(BIN)/learn-features embed-users --config $(CONFIG) --run-dir $(RUN_DIR) --from as-of --to end --every 7d --replay
+	$(BIN)/learn-features embed-users --config $(CONFIG) --run-dir $(RUN_DIR) --from as-of --to end --every event --replay
 	$(BIN)/learn-features report --config $(RANKING_CONFIG) --run-dir $(RUN_DIR) --out $(RUN_DIR)/report
 
 ## The test suite, exactly as CI runs it.

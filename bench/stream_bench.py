@@ -37,6 +37,7 @@ from learn_features.store.repo import USER, apply_repo, open_store
 from learn_features.store.serving import LearnFeatureClient
 from learn_features.store.stream import UserStream
 from learn_features.store.user_snapshots import embed_user_snapshots
+from learn_features.user_vectors import snapshot_histories
 from training import pipeline
 from training.config import PipelineConfig
 
@@ -106,7 +107,8 @@ def main() -> None:
         streamed_users_per_s = args.batch * args.batches / sum(spans)
 
         started = time.perf_counter()
-        full = embed_user_snapshots(args.run_dir, events, [clock + pd.Timedelta(seconds=1)], changed_only=False, progress=False)
+        rows = snapshot_histories(events, [clock + pd.Timedelta(seconds=1)], stream.tower.history_len, changed_only=False)
+        full = embed_user_snapshots(args.run_dir, rows, progress=False)
         full_s = time.perf_counter() - started
 
     results = {

@@ -117,22 +117,28 @@ def _snapshot_time(value: str, prep, flag: str):
     return parse_time(value, flag)
 
 
-def _snapshot_times(args: argparse.Namespace, prep) -> list:
+def _snapshot_rows(args: argparse.Namespace, prep, history_len: int):
+    """The (user, time) rows to embed: one time (--as-of), a schedule (--every 7d), or a row
+    after each of a user's events (--every event)."""
     import pandas as pd
 
-    from learn_features.user_vectors import schedule
+    from learn_features.user_vectors import after_each_event, schedule, snapshot_histories
 
+    events = prep.dataset.interactions
     if args.as_of and (args.start or args.stop or args.every):
         raise LearnFeaturesError("embed-users: give --as-of T, or --from A --to B --every INTERVAL, not both")
     if args.as_of:
-        return [_snapshot_time(args.as_of, prep, "--as-of")]
+        return snapshot_histories(events, [_snapshot_time(args.as_of, prep, "--as-of")], history_len, not args.all_users)
     if not (args.start and args.stop and args.every):
-        raise LearnFeaturesError("embed-users: give --as-of T, or all of --from A --to B --every INTERVAL (e.g. 7d)")
+        raise LearnFeaturesError("embed-users: give --as-of T, or all of --from A --to B --every INTERVAL (e.g. 7d, or event)")
+    start, stop = _snapshot_time(args.start, prep, "--from"), _snapshot_time(args.stop, prep, "--to")
+    if args.every == "event":
+        return after_each_event(events, start, stop, history_len)
     try:
         every = pd.Timedelta(args.every)
     except ValueError:
-        raise LearnFeaturesError(f"--every {args.every!r} is not an interval like 1d, 12h or 7d") from None
-    return schedule(_snapshot_time(args.start, prep, "--from"), _snapshot_time(args.stop, prep, "--to"), every)
+        raise LearnFeaturesError(f"--every {args.every!r} is not an interval like 1d, 12h or 7d, nor 'event'") from None
+    return snapshot_histories(events, schedule(start, stop, every), history_len, not args.all_users)
 
 
 def cmd_embed_users(args: argparse.Namespace) -> int:
@@ -143,10 +149,8 @@ def cmd_embed_users(args: argparse.Namespace) -> int:
     repos = list(args.repo or []) + ([replay_repo_path(prep.run_dir)] if args.replay else [])
     if not repos and args.output is None:
         raise LearnFeaturesError("embed-users: nothing to do; pass --repo, --replay and/or --output")
-    result = embed_user_snapshots(
-        prep.run_dir, prep.dataset.interactions, _snapshot_times(args, prep), repos, args.output, not args.all_users,
-        prep.config.train.device, not args.quiet,
-    )
+    rows = _snapshot_rows(args, prep, prep.config.split.history_len)
+    result = embed_user_snapshots(prep.run_dir, rows, repos, args.output, prep.config.train.device, not args.quiet)
     print(f"{result.rows} user vectors of {result.users} users at {result.snapshots} snapshot time(s), model {result.model_version}; "
           f"{result.seconds_per_1000_users:.2f} s of tower time per 1,000 user vectors")
     if result.unknown_events:
@@ -225,10 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
             times.add_argument("--as-of", metavar="T", help="one snapshot at T")
             times.add_argument("--from", dest="start", metavar="A", help="first snapshot of a schedule")
             times.add_argument("--to", dest="stop", metavar="B", help="last snapshot of a schedule (included)")
-            times.add_argument("--every", metavar="INTERVAL", help="schedule step, e.g. 1d, 12h, 7d")
+            times.add_argument("--every", metavar="INTERVAL", help="schedule step, e.g. 1d, 12h, 7d; or 'event': a row 1 µs after each of a user's events")
             sub.add_argument("--repo", action="append", type=Path, help="publish into this Feast repo (repeatable); its active version must be the run's")
             sub.add_argument("--replay", action="store_true", help="publish into the run's replay repo (<run-dir>/feast_replay)")
-            sub.add_argument("--output", type=Path, help="also write one Parquet file per snapshot time into this folder")
+            sub.add_argument("--output", type=Path, help="also write the rows to <OUTPUT>/user_snapshots.parquet")
             sub.add_argument("--all-users", action="store_true", help="a row for every user at every snapshot (default: only users whose history changed)")
         if name == "stream-users":
             sub.add_argument("--repo", type=Path, default=Path("feature_repo"), help="Feast repo whose online store serves the vectors (default: feature_repo)")

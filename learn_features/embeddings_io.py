@@ -76,7 +76,7 @@ def arrow_schema(entity: Entity, dim: int) -> pa.Schema:
     )
 
 
-def validate_frame(df: pd.DataFrame, entity: Entity, source: str, dim: int | None = None) -> int:
+def validate_frame(df: pd.DataFrame, entity: Entity, source: str, dim: int | None = None, per_time: bool = False) -> int:
     """Check an embedding frame against the contract; return its dimension.
 
     Raises ``LearnFeaturesError`` naming ``source`` and the first offending row, so a bad
@@ -88,7 +88,7 @@ def validate_frame(df: pd.DataFrame, entity: Entity, source: str, dim: int | Non
         raise LearnFeaturesError(f"{source}: missing column(s) {missing}; found {list(df.columns)}")
     if df[key].isna().any():
         raise LearnFeaturesError(f"{source}: row {int(np.flatnonzero(df[key].isna())[0])}: {key} is empty")
-    dup = df[key].duplicated()
+    dup = df.duplicated([key, "event_timestamp"] if per_time else [key])  # snapshots: one row per id and time
     if dup.any():
         row = int(np.flatnonzero(dup)[0])
         raise LearnFeaturesError(f"{source}: row {row}: duplicate {key} {df[key].iloc[row]!r}")
@@ -114,12 +114,18 @@ def validate_frame(df: pd.DataFrame, entity: Entity, source: str, dim: int | Non
 
 def write_table(table: EmbeddingTable, path: str | Path) -> Path:
     """Validate and write atomically; an existing file is replaced only by a complete one."""
-    path = Path(path)
     if not table.ids:
         raise LearnFeaturesError(f"{path}: refusing to write an empty {table.entity} embedding table")
-    df = table.to_frame()
-    validate_frame(df, table.entity, str(path), table.dim)
-    arrow = pa.Table.from_pandas(df, schema=arrow_schema(table.entity, table.dim), preserve_index=False)
+    return write_frame(table.to_frame(), table.entity, path, table.dim)
+
+
+def write_frame(df: pd.DataFrame, entity: Entity, path: str | Path, dim: int) -> Path:
+    """An embedding frame (the contract's columns; rows may carry different event times, as
+    user-vector snapshots do, and so one id may appear once per time), validated and written
+    atomically."""
+    path = Path(path)
+    validate_frame(df, entity, str(path), dim, per_time=True)
+    arrow = pa.Table.from_pandas(df, schema=arrow_schema(entity, dim), preserve_index=False)
     with atomic_path(path) as tmp:
         pq.write_table(arrow, tmp)
     return path

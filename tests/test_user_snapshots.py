@@ -32,7 +32,7 @@ from learn_features.store.publish import list_publications, read_published
 from learn_features.store.repo import USER, apply_repo, open_store
 from learn_features.store.serving import LearnFeatureClient
 from learn_features.store.stream import UserStream
-from learn_features.user_vectors import UserTower, schedule, snapshot_histories
+from learn_features.user_vectors import UserTower, after_each_event, schedule, snapshot_histories
 
 DAY = pd.Timedelta(days=1)
 
@@ -60,15 +60,24 @@ def test_snapshot_histories_use_only_events_before_each_time() -> None:
     events = pd.DataFrame(
         {"user_id": ["a", "a", "a", "b"], "item_id": ["x", "y", "z", "x"], "timestamp": [t0, t0 + DAY, t0 + 3 * DAY, t0 + 3 * DAY]}
     )
-    snaps = snapshot_histories(events, [t0 + DAY, t0 + 2 * DAY, t0 + 3 * DAY, t0 + 4 * DAY], history_len=2)
-    assert [(s.user_ids, s.histories) for s in snaps] == [
-        (["a"], [["x"]]),  # the event at exactly t0 + 1 day is not before it
-        (["a"], [["x", "y"]]),
-        ([], []),  # nothing new before t0 + 3 days: the previous row still holds
-        (["a", "b"], [["y", "z"], ["x"]]),  # last two events only
+    rows = snapshot_histories(events, [t0 + DAY, t0 + 2 * DAY, t0 + 3 * DAY, t0 + 4 * DAY], history_len=2)
+    assert list(zip(rows.user_ids, rows.times, rows.histories)) == [
+        ("a", t0 + DAY, ["x"]),  # the event at exactly t0 + 1 day is not before it
+        ("a", t0 + 2 * DAY, ["x", "y"]),
+        # nothing new before t0 + 3 days: the previous row still holds
+        ("a", t0 + 4 * DAY, ["y", "z"]),  # last two events only
+        ("b", t0 + 4 * DAY, ["x"]),
     ]
     every = snapshot_histories(events, [t0 + 3 * DAY], history_len=2, changed_only=False)
-    assert every[0].user_ids == ["a"]
+    assert every.user_ids == ["a"]
+    after = after_each_event(events, t0 + DAY, t0 + 10 * DAY, history_len=2)
+    micro = pd.Timedelta(microseconds=1)
+    assert list(zip(after.user_ids, after.times, after.histories)) == [
+        ("a", t0 + DAY, ["x"]),  # at the start: the history before it
+        ("a", t0 + DAY + micro, ["x", "y"]),  # 1 µs after each event: the event included
+        ("a", t0 + 3 * DAY + micro, ["y", "z"]),
+        ("b", t0 + 3 * DAY + micro, ["x"]),
+    ]
     with pytest.raises(LearnFeaturesError, match="positive interval"):
         schedule(t0, t0 + DAY, pd.Timedelta(0))
 
@@ -83,7 +92,8 @@ def test_impressions_never_see_a_vector_computed_from_later_events(job, tmp_path
     times = schedule(events["timestamp"].min() + DAY, events["timestamp"].max() + DAY, 5 * DAY)
     assert main(["embed-users", "--config", str(config), "--set", 'split.protocols=["temporal"]', "--from", times[0].isoformat(),
                  "--to", times[-1].isoformat(), "--every", "5d", "--repo", str(repo), "--output", str(tmp_path / "out"), "-q"]) == 0
-    assert len(list((tmp_path / "out").glob("users-*.parquet"))) > 5
+    written = pd.read_parquet(tmp_path / "out" / "user_snapshots.parquet")
+    assert written["event_timestamp"].nunique() > 5
     impressions = events.sample(60, random_state=0).reset_index(drop=True)
     entity = pd.DataFrame({"user_id": impressions["user_id"].astype(str), "item_id": impressions["item_id"].astype(str),
                            "event_timestamp": impressions["timestamp"]})
@@ -139,7 +149,7 @@ def test_streamed_events_change_the_served_vector_and_match_an_offline_recompute
     assert LearnFeatureClient(repo).score("brand-new-user", ["sku-2"]).scorable.all()
 
     everything = pd.concat([events, new], ignore_index=True)
-    offline = snapshot_histories(everything, [result.pushed_at + DAY], UserTower.load(run, "cpu").history_len, changed_only=False)[0]
+    offline = snapshot_histories(everything, [result.pushed_at + DAY], UserTower.load(run, "cpu").history_len, changed_only=False)
     recomputed = UserTower.load(run, device="cpu").embed([user], [offline.histories[offline.user_ids.index(user)]])
     np.testing.assert_array_equal(served.user_vector, recomputed.vectors[0])
     # The pushed rows are recorded offline too, as served.
@@ -206,3 +216,24 @@ def test_a_schedule_loads_online_whatever_its_times_and_reruns_add_nothing(job, 
     assert main(snapshot) == 0
     assert "nothing new" in capsys.readouterr().out
     assert len([p for p in list_publications(repo) if p.kind == "users"]) == 1
+
+
+def test_a_row_after_each_event_covers_every_impression_with_a_history(job, tmp_path: Path, single_thread) -> None:  # noqa: F811
+    """--every event: every impression of a user with an earlier event (at an earlier time)
+    gets a vector, the one computed from exactly the events before it."""
+    root, config, run, events = job
+    repo = published_repo(tmp_path, run)
+    assert main(["embed-users", "--config", str(config), "--set", 'split.protocols=["temporal"]', "--from", "as-of",
+                 "--to", "end", "--every", "event", "--repo", str(repo), "-q"]) == 0
+    cut = pd.Timestamp(read_run_manifest(run)["as_of"])
+    impressions = events[events["timestamp"] >= cut].sample(50, random_state=1).reset_index(drop=True)
+    joined = historical_learn_features(repo, pd.DataFrame({"user_id": impressions["user_id"], "item_id": impressions["item_id"],
+                                                            "event_timestamp": impressions["timestamp"]}))
+    tower = UserTower.load(run, device="cpu")
+    for vector, impression in zip(joined[USER.embedding], impressions.itertuples()):
+        mine = events[(events["user_id"] == impression.user_id) & (events["timestamp"] < impression.timestamp)]
+        if not len(mine):
+            assert vector is None
+            continue
+        expected = tower.embed([impression.user_id], [mine.sort_values(["timestamp", "item_id"])["item_id"].tolist()])
+        np.testing.assert_array_equal(vector, expected.vectors[0])

@@ -90,7 +90,8 @@ class TrainConfig:
     workers: int = 1  # CPU: models trained at once, each in its own single-threaded process
     logq_correction: bool = True  # subtract log(expected draws) from every item's logit (Yi et al. 2019)
     mask_false_negatives: bool = True  # another user's target that is also one of mine is no negative
-    uniform_negatives: int = 0  # extra negatives per batch drawn uniformly from the catalog (mixed negatives)
+    uniform_negatives: int = 0  # extra negatives per batch drawn uniformly (mixed negatives)
+    uniform_from: Literal["warm", "catalog"] = "warm"  # their pool: items with a training event, or every catalog item
     serving_loss_weight: float = 1.0  # variant 1: weight of the loss over targets embedded alone, as served
 
     def __post_init__(self) -> None:
@@ -148,12 +149,23 @@ def sample_epoch(train: dict[str, TrainSequence], config: TrainConfig, history_l
     return [samples[i] for i in rng.permutation(len(samples))]
 
 
-def epoch_extras(config: TrainConfig, epoch: int, batches: int, n_items: int) -> list[np.ndarray] | None:
-    """Each batch's uniformly drawn extra negatives (the same on every rank), or None."""
+def negative_pool(config: TrainConfig, split: Split) -> np.ndarray:
+    """The items uniform extra negatives are drawn from: by default those with a training event.
+
+    An item without one is, under the temporal protocol, mostly an item that did not exist yet
+    at training time (its first event is after the cut); drawing it as a negative would both
+    use the future catalog and teach the towers to push new items down, the cold-start items
+    LEARN is meant to serve.
+    """
+    return np.arange(len(split.item_ids)) if config.uniform_from == "catalog" else np.flatnonzero(split.warm_items)
+
+
+def epoch_extras(config: TrainConfig, epoch: int, batches: int, pool: np.ndarray) -> list[np.ndarray] | None:
+    """Each batch's uniformly drawn extra negatives from ``pool`` (the same on every rank), or None."""
     if not config.uniform_negatives:
         return None
     rng = np.random.default_rng([config.seed, epoch, 1])
-    return list(rng.integers(0, n_items, size=(batches, config.uniform_negatives)))
+    return list(pool[rng.integers(0, len(pool), size=(batches, config.uniform_negatives))])
 
 
 @dataclass
@@ -163,10 +175,11 @@ class Objective:
     log_share: torch.Tensor | None  # (n_items,) log of each item's share of training positives; None: no log-q
     mask_false_negatives: bool
     serving_weight: float  # > 0 only for variant 1
-    n_items: int
+    pool_size: int  # items the uniform extras are drawn from
 
     @classmethod
-    def build(cls, config: TrainConfig, model_config: PCHConfig, train: dict[str, TrainSequence], n_items: int, device: torch.device) -> "Objective":
+    def build(cls, config: TrainConfig, model_config: PCHConfig, train: dict[str, TrainSequence], n_items: int, pool_size: int,
+              device: torch.device) -> "Objective":
         log_share = None
         if config.logq_correction:
             counts = np.zeros(n_items, dtype=np.float64)
@@ -175,20 +188,20 @@ class Objective:
             with np.errstate(divide="ignore"):
                 log_share = torch.as_tensor(np.log(counts / counts.sum()), dtype=torch.float32, device=device)
         serving = config.serving_loss_weight if model_config.variant == 1 else 0.0
-        return cls(log_share, config.mask_false_negatives, serving, n_items)
+        return cls(log_share, config.mask_false_negatives, serving, pool_size)
 
     def candidates(self, target_ids: torch.Tensor, target_lengths: torch.Tensor, extra_ids: torch.Tensor | None, extra: torch.Tensor | None) -> Candidates:
         """The loss's view of the gathered batch: ids for masking, log q for correction.
 
         An in-batch item is expected ``targets x share`` times among the candidates, a uniform
-        extra ``extras / n_items`` times: the log of those expected counts is what each logit loses.
+        extra ``extras / pool size`` times: the log of those expected counts is what each logit loses.
         """
         target_log_q = extra_log_q = None
         if self.log_share is not None:
             drawn = target_lengths.sum().clamp_min(1).float()
             target_log_q = self.log_share[target_ids.clamp_min(0)] + torch.log(drawn)
             if extra_ids is not None:
-                extra_log_q = torch.full(extra_ids.shape, math.log(len(extra_ids) / self.n_items), device=extra_ids.device)
+                extra_log_q = torch.full(extra_ids.shape, math.log(len(extra_ids) / self.pool_size), device=extra_ids.device)
         mask = self.mask_false_negatives
         return Candidates(
             target_ids=target_ids if mask else None, target_log_q=target_log_q,
@@ -334,7 +347,8 @@ def train_towers(
     model = PCH(model_config, content_dim=inputs.content_dim, num_items=inputs.num_id_slots).to(device)
     optimizer = build_optimizer(model, config, device)
     n_items = len(split.item_ids)
-    objective = Objective.build(config, model_config, split.train, n_items, device)
+    pool = negative_pool(config, split)
+    objective = Objective.build(config, model_config, split.train, n_items, len(pool), device)
     windows = sum(windows_per_user(len(seq), target_len, config.coverage) for seq in split.train.values())
     steps_per_epoch = math.ceil(windows / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -364,7 +378,7 @@ def train_towers(
         torch.manual_seed((config.seed * 100_003 + epoch) * world.size + world.rank)  # own dropout per rank
         model.train()
         batches = global_batches(sample_epoch(split.train, config, history_len, target_len, epoch), config.batch_size, world)
-        extras = epoch_extras(config, epoch, len(batches), n_items)
+        extras = epoch_extras(config, epoch, len(batches), pool)
         losses, chances = [], []
         with closing(prefetch(host_batches(batches, inputs, world, device.type == "cuda", extras), config.prefetch)) as ready:
             steps = zip((len(b) for b in batches), to_device_ahead(ready, device))

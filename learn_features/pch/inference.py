@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from learn_features.cex.extractor import ContentExtractor, EncoderConfig
 from learn_features.cex.prompt import render_prompts
@@ -28,7 +29,7 @@ from learn_features.pch.model import PCH
 
 
 @torch.inference_mode()
-def user_vectors(model: PCH, inputs: ItemInputs, histories: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+def user_vectors(model: PCH, inputs: ItemInputs, histories: Sequence[np.ndarray], batch_size: int = 32, progress: bool = False) -> np.ndarray:
     """The tower's output after each user's whole history, (U, d_out).
 
     Every call runs the same shape, ``batch_size`` rows of ``model.config.max_len`` positions
@@ -41,7 +42,7 @@ def user_vectors(model: PCH, inputs: ItemInputs, histories: Sequence[np.ndarray]
         raise LearnFeaturesError("a user with an empty history has no LEARN user embedding")
     device = next(model.parameters()).device
     out = np.zeros((len(histories), model.config.d_out), np.float32)
-    for start in range(0, len(histories), batch_size):
+    for start in tqdm(range(0, len(histories), batch_size), desc="user vectors", unit="batch", disable=not progress):
         chunk = list(histories[start : start + batch_size])
         filled = chunk + [chunk[-1]] * (batch_size - len(chunk))
         padded, lengths = pad_array(filled, model.config.max_len)

@@ -21,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from learn_features.embeddings_io import EmbeddingTable, write_table
+from learn_features.embeddings_io import write_frame
 from learn_features.errors import LearnFeaturesError
 from learn_features.store.publish import UserPublishResult, active_publication, publish_user_vectors
-from learn_features.user_vectors import UserTower, snapshot_histories
+from learn_features.user_vectors import SnapshotRows, UserTower
+
+
+SNAPSHOT_FILE = "user_snapshots.parquet"
 
 
 @dataclass
@@ -39,7 +41,7 @@ class SnapshotRun:
     users: int
     unknown_events: int
     unknown_examples: list[str]
-    seconds: float  # tower time (histories excluded)
+    seconds: float  # tower time (building histories excluded)
     published: list[tuple[Path, UserPublishResult]]  # (repo, what was committed there)
 
     @property
@@ -60,44 +62,35 @@ def require_active_version(repo_path: str | Path, model_version: str) -> None:
 
 def embed_user_snapshots(
     run_dir: str | Path,
-    events: pd.DataFrame,
-    times: Sequence[pd.Timestamp],
+    rows: SnapshotRows,
     repos: Sequence[str | Path] = (),
     output: str | Path | None = None,
-    changed_only: bool = True,
     device: str = "auto",
     progress: bool = True,
 ) -> SnapshotRun:
-    """Every user's vector as of each of ``times`` (see ``user_vectors.snapshot_histories``),
-    published into each of ``repos`` and/or written to ``output`` (one Parquet file per time)."""
-    if not times:
-        raise LearnFeaturesError("no snapshot times: give --as-of or --from/--to/--every")
+    """The vector of every (user, snapshot time) row (``user_vectors.snapshot_histories`` or
+    ``after_each_event``), published into each of ``repos`` and/or written to ``output`` (one
+    Parquet file, a row per user and time)."""
+    if not len(rows):
+        raise LearnFeaturesError("no user has an event before any snapshot time; nothing to embed")
     tower = UserTower.load(run_dir, device)
     for repo in repos:
         require_active_version(repo, tower.model_version)
-    ids, vectors, stamps = [], [], []
-    unknown, examples, users = 0, [], set()
-    seconds = 0.0
-    for snapshot in tqdm(snapshot_histories(events, times, tower.history_len, changed_only), desc="user snapshots", unit="snapshot", disable=not progress):
-        started = time.perf_counter()
-        result = tower.embed(snapshot.user_ids, snapshot.histories)
-        seconds += time.perf_counter() - started
-        unknown += result.unknown_events
-        examples = sorted(set(examples) | set(result.unknown_examples))[:5]
-        if not result.user_ids:
-            continue
-        users.update(result.user_ids)
-        ids.append(np.asarray(result.user_ids, dtype=object))
-        vectors.append(result.vectors)
-        stamps.append(np.full(len(result.user_ids), snapshot.time.floor("us").value // 1000, dtype=np.int64))
-        if output is not None:
-            write_table(EmbeddingTable("user", result.user_ids, result.vectors, snapshot.time, tower.model_version),
-                        Path(output) / f"users-{snapshot.time.strftime('%Y%m%dT%H%M%S%fZ')}.parquet")
-    if not ids:
-        raise LearnFeaturesError("no user has an event before any snapshot time; nothing to embed")
-    all_ids, all_vectors, all_times = np.concatenate(ids), np.concatenate(vectors), np.concatenate(stamps)
+    started = time.perf_counter()
+    result = tower.embed(rows.user_ids, rows.histories, progress)
+    seconds = time.perf_counter() - started
+    if not result.user_ids:
+        raise LearnFeaturesError("no snapshot row has a history on the run's catalog; nothing to embed")
+    ids = np.asarray(result.user_ids, dtype=object)
+    times = np.array([rows.times[i].floor("us").value // 1000 for i in result.kept], dtype=np.int64)
+    if output is not None:
+        frame = pd.DataFrame({"user_id": pd.Series(result.user_ids, dtype="string"), "embedding": list(result.vectors),
+                              "event_timestamp": pd.to_datetime(times, unit="us", utc=True).astype("datetime64[us, UTC]"),
+                              "model_version": tower.model_version})
+        write_frame(frame, "user", Path(output) / SNAPSHOT_FILE, result.vectors.shape[1])
     published = [
-        (Path(repo), publish_user_vectors(repo, tower.model_version, all_ids, all_vectors, all_times, f"{Path(run_dir).resolve()} (embed-users)"))
+        (Path(repo), publish_user_vectors(repo, tower.model_version, ids, result.vectors, times, f"{Path(run_dir).resolve()} (embed-users)"))
         for repo in repos
     ]
-    return SnapshotRun(tower.model_version, len(times), len(all_ids), len(users), unknown, examples, seconds, published)
+    return SnapshotRun(tower.model_version, len(set(rows.times)), len(ids), len(set(result.user_ids)), result.unknown_events,
+                       result.unknown_examples, seconds, published)
