@@ -113,8 +113,13 @@ def _snapshot_time(value: str, prep, flag: str):
     if value == "as-of":
         return parse_time(str(read_run_manifest(prep.run_dir, required=("as_of",))["as_of"]), f"{flag} as-of")
     if value == "end":
-        return prep.dataset.interactions["timestamp"].max() + pd.Timedelta(seconds=1)
-    return parse_time(value, flag)
+        time = prep.dataset.interactions["timestamp"].max() + pd.Timedelta(seconds=1)
+    else:
+        time = parse_time(value, flag)
+    if time > pd.Timestamp.now(tz="UTC"):
+        # A vector stamped in the future would be served before the events it claims to know.
+        raise LearnFeaturesError(f"{flag} {value}: {time.isoformat()} is in the future; snapshot times must not be later than now")
+    return time
 
 
 def _snapshot_rows(args: argparse.Namespace, prep, history_len: int):

@@ -40,10 +40,13 @@ def rank_items(user_vectors: np.ndarray, item_vectors: np.ndarray, exclude: Sequ
     return ranked
 
 
-def rank_scores(scores: np.ndarray, exclude: Sequence[np.ndarray], depth: int, tie_seed: int = 0) -> np.ndarray:
-    """(U, depth) item indices by descending ``scores`` (U, n_items), excluded items removed."""
+def rank_scores(scores: np.ndarray, exclude: Sequence[np.ndarray], depth: int) -> np.ndarray:
+    """(U, depth) item indices by descending ``scores`` (U, n_items), excluded items removed.
+
+    Equal scores are broken by one fixed random order of the catalog, so no method gains or
+    loses from the catalog's own order (which often follows popularity or age)."""
     n_items = scores.shape[1]
-    tie_order = np.random.default_rng(tie_seed).permutation(n_items)  # position k holds item tie_order[k]
+    tie_order = np.random.default_rng(0).permutation(n_items)  # position k holds item tie_order[k]
     ranked = np.full((scores.shape[0], min(depth, n_items)), -1, dtype=np.int64)
     for row, excluded in enumerate(exclude):
         permuted = scores[row, tie_order].astype(np.float64)

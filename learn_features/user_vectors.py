@@ -116,10 +116,12 @@ class SnapshotRows:
 
 
 class _Sequences:
-    """Every user's events in time order (ties keep the table's order), as flat arrays."""
+    """Every user's events in time order, ties by item id: the order of the offline split
+    (``data.tables.assemble``) and of the stream's history table, so a vector is the same
+    whichever path computed it."""
 
     def __init__(self, events: pd.DataFrame) -> None:
-        ordered = events.sort_values(["user_id", "timestamp"], kind="stable")
+        ordered = events.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
         self.users = ordered["user_id"].astype(str).to_numpy()
         self.items = ordered["item_id"].astype(str).to_numpy()
         self.stamps = ordered["timestamp"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
@@ -156,6 +158,8 @@ def snapshot_histories(events: pd.DataFrame, times: Sequence[pd.Timestamp], hist
 def after_each_event(events: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp, history_len: int) -> SnapshotRows:
     """A row at ``start`` for every user with an event before it, then one row 1 µs after every
     distinct time in [start, end) at which the user had an event, from the events up to it."""
+    if end < start:
+        raise LearnFeaturesError(f"--to {end.isoformat()} is before --from {start.isoformat()}")
     seq = _Sequences(events)
     rows = SnapshotRows([], [], [])
     first, last = pd.Timestamp(start).value, pd.Timestamp(end).value

@@ -6,17 +6,20 @@ input, extra capacity, a presence flag that marks users with history). The contr
 the same ``AuxiliaryCVRNet`` other vectors that differ from LEARN's in information only:
 
 * ``llm_frozen``: the frozen LLM's content vectors (the run's content store, ``content/llm``),
-  L2-normalised as LEARN's own ``llm_frozen`` baseline does, reduced by PCA to the LEARN
-  dimension (PCA fitted on the training period's items only). An item's vector is its own
+  each row L2-normalised, then reduced by PCA to the LEARN dimension (PCA, fitted on the
+  training period's items only, centres them, as the retrieval ``llm_frozen`` baseline
+  centres on warm items). An item's vector is its own
   content; a user's is the mean content of their last N events strictly before the row's
   ``as_of`` (N = the LEARN run's history window), as the LEARN user tower reads a history.
 * ``random``: a fixed random vector per user id and per item id, drawn from a hash of the id
   and ``controls.random_seed`` (not the ranking seed), so it is the same in every split,
   seed and run.
 
-Both are L2-normalised, as LEARN's towers' outputs are, and present exactly where the LEARN
+Both are L2-normalised, as LEARN's towers' outputs are, and present only where the LEARN
 arm's vector is present (rows, users and items alike), so the coverage pattern and the
-presence flags the network sees are LEARN's.
+presence flags the network sees are LEARN's. ``llm_frozen`` is also absent where it cannot be
+computed (a user whose history has no catalog item, an item outside the run's catalog); LEARN
+has no vector there either, since its vectors come from the same histories and catalog.
 """
 
 from __future__ import annotations

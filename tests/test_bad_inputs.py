@@ -635,6 +635,22 @@ def embed_users_bad_time(w: World, tmp: Path):
 
 
 @case
+def train_popularity_recent_without_timestamps(w: World, tmp: Path):
+    events = interactions(w).drop(columns="timestamp")
+    events.to_csv(bad := tmp / "sequences.csv", index=False)
+    argv = with_data("train", w, "interactions", bad) + [
+        "--set", 'data.order="row"', "--set", 'split.protocols=["leave_one_out"]',
+        "--set", 'eval.methods=["learn_v1", "popularity_recent"]', "--set", 'eval.primary_method="learn_v1"',
+    ]
+    return argv, [str(bad), "popularity_recent", "no timestamps"]
+
+
+@case
+def embed_users_in_the_future(w: World, tmp: Path):
+    return pipeline("embed-users", w, "--as-of", "2999-01-01", "--repo", str(w.repo)), ["--as-of 2999-01-01", "in the future"]
+
+
+@case
 def embed_users_into_a_repo_with_nothing_published(w: World, tmp: Path):
     empty = copy_repo(tmp / "empty-repo")
     return pipeline("embed-users", w, "--as-of", "end", "--repo", str(empty)), [str(empty), "nothing is published"]

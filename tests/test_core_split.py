@@ -145,6 +145,8 @@ def test_leave_one_out_protocol_on_movielens() -> None:
     split = split_dataset(interactions, catalog, config)
     expect_leave_one_out(interactions, split, config)
     assert len(split.test) > 500 and split.cut_time is None
+    # The published vectors see every event, so they are stamped just after the last one.
+    assert split.data_end == interactions["timestamp"].max() + pd.Timedelta(microseconds=1)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

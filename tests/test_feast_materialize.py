@@ -115,6 +115,8 @@ def test_only_pending_publications_load_per_online_store(tmp_path: Path) -> None
     assert LearnFeatureClient(repo).score("u0", ["i5"]).user_model_version == "v1"
     second = materialize_publications(repo)
     assert second.loaded == [p2] and second.start == p2.published_at
+    with pytest.raises(LearnFeaturesError, match="would write older vectors over it"):  # a window ending before p2 rolls back
+        materialize_publications(repo, full=True, end=pd.Timestamp("2016-12-31T00:00:00Z"))
     res = LearnFeatureClient(repo).score("u0", ["i0", "i5"])
     assert res.user_vector.tobytes() == v2.users["u0"].tobytes()  # type: ignore[union-attr]
     assert res.item_model_versions == ["v2", "v1"]  # i5 is not in v2: the rollout leaves its v1 row

@@ -89,6 +89,13 @@ def prepare(config: PipelineConfig) -> Prepared:
         dataset = load_generic(data.interactions, data.catalog, data.order)
     positive = LabelRule.parse(data.positive, "data.positive").matches(dataset.interactions, source) if data.positive else True
     dataset.interactions["positive"] = positive
+    timed = "timestamp" in dataset.interactions and dataset.interactions["timestamp"].notna().all()
+    if not timed and "popularity_recent" in config.eval.methods:
+        # Without times every window would be empty and the "baseline" a random ranking.
+        raise LearnFeaturesError(
+            f"{source}: eval.methods has popularity_recent, which counts events in a time window, but the interactions "
+            "have no timestamps; remove it from eval.methods"
+        )
     splits = {p: split_dataset(dataset.interactions, dataset.catalog, config.split, p) for p in config.split.protocols}
     return Prepared(config, dataset, splits)
 

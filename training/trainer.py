@@ -55,6 +55,7 @@ from learn_features.pch.inputs import ItemInputs
 from learn_features.pch.loss import Candidates, dense_all_action_infonce
 from learn_features.pch.model import PCH, PCHConfig
 from learn_features.retrieval import rank_items, rank_scores, score_rankings
+from training.baselines import training_positive_counts
 from training.collectives import World, gather_rows, gather_targets
 from training.loader import prefetch, to_device_ahead
 
@@ -101,9 +102,6 @@ class TrainConfig:
             raise LearnFeaturesError("train.uniform_negatives and train.serving_loss_weight must be >= 0")
         if self.workers < 1:
             raise LearnFeaturesError(f"train.workers must be >= 1, got {self.workers}")
-        metric, _, depth = self.select_metric.partition("@")
-        if metric not in ("recall", "ndcg", "hit") or not depth.isdigit() or int(depth) < 1:
-            raise LearnFeaturesError(f"train.select_metric must look like recall@50, ndcg@10 or hit@100, got {self.select_metric!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise LearnFeaturesError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.prefetch < 0:
@@ -182,9 +180,7 @@ class Objective:
               device: torch.device) -> "Objective":
         log_share = None
         if config.logq_correction:
-            counts = np.zeros(n_items, dtype=np.float64)
-            for seq in train.values():
-                np.add.at(counts, seq.items[seq.positive], 1.0)
+            counts = training_positive_counts(train, n_items)
             with np.errstate(divide="ignore"):
                 log_share = torch.as_tensor(np.log(counts / counts.sum()), dtype=torch.float32, device=device)
         serving = config.serving_loss_weight if model_config.variant == 1 else 0.0

@@ -268,7 +268,9 @@ def split_leave_one_out(interactions: pd.DataFrame, catalog: pd.DataFrame, confi
     warm = _warm(train, len(item_ids))
     profiles = {u: ev.items[-n:] for u, ev in per_user.items()}
     has_time = "timestamp" in interactions and interactions["timestamp"].notna().all()
-    data_end = interactions["timestamp"].max() if has_time else None
+    # Just after the last event: the published vectors, computed from every event, are stamped
+    # after all of them, so a point-in-time join never gives an event a vector that saw it.
+    data_end = interactions["timestamp"].max() + pd.Timedelta(microseconds=1) if has_time else None
     return Split("leave_one_out", None, item_ids, train, val, test, profiles, warm, data_end)
 
 

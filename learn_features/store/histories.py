@@ -6,7 +6,8 @@ pushing the vector, or a second worker must all see the same history. It lives i
 file inside the Feast repo (``data/histories.sqlite``), which the project owns and documents:
 
 - ``events(user_id, ts, item_id)``: at most ``history_len`` rows per user, the newest ones;
-  the primary key makes a re-sent event (a retried batch) a no-op.
+  the primary key makes a re-sent event (a retried batch) a no-op. So an exact duplicate
+  event (same user, time and item) counts once here, where the offline pipeline keeps both.
 - every write is one transaction (SQLite's journal makes it atomic and durable), and the
   file is opened with a busy timeout, so concurrent writers wait for each other instead of
   failing.
@@ -49,7 +50,10 @@ class HistoryStore:
             raise LearnFeaturesError(f"history length must be >= 1, got {history_len}")
         self.path = Path(path)
         self.history_len = history_len
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LearnFeaturesError(f"{self.path}: cannot create the history store's folder: {exc}") from exc
         with self._connection() as db:
             db.executescript(SCHEMA)
             row = db.execute("SELECT value FROM settings WHERE key = 'history_len'").fetchone()
@@ -107,10 +111,6 @@ class HistoryStore:
                 if rows:
                     out[str(user)] = [r[0] for r in rows]
         return out
-
-    def users(self) -> list[str]:
-        with self._connection() as db:
-            return [r[0] for r in db.execute("SELECT DISTINCT user_id FROM events ORDER BY user_id")]
 
     def __len__(self) -> int:
         with self._connection() as db:

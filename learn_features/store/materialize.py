@@ -68,7 +68,10 @@ def _read_ledger(repo_path: str | Path) -> dict[str, Any]:
         ledger = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(ledger.get("stores"), dict):
             raise ValueError("no 'stores' object")
-    except (ValueError, AttributeError) as exc:
+        for name, entry in ledger["stores"].items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("publications", []), list):
+                raise ValueError(f"store {name!r} has no list of publications")
+    except (OSError, ValueError, AttributeError) as exc:
         raise LearnFeaturesError(f"{path}: unreadable materialization ledger ({exc}); delete it and run `learn-features materialize --full`") from None
     return ledger
 
@@ -106,7 +109,17 @@ def materialize_publications(
             raise LearnFeaturesError(f"{repo_path}: nothing is published; run `learn-features publish` first")
         store = open_applied_store(repo_path, config_path)
         key = store_key(repo_path, config_path, store)
-        done = set() if full else loaded_publications(repo_path, key)
+        loaded = loaded_publications(repo_path, key)
+        if end is not None:
+            newer = [p for p in publications if p.publication_id in loaded and p.published_at > end]
+            if newer:
+                # Feast writes each entity's latest row *within the window*, over what the store holds.
+                raise LearnFeaturesError(
+                    f"--end {end.isoformat()} is before {newer[-1].publication_id} ({newer[-1].published_at.isoformat()}), "
+                    "which this online store already holds: materializing up to --end would write older vectors over it. "
+                    "Give a later --end, or none"
+                )
+        done = set() if full else loaded
         pending = [p for p in publications if p.publication_id not in done and (end is None or p.published_at <= end)]
         if not pending:
             return MaterializeResult(key, [])

@@ -20,8 +20,8 @@ joins.
 
 Rules, all enforced here:
 
-* Each publication is stamped with one ``event_timestamp`` (its ``published_at``),
-  strictly later than every earlier publication. Feast's materialize-incremental only
+* Each full or push publication is stamped with one ``event_timestamp`` (its
+  ``published_at``), strictly later than every earlier publication. Feast's materialize-incremental only
   reads rows newer than its last run, and online stores (Redis) keep a value unless the
   new one is newer, so a rollout stamped with an older time would be silently ignored.
 * Re-publishing the active version with the same vectors is a no-op (idempotent). A
@@ -32,6 +32,10 @@ Rules, all enforced here:
 * Re-publishing an older version (same vectors) is a rollback: a new publication that is
   newer than everything else.
 * Pushed cold-start items (``kind == "push"``) must carry the active full version.
+* ``users`` publications (``embed-users``, ``stream-users``) carry one time per row, none
+  later than now (the CLI refuses future snapshot times), and their ``published_at`` is
+  their latest row; their rows may lie before earlier publications (see
+  ``publish_user_vectors``).
 """
 
 from __future__ import annotations
@@ -551,6 +555,20 @@ class UserPublishResult:
     unchanged: int  # rows left out: a point-in-time read at their time already returns their vector
 
 
+def require_active_version(repo_path: str | Path, model_version: str, dim: int | None = None) -> None:
+    """Refuse user vectors of a model version (or dimension) other than the active item
+    publication's: they would be scored against item vectors of another model."""
+    active = active_publication(repo_path)
+    if active is None or active.model_version != model_version or (dim is not None and active.dim != dim):
+        found = "nothing is published" if active is None else (
+            f"the active item publication is {active.model_version!r} (dim {active.dim}, {active.publication_id})")
+        shape = "" if dim is None else f" (dim {dim})"
+        raise LearnFeaturesError(
+            f"{repo_path}: the user vectors are of model_version {model_version!r}{shape} but {found}; they would be "
+            "scored against item vectors of another model. Publish the run first (`learn-features publish`)"
+        )
+
+
 def publish_user_vectors(
     repo_path: str | Path, model_version: str, ids: np.ndarray, vectors: np.ndarray, times: np.ndarray, source: str
 ) -> UserPublishResult:
@@ -573,13 +591,7 @@ def publish_user_vectors(
         row = int(np.flatnonzero(duplicated)[0])
         raise LearnFeaturesError(f"{source}: user {table.ids[row]!r} has two vectors at one time ({pd.Timestamp(int(table.times_us[row]) * 1000, tz='UTC')})")
     with publish_lock(repo_path):
-        active = active_publication(repo_path)
-        if active is None or active.model_version != model_version or active.dim != vectors.shape[1]:
-            found = "nothing" if active is None else f"{active.model_version!r} (dim {active.dim}, {active.publication_id})"
-            raise LearnFeaturesError(
-                f"{repo_path}: user vectors of model_version {model_version!r} (dim {vectors.shape[1]}) cannot join the active "
-                f"item publication, which is {found}; publish that run first (`learn-features publish`)"
-            )
+        require_active_version(repo_path, model_version, vectors.shape[1])
         published = published_rows(repo_path, "user", model_version)
         new = np.ones(len(table.ids), dtype=bool)
         if len(published.ids):

@@ -31,10 +31,9 @@ from learn_features.embeddings_io import EmbeddingTable
 from learn_features.errors import LearnFeaturesError
 from learn_features.store.histories import HistoryStore
 from learn_features.store.materialize import record_loaded, store_key
-from learn_features.store.publish import Publication, next_publish_time, publish_lock, publish_user_vectors
+from learn_features.store.publish import Publication, next_publish_time, publish_lock, publish_user_vectors, require_active_version
 from learn_features.store.push import push_frame
 from learn_features.store.repo import USER_PUSH_SOURCE, open_applied_store, resolve_config, store_errors
-from learn_features.store.user_snapshots import require_active_version
 from learn_features.user_vectors import UserTower
 
 EVENT_COLUMNS = ("user_id", "item_id", "timestamp")
@@ -98,6 +97,8 @@ class UserStream:
         if not vectors.user_ids:
             return StreamResult([], vectors.vectors, None, None, vectors.unknown_events, vectors.unknown_examples, vectors.without_history)
         with publish_lock(self.repo_path):
+            # Again under the lock: a rollout may have landed while the vectors were computed.
+            require_active_version(self.repo_path, self.tower.model_version)
             pushed_at = next_publish_time(self.repo_path)
             store = self._open()
             with store_errors("pushing user vectors to the online store", self.config_path):

@@ -24,7 +24,7 @@ import pandas as pd
 
 from learn_features.embeddings_io import write_frame
 from learn_features.errors import LearnFeaturesError
-from learn_features.store.publish import UserPublishResult, active_publication, publish_user_vectors
+from learn_features.store.publish import UserPublishResult, publish_user_vectors, require_active_version
 from learn_features.user_vectors import SnapshotRows, UserTower
 
 
@@ -47,17 +47,6 @@ class SnapshotRun:
     @property
     def seconds_per_1000_users(self) -> float:
         return 1000.0 * self.seconds / max(self.rows, 1)
-
-
-def require_active_version(repo_path: str | Path, model_version: str) -> None:
-    """Refuse before any work when the repo serves item vectors of another model version."""
-    active = active_publication(repo_path)
-    if active is None or active.model_version != model_version:
-        found = "nothing is published" if active is None else f"the active item publication is {active.model_version!r}"
-        raise LearnFeaturesError(
-            f"{repo_path}: the run's model version is {model_version!r} but {found}; its user vectors would be scored "
-            "against item vectors of another model. Publish the run first (`learn-features publish`)"
-        )
 
 
 def embed_user_snapshots(
