@@ -21,6 +21,7 @@ from learn_features.config import load_config
 from learn_features.embeddings_io import ITEM_FILE, USER_FILE, read_frame, read_run_manifest
 from learn_features.pch.inference import embed_catalog_items
 from training.config import PipelineConfig
+from training.curves import training_curves_png
 from training.methods import METHODS
 
 
@@ -54,6 +55,16 @@ def test_run_evaluates_every_method_under_both_protocols(finished_run):
         assert methods["learn_v1"]["training"][0]["final_loss"] < methods["learn_v1"]["training"][0]["final_chance_loss"] * 1.5
         assert f"## Protocol: {protocol}" in table
     assert all(f"| {name} |" in table for name in METHODS)
+    curves = root / "run" / "training_curves.png"
+    assert curves.read_bytes().startswith(b"\x89PNG") and "`training_curves.png`" in table
+
+
+def test_training_curves_draw_only_trained_methods() -> None:
+    history = [{"epoch": e, "loss": 2.0 / e, "chance_loss": 2.0, "val_recall@50": 0.1 * e} for e in (1, 2, 3)]
+    trained = {"training": [{"history": history, "best_epoch": 3, "best_validation": 0.3}]}
+    assert training_curves_png({"temporal": {"methods": {"popularity": {"training": []}}}}) is None
+    png = training_curves_png({"temporal": {"methods": {"learn_v1": trained, "popularity": {"training": []}}}})
+    assert png is not None and png.startswith(b"\x89PNG")
 
 
 def test_per_user_scores_recompute_the_paired_differences(finished_run):

@@ -175,6 +175,9 @@ def metrics_markdown(protocols: dict[str, dict], ks: Sequence[int], on: str = "t
     columns = headline_metrics(ks)
     title = "Retrieval metrics (full item gallery)" if on == "test" else "Retrieval metrics on the VALIDATION users (for choosing settings)"
     lines = [f"# {title}", ""]
+    if any(m.get("training") for block in protocols.values() for m in block["methods"].values()):
+        curves = "training_curves.png" if on == "test" else f"training_curves-{on}.png"
+        lines += [f"Training loss against chance and the validation score per epoch, every trained method: `{curves}`.", ""]
     for protocol, block in protocols.items():
         split, methods = block["split"], block["methods"]
         seeds = block["seeds"]

@@ -49,6 +49,7 @@ from learn_features.pch.inputs import ItemInputs
 from learn_features.retrieval import rank_scores
 from training import baselines
 from training.config import PipelineConfig
+from training.curves import training_curves_png
 from training.diagnostics import vector_diagnostics
 from training.evaluation import MethodRankings, metrics_markdown, per_user_frame, protocol_metrics
 from training.methods import Method, get_methods
@@ -370,10 +371,11 @@ def choose_knn_neighbours(prep: Prepared, split: Split) -> int:
     return max(baselines.KNN_NEIGHBOURS, key=score)
 
 
-def evaluation_outputs(on: str) -> tuple[str, str, str]:
-    """(metrics.json, metrics.md, per_user.parquet) names for the ``test`` or ``validation`` users."""
+def evaluation_outputs(on: str) -> tuple[str, str, str, str]:
+    """(metrics.json, metrics.md, per_user.parquet, training_curves.png) names for the ``test``
+    or ``validation`` users."""
     suffix = "" if on == "test" else f"-{on}"
-    return f"metrics{suffix}.json", f"metrics{suffix}.md", f"per_user{suffix}.parquet"
+    return f"metrics{suffix}.json", f"metrics{suffix}.md", f"per_user{suffix}.parquet", f"training_curves{suffix}.png"
 
 
 def evaluate(prep: Prepared, progress: bool = True, on: str = "test") -> dict[str, dict]:
@@ -411,11 +413,15 @@ def evaluate(prep: Prepared, progress: bool = True, on: str = "test") -> dict[st
         }
         per_user.append(per_user_frame(protocol, rankings, test.user_ids, test.targets, cold_targets, config.eval.ks, seeds))
     document = {"evaluated_users": on, "protocols": results}
-    json_name, md_name, per_user_name = evaluation_outputs(on)
+    json_name, md_name, per_user_name, curves_name = evaluation_outputs(on)
     write_json_atomic(prep.run_dir / json_name, document)
     write_text_atomic(prep.run_dir / md_name, metrics_markdown(results, config.eval.ks, on))
     with atomic_path(prep.run_dir / per_user_name) as tmp:
         pq.write_table(pa.Table.from_pandas(pd.concat(per_user, ignore_index=True), preserve_index=False), tmp)
+    curves = training_curves_png(results)
+    if curves is not None:
+        with atomic_path(prep.run_dir / curves_name) as tmp:
+            Path(tmp).write_bytes(curves)
     return document
 
 
