@@ -21,9 +21,10 @@ joins.
 Rules, all enforced here:
 
 * Each full or push publication is stamped with one ``event_timestamp`` (its
-  ``published_at``), strictly later than every earlier publication. Feast's materialize-incremental only
-  reads rows newer than its last run, and online stores (Redis) keep a value unless the
-  new one is newer, so a rollout stamped with an older time would be silently ignored.
+  ``published_at``), strictly later than every earlier publication. Feast's
+  materialize-incremental only reads rows newer than its last run, and online stores (Redis)
+  keep a value unless the new one is newer, so a rollout stamped with an older time would be
+  silently ignored.
 * Re-publishing the active version with the same vectors is a no-op (idempotent). A
   version already published with *different* vectors is refused: a version string must
   name one set of vectors, or user and item vectors of "the same" version could mix.
