@@ -27,6 +27,7 @@ from learn_features.data.tables import load_generic, parse_timestamps, read_tabl
 from learn_features.errors import LearnFeaturesError
 from ranking.config import DataConfig, SplitConfig
 from ranking.embeddings import JOINED_COLUMNS, EmbeddingJoiner
+from ranking.features import row_cosine
 from ranking.history import HistoryIndex
 from ranking.metrics import check_labels
 
@@ -350,7 +351,7 @@ def history_similarity(rows: pd.DataFrame, index: HistoryIndex, joiner: Embeddin
         position = lookup.get_indexer(index.item_ids)
         event_vectors = np.where(position[:, None] >= 0, matrix[np.maximum(position, 0)], 0.0)
         means, used = index.last_n_mean(sub["user_id"], sub["as_of"], event_vectors, position >= 0, history_len)
-        out[mine] = _cosine(means, np.stack(sub["item_embedding"].to_numpy()).astype(np.float64), used > 0)
+        out[mine] = row_cosine(means, np.stack(sub["item_embedding"].to_numpy()).astype(np.float64), used > 0)
     return out
 
 
@@ -364,14 +365,6 @@ def _item_vectors(joiner: EmbeddingJoiner, item_ids: np.ndarray, at: pd.Timestam
     vectors = np.stack(table["item_embedding"].to_numpy()[keep]).astype(np.float64)
     return pd.Index(table["item_id"].astype(str).to_numpy()[keep]), vectors
 
-
-def _cosine(a: np.ndarray, b: np.ndarray, defined: np.ndarray) -> np.ndarray:
-    """Row-wise cosine, NaN where not ``defined`` or a vector is zero."""
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    ok = defined & (norms > 0)
-    out = np.full(len(a), np.nan)
-    out[ok] = (a[ok] * b[ok]).sum(axis=1) / norms[ok]
-    return out
 
 
 def _join_embeddings(

@@ -107,12 +107,7 @@ class DNNRanker:
             len(spec.user_vocab), len(spec.item_vocab), len(spec.dense_names), cfg, spec.learn_dim if vectors else None
         )
         self.history: list[dict[str, float | None]] = []
-        self.best_epoch = 0  # 1-based once fitted; 0 keeps the initial weights
-
-    @property
-    def best_iteration(self) -> int:
-        """The epoch (1 = the first) whose weights were kept."""
-        return self.best_epoch
+        self.best_iteration = 0  # the kept epoch, 1-based once fitted; 0 keeps the initial weights
 
     def tensors(self, frame: pd.DataFrame) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in dnn_inputs(frame, self.spec, self.vectors).items()}
@@ -144,7 +139,7 @@ class DNNRanker:
             valid_uauc = grouped_auc(y_valid, scores, valid_users, "DNN validation").uauc
             self.history.append({"epoch": epoch + 1, "train_loss": total / len(order), "valid_logloss": valid_loss, "valid_uauc": valid_uauc})
             if valid_loss < best_loss - 1e-6:
-                best_loss, best_state, stale, self.best_epoch = valid_loss, copy.deepcopy(self.net.state_dict()), 0, epoch + 1
+                best_loss, best_state, stale, self.best_iteration = valid_loss, copy.deepcopy(self.net.state_dict()), 0, epoch + 1
             else:
                 stale += 1
                 if stale >= self.cfg.patience:

@@ -142,11 +142,6 @@ class ExperimentResults:
     fingerprint: dict[str, object]
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def metrics(self) -> dict[str, ModelMetrics]:
-        """Each arm's metrics on its seed-averaged predictions."""
-        return {name: arm.averaged for name, arm in self.arms.items()}
-
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -279,11 +274,10 @@ def run_ranking_experiment(config: ExperimentConfig) -> ExperimentResults:
 
 
 def content_store_for(config: ExperimentConfig) -> Path:
-    """``controls.content_store``, else the LEARN run's frozen-LLM content (``content/llm``)."""
+    """``controls.content_store``, else the LEARN run's frozen-LLM content (``content/llm``; the
+    caller has checked that ``embeddings.run_dir`` is set)."""
     if config.controls.content_store is not None:
         return Path(config.controls.content_store)
-    if config.embeddings.run_dir is None:
-        raise LearnFeaturesError("model dnn_llm_frozen needs controls.content_store or embeddings.run_dir (or --run-dir)")
     return Path(config.embeddings.run_dir) / "content" / "llm"
 
 

@@ -180,6 +180,15 @@ def id_indices(frame: pd.DataFrame, spec: FeatureSpec) -> tuple[np.ndarray, np.n
     return u, i
 
 
+def row_cosine(a: np.ndarray, b: np.ndarray, defined: np.ndarray) -> np.ndarray:
+    """Row-wise cosine, NaN where not ``defined`` or a vector is zero."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    ok = defined & (norms > 0)
+    out = np.full(len(a), np.nan)
+    out[ok] = (a[ok] * b[ok]).sum(axis=1) / norms[ok]
+    return out
+
+
 def tree_features(frame: pd.DataFrame, spec: FeatureSpec, with_learn: bool) -> pd.DataFrame:
     """LightGBM input: categorical id codes (unseen -> missing), raw side features and, for the
     LEARN variant, three kinds of LEARN features:
@@ -201,11 +210,7 @@ def tree_features(frame: pd.DataFrame, spec: FeatureSpec, with_learn: bool) -> p
         assert spec.learn_dim is not None, "spec was fitted without LEARN features"
         uv, up = embedding_matrix(frame, "user_embedding", spec.learn_dim)
         iv, ip = embedding_matrix(frame, "item_embedding", spec.learn_dim)
-        norms = np.linalg.norm(uv, axis=1) * np.linalg.norm(iv, axis=1)
-        cosine = np.full(len(frame), np.nan)
-        ok = up & ip & (norms > 0)
-        cosine[ok] = (uv[ok] * iv[ok]).sum(axis=1) / norms[ok]
-        out["learn_cosine"] = cosine
+        out["learn_cosine"] = row_cosine(uv, iv, up & ip)
         out["learn_history_cosine"] = frame["learn_history_cosine"].to_numpy(dtype=np.float64)
         if spec.pca_item is not None:
             proj = np.full((len(frame), spec.pca_item.n_components_), np.nan)
