@@ -13,7 +13,7 @@ from core_fixtures import *  # noqa: F401,F403
 from core_fixtures import tiny_pch_config
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
-from learn_features.pch.batching import PAD, pad_sequences
+from learn_features.pch.batching import PAD, pad_array
 from learn_features.pch.inference import item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
 from learn_features.pch.loss import Candidates, dense_all_action_infonce, recency_weights
@@ -74,10 +74,10 @@ def test_user_vector_is_independent_of_batch_padding() -> None:
         user_vectors(model, inputs, [np.array([1]), np.array([], dtype=np.int64)])
 
 
-def test_pad_sequences_layout() -> None:
-    padded, lengths = pad_sequences([np.array([4, 5, 6]), np.array([7]), np.array([], dtype=np.int64)], CPU)
+def test_pad_array_layout() -> None:
+    padded, lengths = pad_array([np.array([4, 5, 6]), np.array([7]), np.array([], dtype=np.int64)])
     assert padded.tolist() == [[4, 5, 6], [7, PAD, PAD], [PAD, PAD, PAD]] and lengths.tolist() == [3, 1, 0]
-    assert padded.dtype == torch.int64
+    assert padded.dtype == np.int64
 
 
 def test_sequence_longer_than_max_len_is_refused() -> None:

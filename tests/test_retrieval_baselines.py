@@ -67,7 +67,7 @@ def test_popularity_recent_under_leave_one_out_ends_at_each_users_target() -> No
 
 def test_item_knn_is_cosine_over_training_users_summed_over_the_history() -> None:
     split = tiny_split()
-    similarity = baselines.cooccurrence_similarity(split.train, len(split.item_ids), k=10).toarray()
+    similarity = baselines.top_k_neighbours(baselines.cooccurrence_cosine(split.train, len(split.item_ids)), k=10).toarray()
     idx = {item: i for i, item in enumerate(split.item_ids)}
     # Training users' item sets: u1 {a,b,c}, u2 {a,b}, u3 {b,c,d}, z {a}.
     users_of = {"a": {"u1", "u2", "z"}, "b": {"u1", "u2", "u3"}, "c": {"u1", "u3"}, "d": {"u3"}, "e": set()}
@@ -75,11 +75,11 @@ def test_item_knn_is_cosine_over_training_users_summed_over_the_history() -> Non
         for y in "abcde":
             expected = 0.0 if x == y or not users_of[x] or not users_of[y] else len(users_of[x] & users_of[y]) / np.sqrt(len(users_of[x]) * len(users_of[y]))
             assert similarity[idx[x], idx[y]] == pytest.approx(expected), (x, y)
-    scores = baselines.item_knn_scores(baselines.cooccurrence_similarity(split.train, 5, k=10), split.test.histories)
+    scores = baselines.item_knn_scores(baselines.top_k_neighbours(baselines.cooccurrence_cosine(split.train, 5), k=10), split.test.histories)
     history = [split.item_ids[i] for i in split.test.histories[0]]
     assert history == ["a", "e"]
     np.testing.assert_allclose(scores[0], similarity[idx["a"]] + similarity[idx["e"]])
-    top1 = baselines.cooccurrence_similarity(split.train, 5, k=1).toarray()
+    top1 = baselines.top_k_neighbours(baselines.cooccurrence_cosine(split.train, 5), k=1).toarray()
     assert ((top1 > 0).sum(axis=1) <= 1).all()
 
 

@@ -83,8 +83,10 @@ class PositiveLog:
         return out
 
 
-def cooccurrence_similarity(train: dict[str, TrainSequence], n_items: int, k: int) -> sp.csr_matrix:
-    """(n_items, n_items) cosine similarity of items over training users, top ``k`` per item, no self-loops."""
+def cooccurrence_cosine(train: dict[str, TrainSequence], n_items: int) -> sp.csr_matrix:
+    """(n_items, n_items) cosine similarity of items over training users, no self-loops.
+
+    Built once per split: the validation grid of k (``top_k_neighbours``) only prunes it."""
     rows = np.concatenate([np.full(len(np.unique(s.items)), u) for u, s in enumerate(train.values())])
     cols = np.concatenate([np.unique(s.items) for s in train.values()])
     x = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(train), n_items))
@@ -93,10 +95,11 @@ def cooccurrence_similarity(train: dict[str, TrainSequence], n_items: int, k: in
     co.setdiag(0.0)
     co.eliminate_zeros()
     co = sp.diags(1.0 / np.maximum(norms, 1e-12)) @ co @ sp.diags(1.0 / np.maximum(norms, 1e-12))
-    return _top_k_per_row(co.tocsr(), k)
+    return co.tocsr()
 
 
-def _top_k_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
+def top_k_neighbours(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Each row's ``k`` largest entries (item_knn's neighbourhood), the rest dropped."""
     indptr, indices, data = [0], [], []
     for row in range(matrix.shape[0]):
         start, end = matrix.indptr[row], matrix.indptr[row + 1]

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
@@ -49,8 +50,6 @@ from learn_features.pch.inputs import ItemInputs
 from learn_features.retrieval import rank_scores
 from training import baselines
 from training.config import PipelineConfig
-from training.curves import training_curves_png
-from training.diagnostics import vector_diagnostics
 from training.evaluation import MethodRankings, metrics_markdown, per_user_frame, protocol_metrics
 from training.methods import Method, get_methods
 from training.trainer import BEST, LAST, TrainResult, train_towers, validation_score_of_scores
@@ -338,7 +337,8 @@ def embed(prep: Prepared) -> dict[str, Path]:
     return paths
 
 
-def method_scores(prep: Prepared, split: Split, method: Method, seed: int, users: EvalUsers, knn_k: int | None = None) -> tuple[np.ndarray, dict]:
+def method_scores(prep: Prepared, split: Split, method: Method, seed: int, users: EvalUsers,
+                  knn_similarity: sp.csr_matrix | None = None) -> tuple[np.ndarray, dict]:
     """(users x items) scores of one method for ``users``, and its vector diagnostics (if it has vectors)."""
     config = prep.config
     if method.kind == "popularity":
@@ -346,26 +346,30 @@ def method_scores(prep: Prepared, split: Split, method: Method, seed: int, users
     if method.kind == "popularity_recent":
         return baselines.popularity_recent_scores(split, users, config.eval.recent_days), {}
     if method.kind == "item_knn":
-        similarity = baselines.cooccurrence_similarity(split.train, len(split.item_ids), knn_k or baselines.KNN_NEIGHBOURS[-1])
-        return baselines.item_knn_scores(similarity, users.histories), {}
+        if knn_similarity is None:
+            raise ValueError("item_knn needs its neighbourhood (knn_similarity)")
+        return baselines.item_knn_scores(knn_similarity, users.histories), {}
     if method.kind == "content_mean":
         user_vecs, item_vecs = frozen_content_vectors(prep, split, users.histories)
     else:
         user_vecs, item_vecs = tower_vectors(prep, split, method, seed, users.histories)
     scores = user_vecs @ item_vecs.T
     popularity = baselines.training_positive_counts(split.train, len(split.item_ids))
+    from training.diagnostics import vector_diagnostics  # scipy.stats: only evaluation needs it
+
     return scores, vector_diagnostics(user_vecs, item_vecs, scores, popularity, split.warm_items)
 
 
-def choose_knn_neighbours(prep: Prepared, split: Split) -> int:
-    """item_knn's k, chosen on the validation users (never on test users) by the training metric."""
+def choose_knn_neighbours(prep: Prepared, split: Split, cosine: sp.csr_matrix) -> int:
+    """item_knn's k, chosen on the validation users (never on test users) by the training metric;
+    ``cosine`` is the split's ``baselines.cooccurrence_cosine``."""
     if not len(split.val):
         return baselines.KNN_NEIGHBOURS[-1]
     metric = prep.config.train.select_metric
     depth = int(metric.split("@")[1])
 
     def score(k: int) -> float:
-        scores = baselines.item_knn_scores(baselines.cooccurrence_similarity(split.train, len(split.item_ids), k), split.val.histories)
+        scores = baselines.item_knn_scores(baselines.top_k_neighbours(cosine, k), split.val.histories)
         return validation_score_of_scores(scores, split.val, metric, depth)
 
     return max(baselines.KNN_NEIGHBOURS, key=score)
@@ -396,10 +400,14 @@ def evaluate(prep: Prepared, progress: bool = True, on: str = "test") -> dict[st
         rankings = []
         for method in tqdm(get_methods(config.eval.methods), desc=f"evaluating ({protocol})", disable=not progress):
             runs = seeds if method.trained else seeds[:1]
-            knn_k = choose_knn_neighbours(prep, split) if method.kind == "item_knn" else None
+            knn_k, knn_similarity = None, None
+            if method.kind == "item_knn":
+                cosine = baselines.cooccurrence_cosine(split.train, len(split.item_ids))
+                knn_k = choose_knn_neighbours(prep, split, cosine)
+                knn_similarity = baselines.top_k_neighbours(cosine, knn_k)
             ranked, diagnostics = [], {}
             for seed in runs:
-                scores, diagnostics = method_scores(prep, split, method, seed, test, knn_k)
+                scores, diagnostics = method_scores(prep, split, method, seed, test, knn_similarity)
                 ranked.append(rank_scores(scores, test.exclude, depth))
             if knn_k is not None:
                 diagnostics = {"neighbours": knn_k}
@@ -418,6 +426,8 @@ def evaluate(prep: Prepared, progress: bool = True, on: str = "test") -> dict[st
     write_text_atomic(prep.run_dir / md_name, metrics_markdown(results, config.eval.ks, on))
     with atomic_path(prep.run_dir / per_user_name) as tmp:
         pq.write_table(pa.Table.from_pandas(pd.concat(per_user, ignore_index=True), preserve_index=False), tmp)
+    from training.curves import training_curves_png  # matplotlib: only evaluation draws
+
     curves = training_curves_png(results)
     if curves is not None:
         with atomic_path(prep.run_dir / curves_name) as tmp:

@@ -76,7 +76,8 @@ class SplitConfig:
 
 @dataclass
 class TrainSequence:
-    """One user's training events in order: item indices, which are positives, and their times."""
+    """One user's events in order (in a split: their training events): item indices, which
+    are positives, and their times."""
 
     items: np.ndarray  # int64 catalog indices
     positive: np.ndarray  # bool
@@ -84,6 +85,9 @@ class TrainSequence:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def part(self, start: int = 0, end: int | None = None) -> TrainSequence:
+        return TrainSequence(self.items[start:end], self.positive[start:end], self.times[start:end])
 
 
 @dataclass
@@ -171,17 +175,7 @@ def _unique_in_order(values: np.ndarray) -> np.ndarray:
     return values[np.sort(first)]
 
 
-@dataclass
-class _UserEvents:
-    items: np.ndarray
-    positive: np.ndarray
-    times: np.ndarray  # int64 unix seconds
-
-    def seq(self, start: int = 0, end: int | None = None) -> TrainSequence:
-        return TrainSequence(self.items[start:end], self.positive[start:end], self.times[start:end])
-
-
-def _user_events(interactions: pd.DataFrame, item_ids: list[str]) -> dict[str, _UserEvents]:
+def _user_events(interactions: pd.DataFrame, item_ids: list[str]) -> dict[str, TrainSequence]:
     """Each user's events in sequence order: the ``order`` column of ``data.tables.assemble``,
     else time then item id."""
     index = pd.Series(np.arange(len(item_ids)), index=item_ids)
@@ -196,7 +190,7 @@ def _user_events(interactions: pd.DataFrame, item_ids: list[str]) -> dict[str, _
     users = events["user_id"].to_numpy()
     bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
     return {
-        str(users[s]): _UserEvents(items[s:e], positive[s:e], times[s:e]) for s, e in zip(bounds[:-1], bounds[1:])
+        str(users[s]): TrainSequence(items[s:e], positive[s:e], times[s:e]) for s, e in zip(bounds[:-1], bounds[1:])
     }
 
 
@@ -213,12 +207,12 @@ def split_temporal(interactions: pd.DataFrame, catalog: pd.DataFrame, config: Sp
     n, m = config.history_len, config.target_len
 
     test = EvalUsers()
-    past: dict[str, _UserEvents] = {}
+    past: dict[str, TrainSequence] = {}
     for user in sorted(per_user):
         ev = per_user[user]
         n_past = int(np.searchsorted(ev.times, cut_s, side="left"))  # events are time-ordered
         if n_past:
-            past[user] = _UserEvents(ev.items[:n_past], ev.positive[:n_past], ev.times[:n_past])
+            past[user] = ev.part(0, n_past)
         if n_past < len(ev.items):
             s = _window_start(n_past, len(ev.items) - n_past)
             test.add(user, ev.items[:s], ev.items[s : s + m], ev.positive[s : s + m], ev.times[s], n)
@@ -236,7 +230,7 @@ def split_temporal(interactions: pd.DataFrame, catalog: pd.DataFrame, config: Sp
         if val.add(user, ev.items[:s], ev.items[s : s + m], ev.positive[s : s + m], ev.times[s], n):
             held_from[user] = s
     for user, ev in past.items():
-        seq = ev.seq(0, held_from.get(user))
+        seq = ev.part(0, held_from.get(user))
         if len(seq):
             train[user] = seq
     _require_users(train, test, f"the cut {cut.isoformat()}")
@@ -263,7 +257,7 @@ def split_leave_one_out(interactions: pd.DataFrame, catalog: pd.DataFrame, confi
             if in_test or in_val:
                 keep = v  # nothing from the validation target on trains
         if keep:
-            train[user] = ev.seq(0, keep)
+            train[user] = ev.part(0, keep)
     _require_users(train, test, "leave-one-out")
     warm = _warm(train, len(item_ids))
     profiles = {u: ev.items[-n:] for u, ev in per_user.items()}

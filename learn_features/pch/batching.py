@@ -28,12 +28,6 @@ def pad_array(sequences: Sequence[np.ndarray], length: int | None = None) -> tup
     return padded, lengths
 
 
-def pad_sequences(sequences: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`pad_array` as tensors on ``device``."""
-    padded, lengths = pad_array(sequences)
-    return torch.as_tensor(padded, device=device), torch.as_tensor(lengths, device=device)
-
-
 @dataclass
 class Batch:
     """One training step's tensors, built on the host and moved to the device in one go.

@@ -584,6 +584,15 @@ def publish_user_vectors(
     every pending publication whatever its time, and point-in-time joins pick, per
     impression, the latest row at or before it.
     """
+    table = user_vector_rows(ids, vectors, times, source)
+    with publish_lock(repo_path):
+        require_active_version(repo_path, model_version, vectors.shape[1])
+        return commit_user_vectors(repo_path, model_version, table, source)
+
+
+def user_vector_rows(ids: np.ndarray, vectors: np.ndarray, times: np.ndarray, source: str) -> EntityVectors:
+    """The rows of a ``users`` publication, sorted; refused when empty or with two vectors of
+    one user at one time."""
     if not len(ids):
         raise LearnFeaturesError(f"{source}: no user vectors to publish")
     table = EntityVectors.sorted(ids, vectors, times)
@@ -591,16 +600,20 @@ def publish_user_vectors(
     if duplicated.any():
         row = int(np.flatnonzero(duplicated)[0])
         raise LearnFeaturesError(f"{source}: user {table.ids[row]!r} has two vectors at one time ({pd.Timestamp(int(table.times_us[row]) * 1000, tz='UTC')})")
-    with publish_lock(repo_path):
-        require_active_version(repo_path, model_version, vectors.shape[1])
-        published = published_rows(repo_path, "user", model_version)
-        new = np.ones(len(table.ids), dtype=bool)
-        if len(published.ids):
-            present, current = published.in_effect(table.ids, table.times_us)
-            new = ~(present & (current == table.vectors).all(axis=1))
-        if not new.any():
-            return UserPublishResult(None, 0, len(new))
-        kept = EntityVectors(table.ids[new], table.vectors[new], table.times_us[new])
-        latest = pd.Timestamp(int(kept.times_us.max()) * 1000, tz="UTC")
-        pub = commit_publication(repo_path, "users", model_version, {"user": kept}, latest, source)
+    return table
+
+
+def commit_user_vectors(repo_path: str | Path, model_version: str, table: EntityVectors, source: str) -> UserPublishResult:
+    """``publish_user_vectors``' commit, for a caller that holds ``publish_lock`` and has run
+    ``require_active_version`` under it (the stream checks, pushes and records under one lock)."""
+    published = published_rows(repo_path, "user", model_version)
+    new = np.ones(len(table.ids), dtype=bool)
+    if len(published.ids):
+        present, current = published.in_effect(table.ids, table.times_us)
+        new = ~(present & (current == table.vectors).all(axis=1))
+    if not new.any():
+        return UserPublishResult(None, 0, len(new))
+    kept = EntityVectors(table.ids[new], table.vectors[new], table.times_us[new])
+    latest = pd.Timestamp(int(kept.times_us.max()) * 1000, tz="UTC")
+    pub = commit_publication(repo_path, "users", model_version, {"user": kept}, latest, source)
     return UserPublishResult(pub, int(new.sum()), int((~new).sum()))

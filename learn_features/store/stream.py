@@ -31,7 +31,14 @@ from learn_features.embeddings_io import EmbeddingTable
 from learn_features.errors import LearnFeaturesError
 from learn_features.store.histories import HistoryStore
 from learn_features.store.materialize import record_loaded, store_key
-from learn_features.store.publish import Publication, next_publish_time, publish_lock, publish_user_vectors, require_active_version
+from learn_features.store.publish import (
+    Publication,
+    commit_user_vectors,
+    next_publish_time,
+    publish_lock,
+    require_active_version,
+    user_vector_rows,
+)
 from learn_features.store.push import push_frame
 from learn_features.store.repo import USER_PUSH_SOURCE, open_applied_store, resolve_config, store_errors
 from learn_features.user_vectors import UserTower
@@ -96,20 +103,21 @@ class UserStream:
         vectors = self.tower.embed(list(histories), list(histories.values()))
         if not vectors.user_ids:
             return StreamResult([], vectors.vectors, None, None, vectors.unknown_events, vectors.unknown_examples, vectors.without_history)
+        # Check, push, record and count as loaded under one lock (as ``push_item_embeddings``
+        # does): a rollout landing in between would otherwise leave a served vector unrecorded.
         with publish_lock(self.repo_path):
-            # Again under the lock: a rollout may have landed while the vectors were computed.
-            require_active_version(self.repo_path, self.tower.model_version)
+            require_active_version(self.repo_path, self.tower.model_version, vectors.vectors.shape[1])
             pushed_at = next_publish_time(self.repo_path)
+            times = np.full(len(vectors.user_ids), pushed_at.value // 1000, dtype=np.int64)
+            rows = user_vector_rows(np.asarray(vectors.user_ids, dtype=object), vectors.vectors, times, "stream")
             store = self._open()
             with store_errors("pushing user vectors to the online store", self.config_path):
                 from feast.data_source import PushMode
 
                 table = EmbeddingTable("user", vectors.user_ids, vectors.vectors, pushed_at, self.tower.model_version)
                 store.push(USER_PUSH_SOURCE, push_frame(table, pushed_at), to=PushMode.ONLINE)
-        times = np.full(len(vectors.user_ids), pushed_at.value // 1000, dtype=np.int64)
-        result = publish_user_vectors(self.repo_path, self.tower.model_version, np.asarray(vectors.user_ids, dtype=object), vectors.vectors, times, "stream")
-        if result.publication is not None:
-            with publish_lock(self.repo_path):
+            result = commit_user_vectors(self.repo_path, self.tower.model_version, rows, "stream")
+            if result.publication is not None:
                 record_loaded(self.repo_path, store_key(self.repo_path, self.config_path, store), [result.publication])
         return StreamResult(vectors.user_ids, vectors.vectors, pushed_at, result.publication, vectors.unknown_events,
                             vectors.unknown_examples, vectors.without_history)
