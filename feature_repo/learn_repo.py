@@ -21,7 +21,8 @@ from pathlib import Path
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float32, String
 
-from learn_features.store.publish import active_publication, ensure_offline_schema
+from learn_features.store.commit import ensure_offline_schema
+from learn_features.store.ledger import active_publication
 from learn_features.store.repo import (
     EMBEDDING_TTL,
     ITEM,

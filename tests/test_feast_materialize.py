@@ -34,7 +34,9 @@ from learn_features.embeddings_io import EmbeddingTable
 from learn_features.errors import LearnFeaturesError
 from learn_features.store.historical import historical_learn_features
 from learn_features.store.materialize import materialize_publications
-from learn_features.store.publish import SCHEMA_DIR, list_publications, publish_run
+from learn_features.store.commit import SCHEMA_DIR
+from learn_features.store.ledger import list_publications
+from learn_features.store.publish import publish_run
 from learn_features.store.push import push_item_embeddings
 from learn_features.store.repo import ITEM_VIEW, USER_VIEW, apply_repo, open_store
 from learn_features.store.serving import LearnFeatureClient

@@ -18,14 +18,11 @@ from feast_fixtures import copy_repo, publication_files, write_run
 
 from learn_features.embeddings_io import ITEM_FILE, USER_FILE
 from learn_features.errors import LearnFeaturesError
-from learn_features.store import publish
+from learn_features.store import commit
 from learn_features.store.cli import register
-from learn_features.store.publish import (
-    active_publication,
-    list_publications,
-    publish_run,
-    read_published,
-)
+from learn_features.store.ledger import active_publication, list_publications
+from learn_features.store.publish import publish_run
+from learn_features.store.published import read_published
 from learn_features.store.repo import offline_glob
 
 
@@ -71,7 +68,7 @@ def test_crash_mid_publish_leaves_no_visible_rows_and_rerun_recovers(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = write_run(tmp_path / "run", "v1", 5, 6, 4, seed=2)
-    publish.ensure_offline_schema(repo)  # so that the writes counted below are the publication's
+    commit.ensure_offline_schema(repo)  # so that the writes counted below are the publication's
     real_write = pq.write_table
     calls = []
 
@@ -81,12 +78,12 @@ def test_crash_mid_publish_leaves_no_visible_rows_and_rerun_recovers(
             raise KeyboardInterrupt("simulated crash")
         real_write(table, where, **kw)
 
-    monkeypatch.setattr(publish.pq, "write_table", crash_on_second_file)
+    monkeypatch.setattr(commit.pq, "write_table", crash_on_second_file)
     with pytest.raises(KeyboardInterrupt):
         publish_run(run.run_dir, repo)
     assert publication_files(repo) == []  # nothing visible to the Feast sources
     assert list_publications(repo) == []
-    monkeypatch.setattr(publish.pq, "write_table", real_write)
+    monkeypatch.setattr(commit.pq, "write_table", real_write)
     (repo / "data" / "staging" / "leftover.tmp").mkdir(parents=True)  # debris of a hard kill
     result = publish_run(run.run_dir, repo)
     assert result.created and len(_rows(repo, "item")) == 6
@@ -104,7 +101,7 @@ def test_crash_at_commit_rename_leaves_previous_publication_active(
     def no_rename(src: object, dst: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(publish.os, "rename", no_rename)
+    monkeypatch.setattr(commit.os, "rename", no_rename)
     with pytest.raises(OSError):
         publish_run(v2.run_dir, repo)
     assert publication_files(repo) == files
@@ -238,7 +235,7 @@ def test_vectors_past_int32_list_offsets_are_written_in_chunks(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Publications larger than 2^31 floats are split into list chunks (shrunk here to 10 values)."""
-    monkeypatch.setattr(publish, "MAX_LIST_VALUES", 10)
+    monkeypatch.setattr(commit, "MAX_LIST_VALUES", 10)
     run = write_run(tmp_path / "run", "v1", 5, 7, 4, seed=3)
     publish_run(run.run_dir, repo)
     items = _rows(repo, "item")

@@ -10,7 +10,8 @@ import pytest
 from feast_fixtures import copy_repo, write_run
 
 from learn_features.store.historical import historical_learn_features
-from learn_features.store.publish import list_publications, publish_run
+from learn_features.store.ledger import list_publications
+from learn_features.store.publish import publish_run
 from learn_features.store.replay import publish_replay, replay_repo_path
 from learn_features.store.repo import apply_repo, open_store
 

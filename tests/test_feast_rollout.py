@@ -22,7 +22,7 @@ from job_fixtures import write_config, write_synthetic
 from learn_features.cli import main
 from learn_features.embeddings_io import read_run_manifest
 from learn_features.pch.inference import embed_catalog_items
-from learn_features.store.publish import list_publications
+from learn_features.store.ledger import list_publications
 from learn_features.store.repo import apply_repo, open_store
 from learn_features.store.serving import LearnFeatureClient
 

@@ -17,7 +17,9 @@ from feast_fixtures import SyntheticRun, copy_repo, manifest, write_run
 from learn_features.embeddings_io import EmbeddingTable
 from learn_features.errors import LearnFeaturesError
 from learn_features.store.cli import register
-from learn_features.store.publish import active_publication, list_publications, publish_run, read_published
+from learn_features.store.ledger import active_publication, list_publications
+from learn_features.store.publish import publish_run
+from learn_features.store.published import read_published
 from learn_features.store.repo import apply_repo, open_store
 from learn_features.store.serving import LearnFeatureClient
 

@@ -13,7 +13,8 @@ from feast_fixtures import SyntheticRun, copy_repo, write_run
 from learn_features.embeddings_io import EmbeddingTable
 from learn_features.errors import LearnFeaturesError
 from learn_features.store.historical import historical_learn_features
-from learn_features.store.publish import Publication, publish_run
+from learn_features.store.ledger import Publication
+from learn_features.store.publish import publish_run
 from learn_features.store.push import push_item_embeddings
 from learn_features.store.repo import apply_repo, open_store
 

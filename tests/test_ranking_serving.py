@@ -16,7 +16,8 @@ pytest.importorskip("feast")
 from feast_fixtures import copy_repo  # noqa: E402  (tests/ helper, on sys.path via conftest)
 
 from learn_features.embeddings_io import ITEM_FILE, USER_FILE, EmbeddingTable, write_table  # noqa: E402
-from learn_features.store.publish import EntityVectors, commit_publication, publish_run  # noqa: E402
+from learn_features.store.commit import EntityVectors, commit_publication  # noqa: E402
+from learn_features.store.publish import publish_run  # noqa: E402
 from learn_features.store.repo import apply_repo, open_store  # noqa: E402
 from learn_features.store.serving import LearnFeatureClient  # noqa: E402
 from ranking.config import BootstrapConfig, DataConfig, DNNConfig, ExperimentConfig, LGBMConfig, SplitConfig  # noqa: E402

@@ -28,7 +28,8 @@ from learn_features.embeddings_io import read_run_manifest
 from learn_features.errors import LearnFeaturesError
 from learn_features.store.histories import HistoryStore
 from learn_features.store.historical import historical_learn_features
-from learn_features.store.publish import list_publications, read_published
+from learn_features.store.ledger import list_publications
+from learn_features.store.published import read_published
 from learn_features.store.repo import USER, apply_repo, open_store
 from learn_features.store.serving import LearnFeatureClient
 from learn_features.store.stream import UserStream

@@ -2,9 +2,12 @@
 
 The index is built from the published item embeddings of one model version (the active
 one by default), read straight from the offline Parquet rather than from the online
-store: Feast's SQLite vector search does not work on this stack (see STACK.md), and a
-flat inner-product index over a catalog of up to a few million 64-256-d vectors answers
-in milliseconds and is exact, so its results can be checked against brute force.
+store. Feast's SQLite vector search is not used: Feast enables sqlite-vec only on Python
+3.10, the Python ``sqlite3`` module here lacks ``enable_load_extension``, and when it was
+forced on, repeated queries failed and results came back misaligned. A flat
+inner-product index (faiss ``IndexFlatIP``) over a catalog of up to a few million
+64-256-d vectors answers in milliseconds and is exact, so its results can be checked
+against brute force.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Sequence
 import numpy as np
 
 from learn_features.errors import LearnFeaturesError
-from learn_features.store.publish import active_publication, read_published
+from learn_features.store.ledger import active_publication
+from learn_features.store.published import read_published
 from learn_features.store.serving import Metric, l2_normalise
 
 

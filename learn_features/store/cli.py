@@ -190,7 +190,8 @@ def run_embed_items(args: argparse.Namespace) -> int:
     from learn_features.pch.inference import embed_catalog_items
 
     if args.repush_stale:
-        from learn_features.store.publish import run_model_version, stale_catalog_rows
+        from learn_features.store.publish import run_model_version
+        from learn_features.store.published import stale_catalog_rows
 
         version = run_model_version(args.run_dir)
         catalog = stale_catalog_rows(args.repo, version)

@@ -32,7 +32,7 @@ import pandas as pd
 
 from learn_features.atomic import write_json_atomic
 from learn_features.errors import LearnFeaturesError
-from learn_features.store.publish import ONE_MICROSECOND, Publication, list_publications, publish_lock
+from learn_features.store.ledger import ONE_MICROSECOND, Publication, list_publications, publish_lock
 from learn_features.store.repo import FIELDS, open_applied_store, resolve_config, store_errors
 
 if TYPE_CHECKING:

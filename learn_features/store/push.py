@@ -12,18 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from learn_features.embeddings_io import EmbeddingTable, validate_frame
 from learn_features.errors import LearnFeaturesError
+from learn_features.store.commit import EntityVectors, commit_publication
+from learn_features.store.ledger import Publication, active_publication, next_publish_time, publish_lock
 from learn_features.store.materialize import record_loaded, store_key
-from learn_features.store.publish import (
-    Publication,
-    active_publication,
-    catalog_rows,
-    next_publish_time,
-    publish_lock,
-    record_push,
-)
 from learn_features.store.repo import FIELDS, ITEM_PUSH_SOURCE, open_applied_store, resolve_config, store_errors
 
 
@@ -38,6 +33,28 @@ def push_frame(table: EmbeddingTable, pushed_at: pd.Timestamp) -> pd.DataFrame:
             "event_timestamp": pd.Series([pushed_at] * len(table.ids), dtype="datetime64[us, UTC]"),
         }
     )
+
+
+def catalog_rows(catalog: pd.DataFrame) -> pa.Table:
+    """Catalog rows as the Arrow table a push keeps; converted before anything is pushed, so a
+    column that Parquet cannot hold fails the push instead of its record."""
+    try:
+        return pa.Table.from_pandas(catalog, preserve_index=False)
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise LearnFeaturesError(f"catalog rows cannot be kept as Parquet ({exc}); give each column a single type") from None
+
+
+def record_push(
+    repo_path: str | Path, table: EmbeddingTable, published_at: pd.Timestamp, catalog: pa.Table | None = None
+) -> Publication:
+    """Keep pushed cold-start items in the offline store too, for point-in-time training joins.
+
+    Call under ``publish_lock`` with the time the rows were pushed online. ``catalog``, the
+    rows the vectors were embedded from, lets a later model version re-embed these items
+    (``published.stale_pushed_items``) when a rollout leaves them behind.
+    """
+    vectors = EntityVectors.sorted(table.ids, table.vectors.astype(np.float32))
+    return commit_publication(repo_path, "push", table.model_version, {"item": vectors}, published_at, "push", catalog=catalog)
 
 
 def push_item_embeddings(

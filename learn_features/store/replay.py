@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Iterator
 
 from learn_features.errors import LearnFeaturesError
-from learn_features.store.publish import PublishResult, list_publications, publish_run, run_model_version
+from learn_features.store.ledger import list_publications
+from learn_features.store.publish import PublishResult, publish_run, run_model_version
 
 REPLAY_DIR = "feast_replay"
 LOCK_NAME = ".feast_replay.lock"

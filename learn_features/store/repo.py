@@ -45,7 +45,7 @@ EMBEDDING_TTL = timedelta(0)
 STALE_AFTER = timedelta(days=180)
 
 # Published Parquet lives in one directory per publication under this folder (see
-# store.publish). The FileSources glob over it, so a publication appears in the offline
+# store.ledger). The FileSources glob over it, so a publication appears in the offline
 # store in one atomic directory rename.
 OFFLINE_DIR = Path("data") / "offline"
 

@@ -31,16 +31,10 @@ from learn_features.embeddings_io import EmbeddingTable
 from learn_features.errors import LearnFeaturesError
 from learn_features.store.histories import HistoryStore
 from learn_features.store.materialize import record_loaded, store_key
-from learn_features.store.publish import (
-    Publication,
-    commit_user_vectors,
-    next_publish_time,
-    publish_lock,
-    require_active_version,
-    user_vector_rows,
-)
+from learn_features.store.ledger import Publication, next_publish_time, publish_lock, require_active_version
 from learn_features.store.push import push_frame
 from learn_features.store.repo import USER_PUSH_SOURCE, open_applied_store, resolve_config, store_errors
+from learn_features.store.user_publications import commit_user_vectors, user_vector_rows
 from learn_features.user_vectors import UserTower
 
 EVENT_COLUMNS = ("user_id", "item_id", "timestamp")

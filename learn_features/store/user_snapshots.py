@@ -24,7 +24,8 @@ import pandas as pd
 
 from learn_features.embeddings_io import write_frame
 from learn_features.errors import LearnFeaturesError
-from learn_features.store.publish import UserPublishResult, publish_user_vectors, require_active_version
+from learn_features.store.ledger import require_active_version
+from learn_features.store.user_publications import UserPublishResult, publish_user_vectors
 from learn_features.user_vectors import SnapshotRows, UserTower
 
 

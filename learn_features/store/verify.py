@@ -8,7 +8,7 @@ reads a sample of the active publication's ids back through the serving client a
 compares version and vector bytes with what was published.
 
 It also reads back every pushed item whose latest published vector belongs to another
-model version (``store.publish.stale_pushed_items``): after a rollout these stay online
+model version (``store.published.stale_pushed_items``): after a rollout these stay online
 with the old version, unscorable, until ``embed-items --repush-stale --push`` embeds them
 again with the active run. They fail the check, with that fix in the message.
 """
@@ -22,7 +22,8 @@ import numpy as np
 
 from learn_features.embeddings_io import Entity
 from learn_features.errors import LearnFeaturesError
-from learn_features.store.publish import active_publication, read_published, stale_pushed_items
+from learn_features.store.ledger import active_publication
+from learn_features.store.published import read_published, stale_pushed_items
 from learn_features.store.repo import FIELDS, resolve_config
 from learn_features.store.serving import LearnFeatureClient
 
