@@ -31,15 +31,15 @@ Rules kept here, for every writer:
 
 from __future__ import annotations
 
-import fcntl
 import json
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import pandas as pd
 
+from learn_features.atomic import file_lock
 from learn_features.embeddings_io import Entity
 from learn_features.errors import LearnFeaturesError
 from learn_features.store.repo import FIELDS, OFFLINE_DIR
@@ -128,17 +128,9 @@ def require_active_version(repo_path: str | Path, model_version: str, dim: int |
         )
 
 
-@contextmanager
-def publish_lock(repo_path: str | Path) -> Iterator[None]:
+def publish_lock(repo_path: str | Path) -> AbstractContextManager[None]:
     """Serialise publishers: publication times must increase in commit order."""
-    lock_path = Path(repo_path) / LOCK_FILE
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(Path(repo_path) / LOCK_FILE)
 
 
 def next_publish_time(repo_path: str | Path, requested: pd.Timestamp | None = None) -> pd.Timestamp:

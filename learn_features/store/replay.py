@@ -14,12 +14,10 @@ re-trained model simply rebuilds it, and re-running with the same vectors is a n
 
 from __future__ import annotations
 
-import fcntl
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
+from learn_features.atomic import file_lock
 from learn_features.errors import LearnFeaturesError
 from learn_features.store.ledger import list_publications
 from learn_features.store.publish import PublishResult, publish_run, run_model_version
@@ -48,7 +46,7 @@ def publish_replay(run_dir: str | Path, source_repo: str | Path) -> PublishResul
     from learn_features.store.repo import apply_repo, open_store  # Feast import: seconds
 
     dest = replay_repo_path(run_dir)
-    with _replay_lock(Path(run_dir)):  # a concurrent replay must not delete what this one writes
+    with file_lock(Path(run_dir) / LOCK_NAME):  # a concurrent replay must not delete what this one writes
         _copy_definitions(Path(source_repo), dest)
         version = run_model_version(run_dir)
         if any(pub.model_version != version for pub in list_publications(dest)):
@@ -57,14 +55,3 @@ def publish_replay(run_dir: str | Path, source_repo: str | Path) -> PublishResul
         result = publish_run(run_dir, dest, event_time="as-of")
         apply_repo(open_store(dest), dest)
     return result
-
-
-@contextmanager
-def _replay_lock(run_dir: Path) -> Iterator[None]:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK_NAME, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
