@@ -75,6 +75,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
         raise LearnFeaturesError(f"{where}: expected a table, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    retired = getattr(cls, "RETIRED_KEYS", {})  # a key of an older vocabulary: say its new spelling
+    for key in data:
+        if key in retired:
+            raise LearnFeaturesError(f"{where}.{key} {retired[key]}" if where else f"{key} {retired[key]}")
     unknown = sorted(set(data) - names)
     if unknown:
         raise LearnFeaturesError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")

@@ -13,85 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from learn_features.config import PATH
-from learn_features.data.labels import LabelRule
 from learn_features.config import load_config as load_library_config
+from learn_features.data.config import DataConfig
+from learn_features.data.tables import ORDER_BY_TIME
 from learn_features.errors import LearnFeaturesError
-
-#: Every ranker arm and the vectors it reads besides ids and statistics (None: no vectors).
-#: "learn" are the LEARN embeddings; the two DNN control arms feed the same auxiliary network
-#: other vectors with the LEARN arm's coverage, dimension and norm (``ranking/controls.py``).
-ARM_VECTORS: dict[str, str | None] = {
-    "lgbm_baseline": None,
-    "dnn_baseline": None,
-    "lgbm_learn": "learn",
-    "dnn_learn": "learn",
-    "dnn_llm_frozen": "llm_frozen",
-    "dnn_random": "random",
-}
-BASELINE_MODELS = tuple(m for m, v in ARM_VECTORS.items() if v is None)
-LEARN_MODELS = tuple(m for m, v in ARM_VECTORS.items() if v == "learn")
-#: (reference, arm): each arm is judged against the model that differs from it only by its
-#: vectors. The first four also get Table 7; the last two ask whether LEARN's information,
-#: not merely "some vector per user and item", makes the difference.
-MODEL_PAIRS = (
-    ("dnn_baseline", "dnn_learn"),
-    ("lgbm_baseline", "lgbm_learn"),
-    ("dnn_baseline", "dnn_llm_frozen"),
-    ("dnn_baseline", "dnn_random"),
-    ("dnn_llm_frozen", "dnn_learn"),
-    ("dnn_random", "dnn_learn"),
-)
-
+from ranking.arms import ARMS_BY_NAME, BASELINE_MODELS, LEARN_MODELS
 
 @dataclass
-class DataConfig:
-    """Where the interactions come from and how they become labels.
-
-    * ``format="files"``: LEARN's own input tables (README, "Input format"), read by LEARN's
-      loader: ``interactions`` with ``user_id``, ``item_id``, ``timestamp`` and optional
-      ``rating``/``label``/``event_type``, and optionally the ``items`` catalog (``item_id``
-      plus text fields). Labels come from two rules (``learn_features.data.labels``):
-      ``positive`` (required, e.g. ``"rating >= 4"``, ``"label == 1"``,
-      ``"event_type in ['purchase', 'cart']"``) and ``negative`` (e.g. ``"rating <= 3"``;
-      omitted: every row that is not positive). Item features: the catalog's
-      ``genres_column`` split on ``genres_separator`` (multi-hot) and its numeric columns.
-    * ``format="movielens"``: ``ratings.csv``/``movies.csv``, labelled ``rating >=
-      positive_min_rating`` and ``rating <= negative_max_rating``.
-    * ``format="generic"``: one table with ``user_id, item_id, timestamp, label`` (0/1 on
-      every row), and an optional item table with pipe-separated ``genres``.
-
-    Rows that match neither rule (a 3.5 rating on MovieLens) are not impressions, but they
-    still count as user/item activity in the history statistics and tiers.
-    """
-
-    interactions: str = field(metadata=PATH)
-    items: str | None = field(default=None, metadata=PATH)
-    format: Literal["movielens", "files", "generic"] = "movielens"
-    positive_min_rating: float = 4.0
-    negative_max_rating: float = 3.0
-    positive: str | None = None
-    negative: str | None = None
-    genres_column: str | None = None
-    genres_separator: Literal["|", ","] = "|"
-
-    def __post_init__(self) -> None:
-        files_only = [key for key in ("positive", "negative", "genres_column") if getattr(self, key) is not None]
-        if self.format != "files" and files_only:
-            raise LearnFeaturesError(f"config data.{files_only[0]} applies to data.format = 'files' only, not {self.format!r}")
-        if self.format == "files":
-            self.label_rules()  # refuse a bad rule when the config loads, before any work
-
-    def label_rules(self) -> tuple[LabelRule, LabelRule | None]:
-        """The (positive, negative) rules of the ``files`` format."""
-        if self.positive is None:
-            raise LearnFeaturesError("config data.format = 'files' needs data.positive, a rule such as \"rating >= 4\" or \"label == 1\"")
-        positive = LabelRule.parse(self.positive, "config data.positive")
-        return positive, None if self.negative is None else LabelRule.parse(self.negative, "config data.negative")
-
-
-@dataclass
-class SplitConfig:
-    """Time periods: train < validation < cut <= evaluation.
+class PeriodsConfig:
+    """The ranker's time periods (the ``[split]`` section): train < validation < cut <= evaluation.
 
     The validation period is the last ``valid_fraction`` (by time) of the impressions before
     the cut; it is used for early stopping so nothing is tuned on the evaluation period.
@@ -214,7 +144,7 @@ class BootstrapConfig:
 @dataclass
 class ExperimentConfig:
     data: DataConfig
-    split: SplitConfig = field(default_factory=SplitConfig)
+    split: PeriodsConfig = field(default_factory=PeriodsConfig)
     embeddings: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     tiers: TierConfig = field(default_factory=TierConfig)
     lgbm: LGBMConfig = field(default_factory=LGBMConfig)
@@ -228,10 +158,14 @@ class ExperimentConfig:
     num_threads: int = 2
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.models if m not in ARM_VECTORS]
+        unknown = [m for m in self.models if m not in ARMS_BY_NAME]
         if unknown:
-            raise LearnFeaturesError(f"config models: unknown model(s) {unknown}; choose from {list(ARM_VECTORS)}")
-        if self.embeddings.source == "none" and any(ARM_VECTORS[m] for m in self.models):
+            raise LearnFeaturesError(f"config models: unknown model(s) {unknown}; choose from {list(ARMS_BY_NAME)}")
+        if self.data.positive is None:
+            raise LearnFeaturesError('config data.positive is needed: the rankers\' conversion label, a rule such as "rating >= 4" or "label == 1"')
+        if self.data.order != ORDER_BY_TIME:
+            raise LearnFeaturesError(f"config data.order must be {ORDER_BY_TIME!r}: the ranker's periods are times, got {self.data.order!r}")
+        if self.embeddings.source == "none" and any(ARMS_BY_NAME[m].vectors for m in self.models):
             raise LearnFeaturesError("config: embeddings.source is 'none' but LEARN models are requested; drop them from models")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise LearnFeaturesError(f"config seeds: need one or more distinct seeds, got {self.seeds}")

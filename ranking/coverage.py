@@ -17,13 +17,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ranking.config import ARM_VECTORS
+from ranking.arms import ARMS
 from ranking.dataset import RankingDataset
 from ranking.features import FeatureSpec, present, tree_features, vector_columns
 from ranking.metrics import grouped_auc
 
 SPLITS = ("train", "valid", "test")
-VECTOR_COLUMNS = [c for v in dict.fromkeys(v for v in ARM_VECTORS.values() if v) for c in vector_columns(v)]
+VECTOR_COLUMNS = [c for v in dict.fromkeys(arm.vectors for arm in ARMS if arm.vectors) for c in vector_columns(v)]
 
 
 def _share(mask: np.ndarray) -> float | None:

@@ -19,21 +19,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from learn_features.data.split import SplitConfig as LearnSplitConfig
-from learn_features.data.split import parse_time
+from learn_features.data.sources import data_source
+from learn_features.data.split import SplitConfig, parse_time
 from learn_features.embeddings_io import ITEM_FILE, MANIFEST_FILE, USER_FILE, read_run_manifest, run_manifest_path
 from learn_features.errors import LearnFeaturesError
 from learn_features.store.replay import replay_repo_path
 from ranking.bootstrap import PairedDelta, paired_bootstrap
-from ranking.config import ARM_VECTORS, BASELINE_MODELS, MODEL_PAIRS, EmbeddingConfig, ExperimentConfig
+from ranking.arms import ARMS_BY_NAME, BASELINE_MODELS, MODEL_PAIRS
+from ranking.config import EmbeddingConfig, ExperimentConfig
 from ranking.controls import load_content, with_llm_frozen, with_random
 from ranking.coverage import split_coverage
-from ranking.dataset import RankingDataset, build_dataset, load_data, point_in_time_stats
+from ranking.dataset import RankingDataset, build_dataset
 from ranking.dnn import DNNRanker
 from ranking.embeddings import EmbeddingJoiner, FeastEmbeddingJoiner, ParquetEmbeddingJoiner
 from ranking.features import FeatureSpec, fit_feature_spec, learn_vector_dim
 from ranking.history import HistoryIndex
+from ranking.joins import point_in_time_stats
 from ranking.lgbm import TreeRanker
+from ranking.loading import load_data
 from ranking.metrics import auc, grouped_auc, logloss
 from ranking.seeds import SeedPaired, SeedSpread, verdict
 from ranking.tiers import TIER_NAMES, Thresholds, assign_tiers, resolve_thresholds
@@ -231,7 +234,7 @@ def history_len(cfg: EmbeddingConfig) -> tuple[int, str]:
         return cfg.history_len, "embeddings.history_len"
     path = Path(cfg.run_dir) / "config.json" if cfg.run_dir else None
     if path is None or not path.is_file():
-        default = LearnSplitConfig().history_len
+        default = SplitConfig().history_len
         return default, f"LEARN's default (no {path or 'run config.json'})"
     try:
         value = json.loads(path.read_text(encoding="utf-8"))["split"]["history_len"]
@@ -283,7 +286,7 @@ def content_store_for(config: ExperimentConfig) -> Path:
 
 def with_controls(dataset: RankingDataset, history: pd.DataFrame, config: ExperimentConfig) -> RankingDataset:
     """Add the vectors of the requested control arms (``ranking/controls.py``), of the LEARN dimension."""
-    wanted = {ARM_VECTORS[m] for m in config.models} - {None, "learn"}
+    wanted = {ARMS_BY_NAME[m].vectors for m in config.models} - {None, "learn"}
     if not wanted:
         return dataset
     dim = learn_vector_dim(dataset.train)
@@ -302,7 +305,7 @@ def run_on_dataset(
 ) -> ExperimentResults:
     """Train every configured model once per seed on an assembled dataset; evaluate and compare."""
     notes: list[str] = []
-    if any(ARM_VECTORS[m] for m in config.models) and not dataset.has_embeddings:
+    if any(ARMS_BY_NAME[m].vectors for m in config.models) and not dataset.has_embeddings:
         raise LearnFeaturesError("LEARN models requested but the dataset was built without an embedding join")
     if dataset.has_embeddings:
         for name in ("train", "valid", "test"):
@@ -360,7 +363,7 @@ def run_on_dataset(
 
 def feature_specs(dataset: RankingDataset, config: ExperimentConfig) -> dict[bool, FeatureSpec]:
     """Feature specs keyed by "reads vectors": fitted on training rows, the same for every seed."""
-    needed = {ARM_VECTORS[m] is not None for m in config.models}
+    needed = {ARMS_BY_NAME[m].vectors is not None for m in config.models}
     return {
         with_vectors: fit_feature_spec(dataset.train, dataset.item_numeric_columns, dataset.has_genres, with_vectors, config.lgbm.pca_dims)
         for with_vectors in sorted(needed)
@@ -375,9 +378,9 @@ def train_models(
     specs = feature_specs(dataset, config) if specs is None else specs
     rankers: dict[str, TreeRanker | DNNRanker] = {}
     for name in config.models:
-        vectors = ARM_VECTORS[name]
+        vectors = ARMS_BY_NAME[name].vectors
         spec = specs[vectors is not None]
-        if name.startswith("lgbm"):
+        if ARMS_BY_NAME[name].ranker == "lgbm":
             ranker: TreeRanker | DNNRanker = TreeRanker(config.lgbm, spec, vectors is not None, seed, config.num_threads)
         else:
             ranker = DNNRanker(config.dnn, spec, vectors, seed, config.num_threads)
@@ -469,7 +472,7 @@ def data_fingerprint(
     config: ExperimentConfig, dataset: RankingDataset, history: pd.DataFrame, learn_cut: pd.Timestamp | None
 ) -> dict[str, object]:
     """What the numbers were computed from: file hashes, sizes, periods and embedding coverage."""
-    files = [config.data.interactions, config.data.items]
+    files = [str(p) for p in data_source(config.data.source).paths(config.data) if p is not None]
     emb = config.embeddings
     if emb.source == "parquet":
         users, items = embedding_paths(emb)

@@ -196,7 +196,7 @@ def tree_features(frame: pd.DataFrame, spec: FeatureSpec, with_learn: bool) -> p
     * ``learn_cosine``: cosine(user vector, item vector), where the user has a vector as of
       the row;
     * ``learn_history_cosine``: cosine(item vector, mean item vector of the user's history
-      before ``as_of``) (``ranking.dataset.history_similarity``), which needs no user vector;
+      before ``as_of``) (``ranking.joins.history_similarity``), which needs no user vector;
     * ``learn_item_pc<k>``: PCA components of the item vector.
 
     No feature reads the user vector's coordinates: a tree would split on them in the rows

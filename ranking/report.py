@@ -20,18 +20,11 @@ from matplotlib.figure import Figure
 from sklearn.calibration import calibration_curve
 
 from learn_features.atomic import atomic_path, write_json_atomic, write_text_atomic
+from ranking.arms import ARMS_BY_NAME, REPORT_ORDER
 from ranking.bootstrap import PairedDelta
 from ranking.experiment import ArmResult, Comparison, ExperimentResults, TierResult
 from ranking.seeds import SeedPaired, SeedSpread
 
-MODEL_LABELS = {
-    "dnn_baseline": "DNN baseline (ID embeddings)",
-    "dnn_learn": "DNN + LEARN auxiliary network",
-    "dnn_llm_frozen": "DNN + frozen-LLM vectors (control)",
-    "dnn_random": "DNN + random vectors (control)",
-    "lgbm_baseline": "LightGBM (ID + statistics)",
-    "lgbm_learn": "LightGBM + LEARN features",
-}
 METRICS = ("uauc", "wuauc")
 
 
@@ -60,7 +53,7 @@ def _paired(p: SeedPaired) -> str:
 
 def headline_rows(results: ExperimentResults) -> list[dict[str, object]]:
     """Table 6: one row per arm, its metrics over seeds and on the seed-averaged predictions."""
-    order = [n for n in MODEL_LABELS if n in results.arms]
+    order = [n for n in REPORT_ORDER if n in results.arms]
     rows = []
     for name in order:
         arm = results.arms[name]
@@ -91,7 +84,7 @@ def answers(results: ExperimentResults) -> list[str]:
     controls = [by_pair[k] for k in (("dnn_llm_frozen", "dnn_learn"), ("dnn_random", "dnn_learn")) if k in by_pair]
     if controls:
         both = all(c.verdict(m)[0] == "lift" for c in controls for m in METRICS) and len(controls) == 2
-        detail = " ".join(f"Against {MODEL_LABELS[c.reference]}: {judged(c)}." for c in controls)
+        detail = " ".join(f"Against {ARMS_BY_NAME[c.reference].label}: {judged(c)}." for c in controls)
         lines.append(f"Does DNN + LEARN beat both control arms? {'Yes' if both else 'No'}. {detail}")
     tiers = [t for t in results.tiers if (t.reference, t.arm) == ("dnn_baseline", "dnn_learn") and t.dimension != "all"]
     if tiers:
@@ -139,7 +132,7 @@ def plot_tier_deltas(tiers: list[TierResult], arm: str) -> bytes:
         ax.set_yticks(y, labels)
         ax.set_xlabel(f"arm - baseline {metric.upper()} (pp), 95% bootstrap CI")
     axes[0].invert_yaxis()  # shared y axis: inverting once puts "all" on top for both panels
-    fig.suptitle(f"{MODEL_LABELS[arm]} vs {MODEL_LABELS[rows[0].reference]}: per-tier difference (seed-averaged predictions)")
+    fig.suptitle(f"{ARMS_BY_NAME[arm].label} vs {ARMS_BY_NAME[rows[0].reference].label}: per-tier difference (seed-averaged predictions)")
     return _png(fig)
 
 
@@ -161,7 +154,7 @@ def plot_seed_paired(comparisons: list[Comparison]) -> bytes:
                 ax.errorbar(boot.delta_pp, yi + 0.18, xerr=[[boot.delta_pp - boot.ci_low_pp], [boot.ci_high_pp - boot.delta_pp]],
                             fmt="o", color="#e08214", capsize=4, label="seed-averaged, bootstrap 95% CI" if yi == 0 else None)  # fmt: skip
         ax.axvline(0, color="black", lw=0.8)
-        ax.set_yticks(y, [f"{MODEL_LABELS[c.arm]}\nvs {MODEL_LABELS[c.reference]}" for c in comparisons], fontsize=8)
+        ax.set_yticks(y, [f"{ARMS_BY_NAME[c.arm].label}\nvs {ARMS_BY_NAME[c.reference].label}" for c in comparisons], fontsize=8)
         ax.set_xlabel(f"Δ{metric.upper()} (pp)")
     axes[0].invert_yaxis()
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, -0.02))
@@ -175,7 +168,7 @@ def plot_learning_curves(arm: ArmResult) -> bytes:
     keys = [k for k in ("valid_logloss", "valid_uauc") if any(k in e for curve in arm.curves for e in curve)]
     fig = Figure(figsize=(5.2 * len(keys), 3.4))
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
-    unit = "boosting round" if arm.name.startswith("lgbm") else "epoch"
+    unit = "boosting round" if ARMS_BY_NAME[arm.name].ranker == "lgbm" else "epoch"
     for ax, key in zip(axes, keys):
         for seed, curve, metrics in zip(arm.seeds, arm.curves, arm.per_seed):
             x = [e["epoch"] for e in curve]
@@ -187,7 +180,7 @@ def plot_learning_curves(arm: ArmResult) -> bytes:
         ax.set_xlabel(f"{unit} (dot: the one kept by early stopping)")
         ax.set_ylabel(key.replace("valid_", "validation ").replace("uauc", "UAUC"))
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{MODEL_LABELS[arm.name]}: validation learning curves")
+    fig.suptitle(f"{ARMS_BY_NAME[arm.name].label}: validation learning curves")
     return _png(fig)
 
 
@@ -199,7 +192,7 @@ def plot_calibration(results: ExperimentResults) -> bytes:
     n_bins = max(2, min(10, len(labels) // 50))
     for name in results.arms:
         frac, mean = calibration_curve(labels, results.predictions[name].to_numpy(), n_bins=n_bins, strategy="quantile")
-        ax.plot(mean, frac, marker="o", label=MODEL_LABELS[name])
+        ax.plot(mean, frac, marker="o", label=ARMS_BY_NAME[name].label)
     ax.set_xlabel("mean predicted conversion probability")
     ax.set_ylabel("observed conversion rate")
     ax.set_title(f"Calibration, seed-averaged predictions ({n_bins} quantile bins)")
@@ -217,7 +210,7 @@ def plot_score_distributions(results: ExperimentResults) -> bytes:
         s = results.predictions[name].to_numpy()
         ax.hist(s[labels == 0], bins=bins, alpha=0.6, density=True, label="negatives")
         ax.hist(s[labels == 1], bins=bins, alpha=0.6, density=True, label="positives")
-        ax.set_title(MODEL_LABELS[name], fontsize=9)
+        ax.set_title(ARMS_BY_NAME[name].label, fontsize=9)
         ax.set_xlabel("score")
     axes[0][0].set_ylabel("density")
     axes[0][0].legend(fontsize=8)
@@ -229,9 +222,9 @@ def _plots(results: ExperimentResults) -> dict[str, tuple[str, bytes]]:
     if results.comparisons:
         plots["seed_paired.png"] = ("Differences across seeds and across users", plot_seed_paired(results.comparisons))
     for name in dict.fromkeys(t.arm for t in results.tiers):
-        plots[f"tier_deltas_{name}.png"] = (f"{MODEL_LABELS[name]}: per-tier difference", plot_tier_deltas(results.tiers, name))
+        plots[f"tier_deltas_{name}.png"] = (f"{ARMS_BY_NAME[name].label}: per-tier difference", plot_tier_deltas(results.tiers, name))
     for name, arm in results.arms.items():
-        plots[f"curves_{name}.png"] = (f"{MODEL_LABELS[name]}: validation learning curves", plot_learning_curves(arm))
+        plots[f"curves_{name}.png"] = (f"{ARMS_BY_NAME[name].label}: validation learning curves", plot_learning_curves(arm))
     if results.arms:
         plots["calibration.png"] = ("Calibration curves", plot_calibration(results))
         plots["score_distributions.png"] = ("Score distributions by label", plot_score_distributions(results))
@@ -248,7 +241,7 @@ def _tables(results: ExperimentResults) -> list[tuple[str, list[str], list[list[
         arm = results.arms[str(r["model"])]
         rows.append(
             [
-                MODEL_LABELS[arm.name],
+                ARMS_BY_NAME[arm.name].label,
                 *(_mean_sd(arm.spread(m)) for m in ("uauc", "wuauc", "auc", "logloss")),
                 _fmt(arm.averaged.uauc),
                 _fmt(arm.averaged.wuauc),
@@ -260,7 +253,7 @@ def _tables(results: ExperimentResults) -> list[tuple[str, list[str], list[list[
     comp_head = ["Arm", "Reference", "ΔUAUC pp, seed-paired mean ± SD", "ΔUAUC pp, bootstrap [95% CI]",
                  "ΔWUAUC pp, seed-paired mean ± SD", "ΔWUAUC pp, bootstrap [95% CI]", "UAUC", "WUAUC"]  # fmt: skip
     comp_rows = [
-        [MODEL_LABELS[c.arm], MODEL_LABELS[c.reference], _paired(c.seed_paired["uauc"]), _delta(c.bootstrap["uauc"]),
+        [ARMS_BY_NAME[c.arm].label, ARMS_BY_NAME[c.reference].label, _paired(c.seed_paired["uauc"]), _delta(c.bootstrap["uauc"]),
          _paired(c.seed_paired["wuauc"]), _delta(c.bootstrap["wuauc"]), c.verdict("uauc")[0], c.verdict("wuauc")[0]]
         for c in results.comparisons
     ]  # fmt: skip
@@ -268,7 +261,7 @@ def _tables(results: ExperimentResults) -> list[tuple[str, list[str], list[list[
         tables.append(("Arm against reference: seed-paired differences and user bootstrap", comp_head, comp_rows))
     seeds = results.config.seeds
     seed_head = ["Model", *(f"seed {s} UAUC / WUAUC" for s in seeds)]
-    seed_rows = [[MODEL_LABELS[name], *(f"{_fmt(m.uauc)} / {_fmt(m.wuauc)}" for m in arm.per_seed)] for name, arm in results.arms.items()]
+    seed_rows = [[ARMS_BY_NAME[name].label, *(f"{_fmt(m.uauc)} / {_fmt(m.wuauc)}" for m in arm.per_seed)] for name, arm in results.arms.items()]
     tables.append(("Every seed", seed_head, seed_rows))
     if results.coverage:
         splits = list(results.coverage)
@@ -301,7 +294,7 @@ def _tables(results: ExperimentResults) -> list[tuple[str, list[str], list[list[
                 ]
             )
         reference = next(t.reference for t in results.tiers if t.arm == arm_name)
-        tables.append((f"Table 7 — {MODEL_LABELS[arm_name]} vs {MODEL_LABELS[reference]} by user and item tier "
+        tables.append((f"Table 7 — {ARMS_BY_NAME[arm_name].label} vs {ARMS_BY_NAME[reference].label} by user and item tier "
                        "(seed-averaged predictions)", tier_head, trs))  # fmt: skip
     return tables
 

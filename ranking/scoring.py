@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from learn_features.errors import LearnFeaturesError
-from ranking.dataset import STAT_COLUMNS
+from ranking.joins import STAT_COLUMNS
 
 
 class Ranker(Protocol):

@@ -550,14 +550,14 @@ def report(config: Path, tmp: Path) -> list[str]:
 @case
 def report_empty_interactions(w: World, tmp: Path):
     bad = write(tmp / "events.csv", "")
-    config = ranking_config(tmp, f'format = "files"\ninteractions = "{bad}"\npositive = "label == 1"')
+    config = ranking_config(tmp, f'source = "files"\ninteractions = "{bad}"\npositive = "label == 1"')
     return report(config, tmp), [str(bad), "file is empty"]
 
 
 @case
 def report_header_only_movielens_ratings(w: World, tmp: Path):
     bad = write(tmp / "ratings.csv", "userId,movieId,rating,timestamp\n")
-    return report(ranking_config(tmp, f'interactions = "{bad}"'), tmp), [str(bad), "no data rows"]
+    return report(ranking_config(tmp, f'movielens_dir = "{tmp}"\npositive = "rating >= 4"'), tmp), [str(bad), "no data rows"]
 
 
 @case
@@ -565,43 +565,49 @@ def report_millisecond_timestamps(w: World, tmp: Path):
     df = interactions(w)
     df["timestamp"] = (df["timestamp"].astype("int64") * 1000).astype(str)
     df.assign(label="1").to_csv(bad := tmp / "events.csv", index=False)
-    config = ranking_config(tmp, f'format = "files"\ninteractions = "{bad}"\npositive = "label == 1"')
+    config = ranking_config(tmp, f'source = "files"\ninteractions = "{bad}"\npositive = "label == 1"')
     return report(config, tmp), [str(bad), "looks like milliseconds"]
 
 
 @case
 def report_label_rule_not_a_rule(w: World, tmp: Path):
-    config = ranking_config(tmp, f'format = "files"\ninteractions = "{w.interactions}"\npositive = "label = 1"')
+    config = ranking_config(tmp, f'source = "files"\ninteractions = "{w.interactions}"\npositive = "label = 1"')
     return report(config, tmp), [str(config), "data.positive", "'label = 1' is not a rule"]
 
 
 @case
 def report_label_rule_on_missing_column(w: World, tmp: Path):
-    config = ranking_config(tmp, f'format = "files"\ninteractions = "{w.interactions}"\nitems = "{w.catalog}"\npositive = "rating >= 4"')
+    config = ranking_config(tmp, f'source = "files"\ninteractions = "{w.interactions}"\ncatalog = "{w.catalog}"\npositive = "rating >= 4"')
     return report(config, tmp), [str(w.interactions), "'rating >= 4'", "column 'rating', which is missing"]
 
 
 @case
 def report_files_format_without_positive_rule(w: World, tmp: Path):
-    config = ranking_config(tmp, f'format = "files"\ninteractions = "{w.interactions}"')
+    config = ranking_config(tmp, f'source = "files"\ninteractions = "{w.interactions}"')
     return report(config, tmp), [str(config), "data.positive"]
 
 
 @case
-def report_rule_with_movielens_format(w: World, tmp: Path):
+def report_interactions_with_movielens_source(w: World, tmp: Path):
     config = ranking_config(tmp, f'interactions = "{w.interactions}"\npositive = "rating >= 4"')
-    return report(config, tmp), [str(config), "data.positive applies to data.format = 'files' only"]
+    return report(config, tmp), [str(config), "data.interactions applies to data.source = 'files' only"]
+
+
+@case
+def report_retired_data_key(w: World, tmp: Path):
+    config = ranking_config(tmp, f'format = "files"\ninteractions = "{w.interactions}"\npositive = "label == 1"')
+    return report(config, tmp), [str(config), "data.format was renamed data.source"]
 
 
 @case
 def report_unknown_key(w: World, tmp: Path):
-    config = ranking_config(tmp, f'interactions = "{w.interactions}"', "[split]\ncut_quantil = 0.9\n")
+    config = ranking_config(tmp, f'source = "files"\ninteractions = "{w.interactions}"\npositive = "label == 1"', "[split]\ncut_quantil = 0.9\n")
     return report(config, tmp), [str(config), "cut_quantil"]
 
 
 @case
 def report_wrong_type(w: World, tmp: Path):
-    config = ranking_config(tmp, f'interactions = "{w.interactions}"', '[split]\ncut_quantile = "high"\n')
+    config = ranking_config(tmp, f'source = "files"\ninteractions = "{w.interactions}"\npositive = "label == 1"', '[split]\ncut_quantile = "high"\n')
     return report(config, tmp), [str(config), "split.cut_quantile", "expected float"]
 
 
@@ -612,7 +618,7 @@ def report_truncated_run_manifest(w: World, tmp: Path):
     interactions(w).assign(label="1").to_csv(events := tmp / "events.csv", index=False)
     config = write(
         tmp / "ranking.toml",
-        f'models = ["lgbm_baseline", "lgbm_learn"]\n[data]\nformat = "files"\ninteractions = "{events}"\npositive = "label == 1"\n'
+        f'models = ["lgbm_baseline", "lgbm_learn"]\n[data]\nsource = "files"\ninteractions = "{events}"\npositive = "label == 1"\n'
         f'[embeddings]\nsource = "parquet"\nrun_dir = "{run}"\nexpected_model_version = "run"\n',
     )
     return report(config, tmp), [str(run / "embeddings" / "manifest.json"), "not valid JSON"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,10 @@ import pytest
 
 from core_fixtures import *  # noqa: F401,F403
 from core_fixtures import MOVIELENS_DIR, needs_movielens
+from learn_features.config import load_config
+from learn_features.data.config import DataConfig
 from learn_features.data.movielens import load_movielens_catalog, load_movielens_interactions, load_movielens_ratings
+from learn_features.data.sources import DATA_SOURCES, data_source
 from learn_features.data.tables import LoadReport, load_generic, read_table, validate_catalog, validate_interactions
 from learn_features.errors import LearnFeaturesError
 
@@ -365,3 +369,68 @@ def test_truncated_parquet_is_refused_and_an_empty_table_only_when_allowed(tmp_p
     with pytest.raises(LearnFeaturesError, match=r"catalog\.parquet: no data rows"):
         read_table(path)
     assert list(read_table(path, allow_empty=True).columns) == list(CATALOG.columns)
+
+
+# --- one data vocabulary and its readers (learn_features.data.config, learn_features.data.sources) ---
+
+
+@dataclass
+class Job:
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "hint"),
+    [
+        ("format", '"files"', "data.format was renamed data.source"),
+        ("items", '"movies.csv"', "data.items was renamed data.catalog"),
+        ("positive_min_rating", "4.0", 'data.positive_min_rating was replaced by the rule data.positive, e.g. positive = "rating >= 4"'),
+        ("negative_max_rating", "3.0", 'data.negative_max_rating was replaced by the rule data.negative, e.g. negative = "rating <= 3"'),
+    ],
+)
+def test_data_config_refuses_each_retired_key_with_its_new_spelling(tmp_path, key, value, hint):
+    path = tmp_path / "job.toml"
+    path.write_text(f"[data]\n{key} = {value}\n")
+    with pytest.raises(LearnFeaturesError) as info:
+        load_config(Job, path)
+    assert str(info.value) == f"{path}: {hint}" or str(info.value).startswith(f"{path}: {hint} (")
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_data_source_names_the_choices():
+    with pytest.raises(LearnFeaturesError, match=re.escape(f"data.source must be one of {list(DATA_SOURCES)}, got 'movielenz'")):
+        DataConfig(source="movielenz")
+
+
+def test_data_sources_check_their_keys():
+    with pytest.raises(LearnFeaturesError, match="data.catalog applies to data.source = 'files' only"):
+        DataConfig(catalog="movies.csv")
+    with pytest.raises(LearnFeaturesError, match="data.order applies to data.source = 'files' only"):
+        DataConfig(order="row")
+    with pytest.raises(LearnFeaturesError, match="data.source = 'files' needs data.interactions"):
+        DataConfig(source="files")
+    with pytest.raises(LearnFeaturesError, match=r"data.positive: 'rating => 4' is not a rule"):
+        DataConfig(positive="rating => 4")
+
+
+@needs_movielens
+def test_movielens_reader_loads_ratings_and_the_catalog_with_tags_before_the_cut():
+    data = DataConfig(movielens_dir=str(MOVIELENS_DIR))
+    reader = data_source("movielens")
+    assert reader.paths(data) == (MOVIELENS_DIR / "ratings.csv", MOVIELENS_DIR / "movies.csv")
+    pd.testing.assert_frame_equal(reader.interactions(data), load_movielens_interactions(MOVIELENS_DIR))
+    cut = pd.Timestamp("2010-01-01", tz="UTC")
+    pd.testing.assert_frame_equal(reader.catalog(data, LoadReport(), cut), load_movielens_catalog(MOVIELENS_DIR, tags_before=cut))
+    assert reader.genres(data) == ("genres", ",")
+
+
+def test_files_reader_loads_both_tables_in_file_order_and_counts_merged_rows(tmp_path):
+    shuffled = INTERACTIONS.iloc[::-1].reset_index(drop=True)
+    inter_path, cat_path = write_pair(tmp_path, shuffled, pd.concat([CATALOG, CATALOG.iloc[:1]]))
+    data = DataConfig(source="files", interactions=str(inter_path), catalog=str(cat_path), genres_column="genres")
+    reader, report = data_source("files"), LoadReport()
+    interactions = reader.interactions(data)
+    assert interactions["item_id"].tolist() == shuffled["item_id"].astype(str).tolist()  # the file's order: sorting is the job's
+    assert len(reader.catalog(data, report)) == len(CATALOG) and report.duplicate_catalog_rows_merged == 1
+    assert reader.genres(data) == ("genres", "|")
+    assert reader.catalog(DataConfig(source="files", interactions=str(inter_path)), LoadReport()) is None

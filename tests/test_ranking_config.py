@@ -15,12 +15,13 @@ import pytest
 from learn_features.config import from_dict
 from learn_features.config import load_config as load_library_config
 from learn_features.data.movielens import load_movielens_ratings
-from learn_features.data.split import SplitConfig as LearnSplitConfig
+from learn_features.data.split import SplitConfig
 from learn_features.data.split import resolve_cut_time
 from learn_features.errors import LearnFeaturesError
 from ranking.cli import register, report_config
 from ranking.config import EmbeddingConfig, load_config
-from ranking.dataset import movielens_impressions, resolve_periods
+from ranking.loading import load_data
+from ranking.periods import resolve_periods
 from ranking.experiment import expected_model_version, feast_repo_for, history_len
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,15 +53,15 @@ def test_literal_values_must_be_one_of_the_choices(tmp_path):
 def test_shipped_movielens_config_resolves_against_its_folder(monkeypatch):
     config = load_config(MOVIELENS_CONFIG)
     data = REPO / "data" / "ml-latest-small"
-    assert Path(config.data.interactions) == data / "ratings.csv" and (data / "ratings.csv").is_file()
-    assert Path(config.data.items) == data / "movies.csv" and (data / "movies.csv").is_file()
+    assert Path(config.data.movielens_dir) == data and (data / "ratings.csv").is_file()
+    assert (config.data.source, config.data.positive, config.data.negative) == ("movielens", "rating >= 4", "rating <= 3")
     assert config.embeddings.feast_repo is None  # the run's replay repo
     assert Path(feast_repo_for(config.embeddings)) == REPO / "runs" / "movielens" / "feast_replay"
     assert Path(config.embeddings.run_dir) == REPO / "runs" / "movielens"
     assert (config.embeddings.source, config.embeddings.expected_model_version) == ("feast", "run")
     assert config.split.train_start == "embeddings"
     monkeypatch.chdir(REPO)  # from the repository root, the "../../" folds away
-    assert load_config("ranking/configs/movielens.toml").data.interactions == "data/ml-latest-small/ratings.csv"
+    assert load_config("ranking/configs/movielens.toml").data.movielens_dir == "data/ml-latest-small"
 
 
 def test_shipped_movielens_split_follows_the_learn_run():
@@ -69,9 +70,9 @@ def test_shipped_movielens_split_follows_the_learn_run():
     config = load_config(MOVIELENS_CONFIG)
     learn_split = tomllib.loads((REPO / "training" / "configs" / "movielens.toml").read_text())["split"]
     learn_cut = resolve_cut_time(
-        load_movielens_ratings(config.data.interactions), LearnSplitConfig(cut_quantile=learn_split["cut_quantile"])
+        load_movielens_ratings(Path(config.data.movielens_dir) / "ratings.csv"), SplitConfig(cut_quantile=learn_split["cut_quantile"])
     )
-    impressions, _ = movielens_impressions(config.data.interactions)
+    impressions, _, _ = load_data(config.data)
     periods = resolve_periods(impressions, dataclasses.replace(config.split, train_start=learn_cut.isoformat()))
     assert learn_cut == periods.train_start < periods.valid_start < periods.cut < periods.eval_end
     ts = impressions["timestamp"]
@@ -95,13 +96,13 @@ def test_report_set_overrides_the_config():
             "--set", "split.valid_fraction=0.2",
             "--set", 'models=["lgbm_baseline"]',
             "--set", "embeddings.source=none",
-            "--set", "data.items=elsewhere/movies.csv",
+            "--set", "data.movielens_dir=elsewhere",
         )
     )  # fmt: skip
     assert config.split.valid_fraction == 0.2 and config.models == ["lgbm_baseline"]
     assert config.embeddings.source == "none"
-    assert config.data.items == "elsewhere/movies.csv"  # a command-line path is relative to the working directory
-    assert config.data.interactions == str(REPO / "data" / "ml-latest-small" / "ratings.csv")  # the file's: to the file
+    assert config.data.movielens_dir == "elsewhere"  # a command-line path is relative to the working directory
+    assert config.embeddings.run_dir == str(REPO / "runs" / "movielens")  # the file's: to the file
 
     config = report_config(_report_args("--run-dir", "runs/other", "--set", 'embeddings.user_paths=["u.parquet"]'))
     assert (config.embeddings.run_dir, config.embeddings.user_paths) == ("runs/other", [])  # --run-dir wins
@@ -147,3 +148,34 @@ def test_history_window_comes_from_the_run_config(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(LearnFeaturesError, match=r"config\.json: no readable split\.history_len"):
         history_len(EmbeddingConfig(run_dir=str(tmp_path)))
+
+
+def test_every_arm_reference_exists_and_is_judged():
+    from ranking.arms import ARMS, ARMS_BY_NAME, MODEL_PAIRS
+
+    for arm in ARMS:
+        for other in (arm.reference, arm.control_of):
+            assert other is None or other in ARMS_BY_NAME, (arm.name, other)
+        if arm.reference is not None:
+            assert (arm.reference, arm.name) in MODEL_PAIRS
+            assert ARMS_BY_NAME[arm.reference].ranker == arm.ranker  # differs by its vectors only
+    # the report's comparisons, in its order (report.json "comparisons" and the tier tables)
+    assert MODEL_PAIRS == (
+        ("dnn_baseline", "dnn_learn"), ("lgbm_baseline", "lgbm_learn"), ("dnn_baseline", "dnn_llm_frozen"),
+        ("dnn_baseline", "dnn_random"), ("dnn_llm_frozen", "dnn_learn"), ("dnn_random", "dnn_learn"),
+    )  # fmt: skip
+
+
+def test_adding_an_arm_spec_adds_an_arm(monkeypatch):
+    from ranking.arms import ARMS, ARMS_BY_NAME, ArmSpec, model_pairs, report_order
+    from ranking.config import ExperimentConfig
+
+    extra = ArmSpec("lgbm_random", "LightGBM + random vectors (control)", "lgbm", "random", "lgbm_baseline", "lgbm_learn")
+    arms = (*ARMS, extra)
+    assert report_order(arms)[-1] == "lgbm_random" and report_order(arms)[:-1] == report_order(ARMS)
+    assert set(model_pairs(arms)) - set(model_pairs(ARMS)) == {("lgbm_baseline", "lgbm_random"), ("lgbm_random", "lgbm_learn")}
+    data = load_config(MOVIELENS_CONFIG).data
+    with pytest.raises(LearnFeaturesError, match=r"unknown model\(s\) \['lgbm_random'\]"):
+        ExperimentConfig(data, models=["lgbm_baseline", "lgbm_random"])
+    monkeypatch.setitem(ARMS_BY_NAME, "lgbm_random", extra)
+    assert ExperimentConfig(data, models=["lgbm_baseline", "lgbm_random"]).models == ["lgbm_baseline", "lgbm_random"]

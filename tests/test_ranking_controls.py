@@ -11,7 +11,7 @@ from learn_features.embeddings_io import ITEM_FILE, EmbeddingTable, write_table
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch.content_store import write_content_store
 from ranking.bootstrap import PairedDelta
-from ranking.config import SplitConfig
+from ranking.config import PeriodsConfig
 from ranking.controls import load_content, random_unit_vectors, with_llm_frozen, with_random
 from ranking.dataset import build_dataset
 from ranking.embeddings import ParquetEmbeddingJoiner
@@ -59,7 +59,7 @@ def dataset(tmp_path_factory):
     world = make_world(n_users=60, n_items=120, n_impressions=2000, seed=5)
     learn_cut = world.start + pd.Timedelta(days=20)
     users_p, items_p = write_learn_snapshot(world, root / "embeddings", learn_cut, "v1")  # users with a past at the cut
-    split = SplitConfig(cut_quantile=0.8, valid_fraction=0.2, train_start=learn_cut.isoformat(), features_as_of="impression")
+    split = PeriodsConfig(cut_quantile=0.8, valid_fraction=0.2, train_start=learn_cut.isoformat(), features_as_of="impression")
     ds = build_dataset(world.impressions, split, items=world.items, joiner=ParquetEmbeddingJoiner([users_p], [items_p]), history_len=6)
     return world, ds, root
 

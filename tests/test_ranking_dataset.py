@@ -11,17 +11,13 @@ import pytest
 
 from learn_features.embeddings_io import EmbeddingTable, write_table
 from learn_features.errors import LearnFeaturesError
-from ranking.config import BootstrapConfig, DataConfig, DNNConfig, ExperimentConfig, LGBMConfig, SplitConfig
+from learn_features.data.config import DataConfig
+from ranking.config import BootstrapConfig, DNNConfig, ExperimentConfig, LGBMConfig, PeriodsConfig
 from ranking.controls import with_llm_frozen, with_random
-from ranking.dataset import (
-    RankingDataset,
-    build_dataset,
-    load_data,
-    movielens_impressions,
-    point_in_time_stats,
-    resolve_periods,
-    validate_impressions,
-)
+from ranking.dataset import RankingDataset, build_dataset
+from ranking.joins import point_in_time_stats
+from ranking.loading import load_data, validate_impressions
+from ranking.periods import resolve_periods
 from ranking.embeddings import ParquetEmbeddingJoiner
 from ranking.experiment import train_models
 from ranking.history import HistoryIndex
@@ -35,11 +31,16 @@ def test_movielens_labels_and_history(tmp_path):
     pd.DataFrame(
         {"userId": [1, 1, 1, 1, 2], "movieId": [10, 11, 12, 13, 10], "rating": [5.0, 4.0, 3.5, 3.0, 0.5], "timestamp": [1, 2, 3, 4, 5]}
     ).to_csv(path, index=False)
-    impressions, history = movielens_impressions(path)
+    pd.DataFrame({"movieId": [10, 11, 12, 13], "title": ["A (1995)", "B", "C (2001)", "D"], "genres": ["Drama|Comedy", "(no genres listed)", "Drama", ""]}).to_csv(
+        tmp_path / "movies.csv", index=False
+    )
+    impressions, history, items = load_data(DataConfig(movielens_dir=str(tmp_path), positive="rating >= 4", negative="rating <= 3"))
     assert impressions["item_id"].tolist() == ["10", "11", "13", "10"]  # the 3.5 is no impression
     assert impressions["label"].tolist() == [1, 1, 0, 0]
     assert len(history) == 5 and history["label"].tolist() == [1, 1, 0, 0, 0]  # ...but it is activity
     assert str(impressions["timestamp"].dtype) == "datetime64[ns, UTC]"
+    assert items["genres"].tolist() == [["Drama", "Comedy"], [], ["Drama"], []]  # from LEARN's catalog
+    assert items["year"].tolist()[::2] == [1995.0, 2001.0] and items["year"].isna().tolist()[1::2] == [True, True]
 
 
 MOVIELENS = Path(__file__).resolve().parents[1] / "data" / "ml-latest-small"
@@ -52,9 +53,9 @@ def test_files_format_reads_learns_tables_as_the_movielens_format_does(tmp_path)
     movies = pd.read_csv(MOVIELENS / "movies.csv").rename(columns={"movieId": "item_id"})
     ratings.to_csv(interactions := tmp_path / "interactions.csv", index=False)
     movies.to_csv(catalog := tmp_path / "catalog.csv", index=False)
-    files = DataConfig(str(interactions), str(catalog), format="files", positive="rating >= 4", negative="rating <= 3",
+    files = DataConfig("files", interactions=str(interactions), catalog=str(catalog), positive="rating >= 4", negative="rating <= 3",
                        genres_column="genres", genres_separator="|")
-    movielens = DataConfig(str(MOVIELENS / "ratings.csv"), str(MOVIELENS / "movies.csv"))
+    movielens = DataConfig("movielens", str(MOVIELENS), positive="rating >= 4", negative="rating <= 3")
     (imp_f, hist_f, items_f), (imp_m, hist_m, items_m) = load_data(files), load_data(movielens)
 
     def ordered(df: pd.DataFrame) -> pd.DataFrame:
@@ -80,7 +81,7 @@ def test_files_format_with_event_rules_and_comma_separated_genres(tmp_path):
                             "price": ["9.5", "12", ""]})
     events.to_csv(path := tmp_path / "events.csv", index=False)
     catalog.to_parquet(items := tmp_path / "catalog.parquet")
-    config = DataConfig(str(path), str(items), format="files", positive="event_type in ['purchase', 'cart']",
+    config = DataConfig("files", interactions=str(path), catalog=str(items), positive="event_type in ['purchase', 'cart']",
                         negative="event_type == 'view'", genres_column="tags", genres_separator=",")
     impressions, history, side = load_data(config)
     assert list(zip(impressions["user_id"], impressions["item_id"], impressions["label"])) == [
@@ -96,12 +97,12 @@ def test_files_format_with_event_rules_and_comma_separated_genres(tmp_path):
 
 
 def test_files_format_config_is_checked_when_it_loads():
-    with pytest.raises(LearnFeaturesError, match="needs data.positive"):
-        DataConfig("events.csv", format="files")
+    with pytest.raises(LearnFeaturesError, match="data.positive is needed"):
+        ExperimentConfig(DataConfig("files", interactions="events.csv"))
     with pytest.raises(LearnFeaturesError, match="data.negative: 'rating =< 3' is not a rule"):
-        DataConfig("events.csv", format="files", positive="rating >= 4", negative="rating =< 3")
-    with pytest.raises(LearnFeaturesError, match="data.genres_column applies to data.format = 'files' only"):
-        DataConfig("ratings.csv", genres_column="genres")
+        DataConfig("files", interactions="events.csv", positive="rating >= 4", negative="rating =< 3")
+    with pytest.raises(LearnFeaturesError, match="data.genres_column applies to data.source = 'files' only"):
+        DataConfig(genres_column="genres")
 
 
 def test_generic_impressions_reject_bad_labels_and_timestamps():
@@ -173,8 +174,8 @@ def world():
 
 def _config() -> ExperimentConfig:
     return ExperimentConfig(
-        data=DataConfig(interactions="unused"),
-        split=SplitConfig(cut_quantile=0.8, valid_fraction=0.15),
+        data=DataConfig(positive="rating >= 4"),
+        split=PeriodsConfig(cut_quantile=0.8, valid_fraction=0.15),
         lgbm=LGBMConfig(max_rounds=60, early_stopping_rounds=10),
         dnn=DNNConfig(max_epochs=3, hidden=[32], aux_hidden=[16]),
         bootstrap=BootstrapConfig(n_resamples=50),
@@ -305,7 +306,7 @@ def test_impression_mode_uses_nothing_at_or_after_the_row(world, tmp_path, monke
     change: statistics, LEARN vectors, item-history similarity, control vectors. The negative
     control takes features 1 ns after the row's time and must be caught."""
     imp = world.impressions
-    split = SplitConfig(cut=(imp["timestamp"].quantile(0.8)).isoformat(), valid_fraction=0.15, features_as_of="impression")
+    split = PeriodsConfig(cut=(imp["timestamp"].quantile(0.8)).isoformat(), valid_fraction=0.15, features_as_of="impression")
     periods = resolve_periods(validate_impressions(imp, "imp"), split)
     pick = imp["timestamp"] < periods.valid_start if where == "training" else imp["timestamp"] >= periods.cut
     t0 = imp.loc[pick, "timestamp"].iloc[len(imp.loc[pick]) // 2]

@@ -15,8 +15,10 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from learn_features.embeddings_io import read_frame
-from ranking.config import BootstrapConfig, DataConfig, DNNConfig, ExperimentConfig, LGBMConfig, SplitConfig
-from ranking.dataset import HISTORY_COLUMNS, STAT_COLUMNS, build_dataset
+from learn_features.data.config import DataConfig
+from ranking.config import BootstrapConfig, DNNConfig, ExperimentConfig, LGBMConfig, PeriodsConfig
+from ranking.dataset import build_dataset
+from ranking.joins import HISTORY_COLUMNS, STAT_COLUMNS
 from ranking.dnn import DNNRanker, ranking_loss
 from ranking.embeddings import FeastEmbeddingJoiner, ParquetEmbeddingJoiner
 from ranking.experiment import train_models
@@ -27,8 +29,8 @@ from ranking.scoring import score_candidates
 from ranking.synthetic import make_world, write_learn_snapshot
 
 CONFIG = ExperimentConfig(
-    data=DataConfig(interactions="unused"),
-    split=SplitConfig(cut_quantile=0.8, valid_fraction=0.15),
+    data=DataConfig(positive="rating >= 4"),
+    split=PeriodsConfig(cut_quantile=0.8, valid_fraction=0.15),
     lgbm=LGBMConfig(max_rounds=300, early_stopping_rounds=30),
     dnn=DNNConfig(max_epochs=15),
     bootstrap=BootstrapConfig(n_resamples=50),

@@ -1,4 +1,4 @@
-"""End to end through the ``report`` subcommand on a generic CSV table and a LEARN run dir."""
+"""End to end through the ``report`` subcommand on a labelled CSV table and a LEARN run dir."""
 
 from __future__ import annotations
 
@@ -20,9 +20,11 @@ seeds = [0, 1]
 num_threads = 1
 models = ["lgbm_baseline", "dnn_baseline", "lgbm_learn", "dnn_learn", "dnn_llm_frozen", "dnn_random"]
 [data]
+source = "files"
 interactions = "impressions.csv"
-items = "items.csv"
-format = "generic"
+catalog = "items.csv"
+positive = "label == 1"
+genres_column = "genres"
 [split]
 cut_quantile = 0.8
 valid_fraction = 0.15
@@ -177,12 +179,12 @@ def test_learn_model_trained_past_the_cut_is_refused(workdir, tmp_path):
 
 def test_config_rejects_unknown_keys_and_resolves_paths(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('[data]\ninteractions = "x.csv"\n[split]\ncut_quantile = 0.9\nvalid_fracton = 0.1\n')
+    path.write_text('[data]\nsource = "files"\ninteractions = "x.csv"\npositive = "label == 1"\n[split]\ncut_quantile = 0.9\nvalid_fracton = 0.1\n')
     with pytest.raises(LearnFeaturesError, match=r"unknown key\(s\) \['valid_fracton'\]"):
         load_config(path)
-    path.write_text('models = ["lgbm_baseline"]\n[data]\ninteractions = "x.csv"\n[embeddings]\nsource = "none"\n')
+    path.write_text('models = ["lgbm_baseline"]\n[data]\nsource = "files"\ninteractions = "x.csv"\npositive = "label == 1"\n[embeddings]\nsource = "none"\n')
     config = load_config(path)
     assert config.data.interactions == str(tmp_path / "x.csv")
-    path.write_text('[data]\ninteractions = "x.csv"\n[embeddings]\nsource = "none"\n')
+    path.write_text('[data]\nsource = "files"\ninteractions = "x.csv"\npositive = "label == 1"\n[embeddings]\nsource = "none"\n')
     with pytest.raises(LearnFeaturesError, match="LEARN models are requested"):
         load_config(path)

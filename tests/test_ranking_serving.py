@@ -20,16 +20,18 @@ from learn_features.store.commit import EntityVectors, commit_publication  # noq
 from learn_features.store.publish import publish_run  # noqa: E402
 from learn_features.store.repo import apply_repo, open_store  # noqa: E402
 from learn_features.store.serving import LearnFeatureClient  # noqa: E402
-from ranking.config import BootstrapConfig, DataConfig, DNNConfig, ExperimentConfig, LGBMConfig, SplitConfig  # noqa: E402
-from ranking.dataset import HISTORY_COLUMNS, STAT_COLUMNS, build_dataset  # noqa: E402
+from learn_features.data.config import DataConfig  # noqa: E402
+from ranking.config import BootstrapConfig, DNNConfig, ExperimentConfig, LGBMConfig, PeriodsConfig  # noqa: E402
+from ranking.dataset import build_dataset  # noqa: E402
+from ranking.joins import HISTORY_COLUMNS, STAT_COLUMNS  # noqa: E402
 from ranking.embeddings import FeastEmbeddingJoiner, ParquetEmbeddingJoiner  # noqa: E402
 from ranking.experiment import train_models  # noqa: E402
 from ranking.scoring import score_candidates  # noqa: E402
 from ranking.synthetic import make_world, write_learn_snapshot  # noqa: E402
 
 CONFIG = ExperimentConfig(
-    data=DataConfig(interactions="unused"),
-    split=SplitConfig(cut_quantile=0.8, valid_fraction=0.15),
+    data=DataConfig(positive="rating >= 4"),
+    split=PeriodsConfig(cut_quantile=0.8, valid_fraction=0.15),
     models=["lgbm_learn", "dnn_learn"],
     lgbm=LGBMConfig(max_rounds=60, early_stopping_rounds=10),
     dnn=DNNConfig(max_epochs=3, hidden=[32], aux_hidden=[16]),

@@ -9,7 +9,8 @@ from sklearn.metrics import roc_auc_score
 
 from learn_features.errors import LearnFeaturesError
 from ranking.bootstrap import paired_bootstrap, user_multiplicities
-from ranking.config import BootstrapConfig, DataConfig, ExperimentConfig, TierConfig
+from learn_features.data.config import DataConfig
+from ranking.config import BootstrapConfig, ExperimentConfig, TierConfig
 from ranking.experiment import tier_table
 from ranking.tiers import resolve_thresholds, tier_of
 
@@ -134,7 +135,7 @@ def _sklearn_wuauc(frame: pd.DataFrame, scores: str) -> float:
 
 def test_tier_wuauc_is_the_impression_weighted_mean_of_per_user_sklearn_auc():
     predictions = _tier_predictions()
-    config = ExperimentConfig(data=DataConfig(interactions="unused.csv"), bootstrap=BootstrapConfig(n_resamples=300))
+    config = ExperimentConfig(data=DataConfig(positive="rating >= 4"), bootstrap=BootstrapConfig(n_resamples=300))
     rows = {(r.dimension, r.tier): r for r in tier_table(predictions, config)}
     assert len(rows) == 7 and rows["user", "cold-start"].wuauc is None  # empty tier
     for (dim, tier), row in rows.items():

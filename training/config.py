@@ -6,40 +6,15 @@ from dataclasses import dataclass, field
 
 from learn_features.cex.extractor import EncoderConfig
 from learn_features.config import PATH
+from learn_features.data.config import DataConfig
 from learn_features.data.split import SplitConfig
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch.model import PCHConfig
 from learn_features.retrieval import DEFAULT_KS
+from learn_features.data.sources import data_source
 from learn_features.data.tables import ORDER_BY_TIME
 from training.methods import METHODS, get_methods
 from training.trainer import TrainConfig
-
-DATA_SOURCES = ("movielens", "files")
-
-
-@dataclass
-class DataConfig:
-    """``movielens``: an ml-latest-* folder; ``files``: interactions + catalog in CSV/Parquet.
-
-    ``positive`` says which events count as positives, i.e. as training targets and as the
-    targets evaluation looks for (every event stays in the history either way); None makes
-    every event positive. ``order`` sequences each user's events: ``timestamp``, the file's
-    ``row`` order, or a numeric position column (sequence-only data, leave-one-out only).
-    """
-
-    source: str = "movielens"
-    movielens_dir: str = field(default="data/ml-latest-small", metadata=PATH)
-    interactions: str | None = field(default=None, metadata=PATH)
-    catalog: str | None = field(default=None, metadata=PATH)
-    positive: str | None = None
-    order: str = ORDER_BY_TIME
-
-    def __post_init__(self) -> None:
-        if self.source not in DATA_SOURCES:
-            raise LearnFeaturesError(f"data.source must be one of {DATA_SOURCES}, got {self.source!r}")
-        if self.source == "files" and not (self.interactions and self.catalog):
-            raise LearnFeaturesError("data.source = 'files' needs data.interactions and data.catalog paths")
-
 
 @dataclass
 class EvalConfig:
@@ -81,6 +56,8 @@ class PipelineConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        if data_source(self.data.source).paths(self.data)[1] is None:
+            raise LearnFeaturesError(f"data.source = {self.data.source!r} needs data.interactions and data.catalog paths: LEARN embeds the catalog")
         if "temporal" in self.split.protocols and self.data.order != ORDER_BY_TIME:
             raise LearnFeaturesError(
                 f"split.protocols includes 'temporal', which needs timestamps, but data.order is {self.data.order!r}; "

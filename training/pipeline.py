@@ -37,10 +37,9 @@ from learn_features.cex.extractor import ContentExtractor, EncoderConfig, ShardP
 from learn_features.cex.model_loading import pick_device
 from learn_features.cex.prompt import render_prompts
 from learn_features.cex.sharding import local_device, resolve_shard
-from learn_features.data.movielens import load_movielens_catalog, load_movielens_interactions
-from learn_features.data.labels import LabelRule
 from learn_features.data.split import EvalUsers, Split, resolve_cut_time, split_dataset
-from learn_features.data.tables import Dataset, LoadReport, assemble, load_generic
+from learn_features.data.sources import data_source
+from learn_features.data.tables import Dataset, LoadReport, assemble
 from learn_features.embeddings_io import ITEM_FILE, USER_FILE, EmbeddingTable, run_manifest_path, write_table
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
@@ -78,16 +77,14 @@ class Prepared:
 
 def prepare(config: PipelineConfig) -> Prepared:
     data = config.data
-    if data.source == "movielens":
-        source = str(Path(data.movielens_dir) / "ratings.csv")
-        interactions = load_movielens_interactions(data.movielens_dir)
-        cut = resolve_cut_time(interactions, config.split) if "temporal" in config.split.protocols else None
-        catalog = load_movielens_catalog(data.movielens_dir, tags_before=cut)
-        dataset = assemble(interactions, catalog, source, LoadReport())
-    else:
-        source = str(data.interactions)
-        dataset = load_generic(data.interactions, data.catalog, data.order)
-    positive = LabelRule.parse(data.positive, "data.positive").matches(dataset.interactions, source) if data.positive else True
+    reader = data_source(data.source)
+    source = str(reader.paths(data)[0])
+    interactions = reader.interactions(data)
+    cut = resolve_cut_time(interactions, config.split) if "temporal" in config.split.protocols else None
+    report = LoadReport()
+    dataset = assemble(interactions, reader.catalog(data, report, cut), source, report, data.order)
+    rule, _ = data.label_rules()
+    positive = rule.matches(dataset.interactions, source) if rule is not None else True
     dataset.interactions["positive"] = positive
     timed = "timestamp" in dataset.interactions and dataset.interactions["timestamp"].notna().all()
     if not timed and "popularity_recent" in config.eval.methods:
