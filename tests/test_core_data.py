@@ -16,7 +16,7 @@ from learn_features.config import load_config
 from learn_features.data.config import DataConfig
 from learn_features.data.movielens import load_movielens_catalog, load_movielens_interactions, load_movielens_ratings
 from learn_features.data.sources import DATA_SOURCES, data_source
-from learn_features.data.tables import LoadReport, load_generic, read_table, validate_catalog, validate_interactions
+from learn_features.data.tables import ORDER_BY_TIME, Dataset, LoadReport, assemble, read_table, validate_catalog, validate_interactions
 from learn_features.errors import LearnFeaturesError
 
 INTERACTIONS = pd.DataFrame(
@@ -49,10 +49,17 @@ def write_pair(tmp_path: Path, interactions: pd.DataFrame, catalog: pd.DataFrame
     return write(interactions, tmp_path / f"interactions{ext}"), write(catalog, tmp_path / f"catalog{ext}")
 
 
+def load_files(interactions: Path, catalog: Path, order: str = ORDER_BY_TIME) -> Dataset:
+    """The pipeline's reading of a ``files`` source: the registry's reader, then ``assemble``."""
+    data = DataConfig(source="files", interactions=str(interactions), catalog=str(catalog), order=order)
+    reader, report = data_source("files"), LoadReport()
+    return assemble(reader.interactions(data), reader.catalog(data, report), str(interactions), report, order)
+
+
 def load_error(tmp_path: Path, interactions: pd.DataFrame, catalog: pd.DataFrame, ext: str = ".csv") -> str:
     inter_path, cat_path = write_pair(tmp_path, interactions, catalog, ext)
     with pytest.raises(LearnFeaturesError) as info:
-        load_generic(inter_path, cat_path)
+        load_files(inter_path, cat_path)
     return str(info.value)
 
 
@@ -63,8 +70,8 @@ def test_csv_and_parquet_load_to_the_same_dataset(tmp_path: Path) -> None:
     """Both formats give identical validated tables: str ids, UTC times, sorted by (user, time)."""
     csv_dir, pq_dir = tmp_path / "csv", tmp_path / "pq"
     csv_dir.mkdir(), pq_dir.mkdir()
-    from_csv = load_generic(*write_pair(csv_dir, INTERACTIONS, CATALOG, ".csv"))
-    from_pq = load_generic(*write_pair(pq_dir, INTERACTIONS, CATALOG, ".parquet"))
+    from_csv = load_files(*write_pair(csv_dir, INTERACTIONS, CATALOG, ".csv"))
+    from_pq = load_files(*write_pair(pq_dir, INTERACTIONS, CATALOG, ".parquet"))
 
     inter = from_csv.interactions
     assert list(inter["user_id"]) == ["u1", "u1", "u2", "u2", "u3"]
@@ -91,8 +98,8 @@ def test_iso_and_unix_timestamps_parse_to_the_same_utc_times(tmp_path: Path) -> 
     ]
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
-    from_iso = load_generic(*write_pair(a, iso, CATALOG))
-    from_unix = load_generic(*write_pair(b, INTERACTIONS, CATALOG))
+    from_iso = load_files(*write_pair(a, iso, CATALOG))
+    from_unix = load_files(*write_pair(b, INTERACTIONS, CATALOG))
     pd.testing.assert_series_equal(from_iso.interactions["timestamp"], from_unix.interactions["timestamp"])
 
 
@@ -100,7 +107,7 @@ def test_parquet_native_timestamp_column_loads(tmp_path: Path) -> None:
     """A Parquet file whose timestamp column has Parquet's own timestamp type loads as those times."""
     native = INTERACTIONS.copy()
     native["timestamp"] = pd.to_datetime(INTERACTIONS["timestamp"], unit="s", utc=True)
-    dataset = load_generic(*write_pair(tmp_path, native, CATALOG, ".parquet"))
+    dataset = load_files(*write_pair(tmp_path, native, CATALOG, ".parquet"))
     expected = pd.to_datetime(INTERACTIONS["timestamp"], unit="s", utc=True).sort_values()
     assert sorted(dataset.interactions["timestamp"]) == list(expected)
 
@@ -218,7 +225,7 @@ def test_identical_duplicate_catalog_rows_are_merged_and_counted(tmp_path: Path)
         ],
         ignore_index=True,
     )
-    dataset = load_generic(*write_pair(tmp_path, INTERACTIONS, dup))
+    dataset = load_files(*write_pair(tmp_path, INTERACTIONS, dup))
     assert dataset.report.duplicate_catalog_rows_merged == 3
     assert list(dataset.catalog["item_id"]) == ["a", "b", "c", "d"]
     assert dataset.report.items_in_catalog == 4

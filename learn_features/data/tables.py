@@ -267,10 +267,3 @@ def assemble(
     report.items_in_catalog = len(catalog)
     report.items_interacted = interactions["item_id"].nunique()
     return Dataset(interactions=interactions, catalog=catalog, report=report)
-
-
-def load_generic(interactions_path: str | Path, catalog_path: str | Path, order: str = ORDER_BY_TIME) -> Dataset:
-    report = LoadReport()
-    interactions = validate_interactions(read_table(interactions_path), str(interactions_path), order)
-    catalog = validate_catalog(read_table(catalog_path), str(catalog_path), report)
-    return assemble(interactions, catalog, str(interactions_path), report, order)
