@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -284,19 +285,34 @@ def content_store_for(config: ExperimentConfig) -> Path:
     return Path(config.embeddings.run_dir) / "content" / "llm"
 
 
+def _add_llm_frozen(dataset: RankingDataset, history: pd.DataFrame, config: ExperimentConfig, dim: int) -> RankingDataset:
+    if config.embeddings.run_dir is None:
+        raise LearnFeaturesError("model dnn_llm_frozen needs embeddings.run_dir (or --run-dir): the run's item table orders its content")
+    ids, content = load_content(content_store_for(config), config.embeddings.run_dir)
+    return with_llm_frozen(dataset, HistoryIndex.build(history), ids, content, dim)
+
+
+def _add_random(dataset: RankingDataset, history: pd.DataFrame, config: ExperimentConfig, dim: int) -> RankingDataset:
+    return with_random(dataset, dim, config.controls.random_seed)
+
+
+#: How the vectors of each control (an ``ArmSpec.vectors`` other than "learn") join a dataset,
+#: applied in this order; a new control is one entry here and one ``ArmSpec``.
+CONTROL_VECTORS: dict[str, Callable[[RankingDataset, pd.DataFrame, ExperimentConfig, int], RankingDataset]] = {
+    "llm_frozen": _add_llm_frozen,
+    "random": _add_random,
+}
+
+
 def with_controls(dataset: RankingDataset, history: pd.DataFrame, config: ExperimentConfig) -> RankingDataset:
     """Add the vectors of the requested control arms (``ranking/controls.py``), of the LEARN dimension."""
-    wanted = {ARMS_BY_NAME[m].vectors for m in config.models} - {None, "learn"}
-    if not wanted:
+    wanted = {ARMS_BY_NAME[m].vectors for m in config.models}
+    controls = [add for vectors, add in CONTROL_VECTORS.items() if vectors in wanted]
+    if not controls:
         return dataset
     dim = learn_vector_dim(dataset.train)
-    if "llm_frozen" in wanted:
-        if config.embeddings.run_dir is None:
-            raise LearnFeaturesError("model dnn_llm_frozen needs embeddings.run_dir (or --run-dir): the run's item table orders its content")
-        ids, content = load_content(content_store_for(config), config.embeddings.run_dir)
-        dataset = with_llm_frozen(dataset, HistoryIndex.build(history), ids, content, dim)
-    if "random" in wanted:
-        dataset = with_random(dataset, dim, config.controls.random_seed)
+    for add in controls:
+        dataset = add(dataset, history, config, dim)
     return dataset
 
 
@@ -370,6 +386,13 @@ def feature_specs(dataset: RankingDataset, config: ExperimentConfig) -> dict[boo
     }
 
 
+#: The ranker class of each ``ArmSpec.ranker``, built for one arm (its feature spec and vectors) and seed.
+RANKERS: dict[str, Callable[[ExperimentConfig, FeatureSpec, str | None, int], TreeRanker | DNNRanker]] = {
+    "lgbm": lambda config, spec, vectors, seed: TreeRanker(config.lgbm, spec, vectors is not None, seed, config.num_threads),
+    "dnn": lambda config, spec, vectors, seed: DNNRanker(config.dnn, spec, vectors, seed, config.num_threads),
+}
+
+
 def train_models(
     dataset: RankingDataset, config: ExperimentConfig, seed: int | None = None, specs: dict[bool, FeatureSpec] | None = None
 ) -> dict[str, TreeRanker | DNNRanker]:
@@ -380,11 +403,7 @@ def train_models(
     for name in config.models:
         vectors = ARMS_BY_NAME[name].vectors
         spec = specs[vectors is not None]
-        if ARMS_BY_NAME[name].ranker == "lgbm":
-            ranker: TreeRanker | DNNRanker = TreeRanker(config.lgbm, spec, vectors is not None, seed, config.num_threads)
-        else:
-            ranker = DNNRanker(config.dnn, spec, vectors, seed, config.num_threads)
-        rankers[name] = ranker.fit(dataset.train, dataset.valid)
+        rankers[name] = RANKERS[ARMS_BY_NAME[name].ranker](config, spec, vectors, seed).fit(dataset.train, dataset.valid)
     return rankers
 
 

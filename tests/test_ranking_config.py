@@ -179,3 +179,13 @@ def test_adding_an_arm_spec_adds_an_arm(monkeypatch):
         ExperimentConfig(data, models=["lgbm_baseline", "lgbm_random"])
     monkeypatch.setitem(ARMS_BY_NAME, "lgbm_random", extra)
     assert ExperimentConfig(data, models=["lgbm_baseline", "lgbm_random"]).models == ["lgbm_baseline", "lgbm_random"]
+
+
+def test_every_arm_spec_has_a_ranker_and_its_vectors_a_builder() -> None:
+    """An arm is buildable from its spec alone: its ranker is registered, and a control's
+    vectors have a registered way to join the dataset."""
+    from ranking.arms import ARMS
+    from ranking.experiment import CONTROL_VECTORS, RANKERS
+
+    assert {arm.ranker for arm in ARMS} <= set(RANKERS)
+    assert {arm.vectors for arm in ARMS} - {None, "learn"} == set(CONTROL_VECTORS)
