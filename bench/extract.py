@@ -60,9 +60,10 @@ from learn_features.cex.extractor import (  # noqa: E402
     plan_batches,
     pool,
 )
-from learn_features.cex.model_loading import load_frozen, load_tokenizer, pick_device, pick_dtype, resolve_model  # noqa: E402
+from learn_features.cex.model_loading import load_frozen, load_tokenizer, pick_dtype, resolve_model  # noqa: E402
 from learn_features.cex.prompt import render_prompts  # noqa: E402
 from learn_features.data.movielens import load_movielens_catalog  # noqa: E402
+from learn_features.device import pick_device  # noqa: E402
 from learn_features.errors import LearnFeaturesError  # noqa: E402
 
 MODELS = ("tiny", "7b-shape", "0.5b-shape", "shipped:smollm2")

@@ -39,14 +39,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from learn_features.cex.model_loading import pick_device
+from learn_features.device import pick_device
 from learn_features.pch.batching import make_batch
 from learn_features.pch.content_store import ContentStore, write_content_store
 from learn_features.pch.inputs import ItemInputs
 from learn_features.pch.model import PCH, PCHConfig
 from training.collectives import World
 from training.loader import prefetch, to_device_ahead
-from training.trainer import TrainConfig, build_optimizer, host_batches, step_module, train_step
+from training.trainer import StepParts, TrainConfig, build_optimizer, host_batches, step_module, train_step
 
 Pair = tuple[np.ndarray, np.ndarray]
 
@@ -120,6 +120,7 @@ def measure(preset: Preset, options: dict[str, Any], store_dir: str, device_name
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     module = step_module(model, config, device, World())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
+    parts = StepParts(module, model, inputs, optimizer, scheduler, config, World(), autocast)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
@@ -128,7 +129,7 @@ def measure(preset: Preset, options: dict[str, Any], store_dir: str, device_name
                 if step == preset.warmup:
                     _sync(device)
                     started = time.perf_counter()
-                loss, _ = train_step(module, model, batch, len(batches[step]), inputs, optimizer, scheduler, config, World(), autocast)
+                loss, _ = train_step(parts, batch, len(batches[step]))
         _sync(device)
     except torch.cuda.OutOfMemoryError:
         return {"error": "CUDA out of memory (try --batch-size)", "options": options}

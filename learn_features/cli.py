@@ -75,7 +75,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pipeline, prep = _prepared(args)
     on = "validation" if args.validation else "test"
     pipeline.evaluate(prep, progress=not args.quiet, on=on)
-    print((prep.run_dir / pipeline.evaluation_outputs(on)[1]).read_text(encoding="utf-8"))
+    print(prep.run.metrics_md(on).read_text(encoding="utf-8"))
     return 0
 
 
@@ -87,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     pipeline.train(prep, progress=progress)
     pipeline.embed(prep)
     pipeline.evaluate(prep, progress)
-    print((prep.run_dir / "metrics.md").read_text(encoding="utf-8"))
+    print(prep.run.metrics_md().read_text(encoding="utf-8"))
     print(f"outputs in {prep.run_dir}", file=sys.stderr)
     return 0
 
@@ -106,12 +106,11 @@ def _snapshot_time(value: str, prep, flag: str):
     import pandas as pd
 
     from learn_features.data.split import parse_time
-    from learn_features.embeddings_io import read_run_manifest
 
     if value == "now":
         return pd.Timestamp.now(tz="UTC").floor("us")
     if value == "as-of":
-        return parse_time(str(read_run_manifest(prep.run_dir, required=("as_of",))["as_of"]), f"{flag} as-of")
+        return parse_time(str(prep.run.read_manifest(required=("as_of",))["as_of"]), f"{flag} as-of")
     if value == "end":
         time = prep.dataset.interactions["timestamp"].max() + pd.Timedelta(seconds=1)
     else:

@@ -9,10 +9,9 @@ Microsecond timestamps avoid DuckDB's nanosecond conversion failure at materiali
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -26,14 +25,6 @@ from learn_features.errors import LearnFeaturesError
 Entity = Literal["user", "item"]
 USER_FILE = "user_embeddings.parquet"
 ITEM_FILE = "item_embeddings.parquet"
-MANIFEST_FILE = "manifest.json"
-#: What the embed step records next to the vectors, and what every reader may rely on.
-RUN_MANIFEST_KEYS = ("model_version", "dim", "as_of", "created_at")
-#: The JSON type of each manifest key that a reader may ask for.
-RUN_MANIFEST_TYPES: dict[str, type] = {
-    "model_version": str, "method": str, "dim": int, "as_of": str, "created_at": str, "checkpoint": str,
-    "encoder": dict, "cache_dir": str, "users": int, "items": int, "protocol": str, "content_store": str, "history_len": int,
-}
 
 
 def id_column(entity: Entity) -> str:
@@ -149,34 +140,3 @@ def read_frame(path: str | Path, entity: Entity) -> pd.DataFrame:
 
 def frame_to_matrix(df: pd.DataFrame) -> np.ndarray:
     return np.stack(df["embedding"].to_numpy()).astype(np.float32) if len(df) else np.zeros((0, 0), np.float32)
-
-
-def run_manifest_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "embeddings" / MANIFEST_FILE
-
-
-def read_run_manifest(run_dir: str | Path, required: tuple[str, ...] = RUN_MANIFEST_KEYS) -> dict[str, Any]:
-    """A run's ``embeddings/manifest.json``: the one reader for publishing, inference and ranking.
-
-    Refuses a missing file, bad JSON or a missing ``required`` key, naming the file.
-    """
-    path = run_manifest_path(run_dir)
-    if not path.is_file():
-        raise LearnFeaturesError(f"{path}: run manifest not found (run `learn-features embed` for this run first)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise LearnFeaturesError(f"{path}: not valid JSON: {exc}") from exc
-    if not isinstance(manifest, dict):
-        raise LearnFeaturesError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
-    missing = [key for key in required if key not in manifest]
-    if missing:
-        raise LearnFeaturesError(f"{path}: missing key(s) {missing}")
-    for key in required:
-        expected = RUN_MANIFEST_TYPES.get(key)
-        value = manifest[key]
-        if expected is not None and not (isinstance(value, expected) and not isinstance(value, bool)):
-            raise LearnFeaturesError(f"{path}: key {key!r} must be a JSON {expected.__name__}, got {value!r}")
-    if "dim" in required and manifest["dim"] < 1:
-        raise LearnFeaturesError(f"{path}: key 'dim' must be positive, got {manifest['dim']}")
-    return manifest

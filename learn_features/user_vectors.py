@@ -5,8 +5,8 @@ trained run gives every user, including users who arrived after training, a vect
 moment, computed from the events strictly *before* it (an impression at time t must never see
 its own event or a later one).
 
-- ``UserTower`` is a run's trained towers plus the content of its catalog, loaded from the run's
-  ``embeddings/manifest.json`` (written by ``embed``).
+- ``UserTower`` is a run's published towers plus the content of its catalog
+  (``learn_features.trained_run.TrainedRun``), with item ids mapped to the run's catalog.
 - ``snapshot_histories`` cuts every user's history out of an event table at a list of snapshot
   times. A schedule keeps a user's row at a snapshot only when their history changed since the
   previous snapshot: the vector would be the same, and a point-in-time join picks the latest
@@ -28,19 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from learn_features.cex.model_loading import pick_device
-from learn_features.embeddings_io import ITEM_FILE, read_frame, read_run_manifest, run_manifest_path
 from learn_features.errors import LearnFeaturesError
-from learn_features.pch import checkpoint
-from learn_features.pch.content_store import ContentStore, items_digest
-from learn_features.pch.inference import user_vectors
-from learn_features.pch.inputs import ItemInputs
-from learn_features.pch.model import PCH
-
-#: What ``UserTower.load`` needs from the run manifest, beyond what every reader may rely on.
-TOWER_KEYS = ("model_version", "checkpoint", "content_store", "history_len")
+from learn_features.trained_run import TrainedRun
 
 
 @dataclass(frozen=True)
@@ -57,33 +47,20 @@ class UserVectors:
 
 @dataclass
 class UserTower:
-    """A run's user tower with its item inputs: histories of item ids in, user vectors out."""
+    """A run's published user tower with its item inputs: histories of item ids in, user vectors out."""
 
-    model_version: str
+    trained: TrainedRun
     history_len: int
-    model: PCH
-    inputs: ItemInputs
     item_index: dict[str, int]
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "auto") -> UserTower:
-        manifest = read_run_manifest(run_dir, required=TOWER_KEYS)
-        where = run_manifest_path(run_dir)
-        payload = checkpoint.load_payload(Path(manifest["checkpoint"]))
-        item_ids = read_frame(Path(run_dir) / "embeddings" / ITEM_FILE, "item")["item_id"].astype(str).tolist()
-        torch_device = pick_device(device)
-        if payload["trained_item_ids"] is not None:
-            inputs = checkpoint.id_inputs_for(payload, item_ids, torch_device)
-        else:
-            store_dir = Path(manifest["content_store"])
-            if not store_dir.is_dir():
-                raise LearnFeaturesError(f"{where}: content store {store_dir} not found; re-run `learn-features extract` for this run")
-            store = ContentStore(store_dir)
-            if store.items_sha256 != items_digest(item_ids):
-                raise LearnFeaturesError(f"{where}: the content store {store_dir} holds another catalog than the run's item embeddings")
-            inputs = ItemInputs(store=store)
-        model = checkpoint.build_model(payload, torch_device)
-        return cls(str(manifest["model_version"]), int(manifest["history_len"]), model, inputs, {item: i for i, item in enumerate(item_ids)})
+        trained = TrainedRun.load(run_dir, device)
+        return cls(trained, int(trained.manifest["history_len"]), {item: i for i, item in enumerate(trained.item_ids)})
+
+    @property
+    def model_version(self) -> str:
+        return self.trained.model_version
 
     def embed(self, user_ids: Sequence[str], histories: Sequence[Sequence[str]], progress: bool = False) -> UserVectors:
         """Each user's vector from their history (item ids, oldest first; the last N are used).
@@ -98,7 +75,7 @@ class UserTower:
                 kept_histories.append(known)
             else:
                 without.append(str(user))
-        vectors = user_vectors(self.model, self.inputs, kept_histories, progress=progress)
+        vectors = self.trained.user_vectors(kept_histories, progress=progress)
         return UserVectors([str(user_ids[i]) for i in kept], vectors, np.asarray(kept, dtype=np.int64), len(unknown),
                            sorted(set(unknown))[:5], without)
 

@@ -22,8 +22,9 @@ import pandas as pd
 
 from learn_features.data.sources import data_source
 from learn_features.data.split import SplitConfig, parse_time
-from learn_features.embeddings_io import ITEM_FILE, MANIFEST_FILE, USER_FILE, read_run_manifest, run_manifest_path
+from learn_features.embeddings_io import ITEM_FILE, USER_FILE
 from learn_features.errors import LearnFeaturesError
+from learn_features.run import RunDir
 from learn_features.store.replay import replay_repo_path
 from ranking.bootstrap import PairedDelta, paired_bootstrap
 from ranking.arms import ARMS_BY_NAME, BASELINE_MODELS, MODEL_PAIRS
@@ -42,7 +43,7 @@ from ranking.metrics import auc, grouped_auc, logloss
 from ranking.seeds import SeedPaired, SeedSpread, verdict
 from ranking.tiers import TIER_NAMES, Thresholds, assign_tiers, resolve_thresholds
 
-MANIFEST = Path("embeddings") / MANIFEST_FILE  # as named in messages
+MANIFEST = RunDir(Path()).manifest  # as named in messages
 TRAIN_START_FROM_EMBEDDINGS = "embeddings"
 #: ``embeddings.expected_model_version`` value meaning "the model_version in the run manifest".
 MODEL_VERSION_FROM_RUN = "run"
@@ -186,9 +187,9 @@ def make_joiner(cfg: EmbeddingConfig) -> EmbeddingJoiner | None:
 
 def _run_manifest_value(cfg: EmbeddingConfig, key: str) -> tuple[Path, object] | None:
     """``(manifest path, value of key)`` from the LEARN run's manifest, None without a manifest."""
-    if cfg.run_dir is None or not run_manifest_path(cfg.run_dir).exists():
+    if cfg.run_dir is None or not RunDir(cfg.run_dir).manifest.exists():
         return None
-    return run_manifest_path(cfg.run_dir), read_run_manifest(cfg.run_dir, required=(key,))[key]
+    return RunDir(cfg.run_dir).manifest, RunDir(cfg.run_dir).read_manifest(required=(key,))[key]
 
 
 def learn_training_end(cfg: EmbeddingConfig) -> pd.Timestamp | None:

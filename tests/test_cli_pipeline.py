@@ -18,8 +18,9 @@ from job_fixtures import write_config, write_synthetic
 
 from learn_features.cli import main
 from learn_features.config import load_config
-from learn_features.embeddings_io import ITEM_FILE, USER_FILE, read_frame, read_run_manifest
-from learn_features.pch.inference import embed_catalog_items
+from learn_features.embeddings_io import ITEM_FILE, USER_FILE, read_frame
+from learn_features.run import RunDir
+from learn_features.trained_run import embed_catalog_items
 from training.config import PipelineConfig
 from training.curves import training_curves_png
 from training.methods import METHODS
@@ -82,7 +83,7 @@ def test_per_user_scores_recompute_the_paired_differences(finished_run):
 
 def test_published_embeddings_follow_the_contract(finished_run):
     root, _ = finished_run
-    manifest = read_run_manifest(root / "run")
+    manifest = RunDir(root / "run").read_manifest()
     users = read_frame(root / "run" / "embeddings" / USER_FILE, "user")
     items = read_frame(root / "run" / "embeddings" / ITEM_FILE, "item")
     assert len(items) == 64 and users["user_id"].str.startswith("u").all()
@@ -106,7 +107,7 @@ def test_cold_start_item_gets_an_embedding_from_text_alone(finished_run):
     root, _ = finished_run
     new_items = pd.DataFrame({"item_id": ["brand-new"], "title": ["Space Opera number 999"], "category": ["space opera"]})
     table = embed_catalog_items(root / "run", new_items, device="cpu")
-    manifest = read_run_manifest(root / "run")
+    manifest = RunDir(root / "run").read_manifest()
     assert table.ids == ["brand-new"] and table.model_version == manifest["model_version"]
     assert table.vectors.shape == (1, manifest["dim"]) and np.isfinite(table.vectors).all()
     np.testing.assert_allclose(np.linalg.norm(table.vectors, axis=1), 1.0, rtol=1e-5)
@@ -164,6 +165,27 @@ def test_any_eval_ks_works_with_an_interval_for_each(finished_run, tmp_path):
     lines = (run / "metrics.md").read_text().splitlines()
     header = lines[lines.index("### All target items") + 2]
     assert header == "| method | users | recall@5 | ndcg@5 | recall@20 | ndcg@20 |"
+
+
+def test_evaluate_reads_finished_models_and_trains_only_new_seeds(finished_run, tmp_path, monkeypatch):
+    """evaluate builds no model, optimiser or negatives for a finished model: its history comes
+    from last.pt. Adding a seed trains that seed's models only."""
+    from training import trainer
+
+    root, config = finished_run
+    run = shutil.copytree(root / "run", tmp_path / "run")
+    built: list[str] = []
+    original = trainer.build_parts
+    monkeypatch.setattr(trainer, "build_parts", lambda job, *a: built.append(str(job.out_dir.relative_to(run))) or original(job, *a))
+    methods = '--set=eval.methods=["learn_v1","popularity"]'
+    assert main(["evaluate", "--config", str(config), "--run-dir", str(run), methods, "--quiet"]) == 0
+    assert built == []
+    before = json.loads((root / "run" / "metrics.json").read_text())["protocols"]["temporal"]["methods"]["learn_v1"]["training"]
+    after = json.loads((run / "metrics.json").read_text())["protocols"]["temporal"]["methods"]["learn_v1"]["training"]
+    assert after == before
+    assert main(["evaluate", "--config", str(config), "--run-dir", str(run), methods, "--seeds", "2", "--quiet"]) == 0
+    assert built == ["models/temporal/learn_v1/seed1", "models/leave_one_out/learn_v1/seed1"]
+    assert len(json.loads((run / "metrics.json").read_text())["protocols"]["temporal"]["methods"]["learn_v1"]["training"]) == 2
 
 
 def test_paths_in_a_config_file_resolve_against_its_folder(tmp_path, monkeypatch, tiny_llm_dir):  # noqa: F811

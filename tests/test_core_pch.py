@@ -16,7 +16,8 @@ from learn_features.pch import checkpoint
 from learn_features.pch.batching import PAD, pad_array
 from learn_features.pch.inference import item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
-from learn_features.pch.loss import Candidates, dense_all_action_infonce, recency_weights
+from learn_features.pch.loss import dense_all_action_infonce, recency_weights
+from learn_features.pch.negatives import Candidates
 from learn_features.pch.model import PCH
 from learn_features.retrieval import rank_items
 

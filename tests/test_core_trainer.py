@@ -17,7 +17,7 @@ from learn_features.pch import checkpoint
 from learn_features.pch.inputs import ItemInputs
 from learn_features.pch.model import PCH
 from training import trainer
-from training.trainer import BEST, LAST, TrainConfig, sample_epoch, train_towers, validation_score, windows_per_user
+from training.trainer import BEST, LAST, TrainConfig, TrainJob, sample_epoch, train_towers, validation_score, windows_per_user
 
 N_ITEMS = 120
 HISTORY_LEN, TARGET_LEN = 8, 4
@@ -37,7 +37,7 @@ def data() -> tuple[Split, ItemInputs]:
 
 def run(out_dir: Path, data: tuple[Split, ItemInputs], config: TrainConfig = TRAIN, **kwargs) -> trainer.TrainResult:
     split, inputs = data
-    return train_towers(out_dir, MODEL, config, split, inputs, HISTORY_LEN, TARGET_LEN, "learn_v1", progress=False, **kwargs)
+    return train_towers(TrainJob(out_dir, MODEL, config, split, inputs, HISTORY_LEN, TARGET_LEN, "learn_v1", **kwargs), progress=False)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -207,7 +207,7 @@ def test_id_baseline_checkpoint_carries_its_item_ids(data, tmp_path: Path, singl
     inputs = ItemInputs.from_training_items(len(split.item_ids), trained, torch.device("cpu"))
     ids = [split.item_ids[i] for i in trained]
     result = train_towers(
-        tmp_path, MODEL, dataclasses.replace(TRAIN, epochs=1), split, inputs, HISTORY_LEN, TARGET_LEN, "id_baseline", ids, progress=False
+        TrainJob(tmp_path, MODEL, dataclasses.replace(TRAIN, epochs=1), split, inputs, HISTORY_LEN, TARGET_LEN, "id_baseline", ids), progress=False
     )
     payload = checkpoint.load_payload(result.best_checkpoint)
     assert payload["trained_item_ids"] == ids and payload["content_dim"] is None

@@ -20,11 +20,11 @@ from feast_fixtures import copy_repo
 from job_fixtures import write_config, write_synthetic
 
 from learn_features.cli import main
-from learn_features.embeddings_io import read_run_manifest
-from learn_features.pch.inference import embed_catalog_items
+from learn_features.run import RunDir
 from learn_features.store.ledger import list_publications
 from learn_features.store.repo import apply_repo, open_store
 from learn_features.store.serving import LearnFeatureClient
+from learn_features.trained_run import embed_catalog_items
 
 NEW_ITEMS = pd.DataFrame(
     {"item_id": ["new-1", "new-2"], "title": ["Space Opera number 900", "Crime Thriller number 901"],
@@ -57,7 +57,7 @@ def test_items_pushed_before_a_rollout_are_reported_and_repushed(
     shutil.copytree(v1_run, v2_run, ignore=shutil.ignore_patterns("models", "embeddings", "feast_replay"))
     reseed = ["--config", config, "--run-dir", str(v2_run), "--set", "train.seed=1", "--quiet"]
     assert main(["train", *reseed, "--method", "learn_v1"]) == 0 and main(["embed", *reseed]) == 0
-    v1, v2 = (read_run_manifest(run)["model_version"] for run in (v1_run, v2_run))
+    v1, v2 = (RunDir(run).read_manifest()["model_version"] for run in (v1_run, v2_run))
     assert v1 != v2
     assert cli(capsys, "publish", "--run-dir", str(v2_run), "--repo", str(repo), "-q")[0] == 0
     apply_repo(open_store(repo), repo)

@@ -152,9 +152,9 @@ def _fake_tower(monkeypatch: pytest.MonkeyPatch, version: str | None = None, nan
         made.update(zip(catalog["item_id"], vectors))
         return EmbeddingTable("item", list(catalog["item_id"]), vectors, pd.Timestamp.now(tz="UTC"), version or info["model_version"])
 
-    module = types.ModuleType("learn_features.pch.inference")
+    module = types.ModuleType("learn_features.trained_run")
     module.embed_catalog_items = embed_catalog_items  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "learn_features.pch.inference", module)
+    monkeypatch.setitem(sys.modules, "learn_features.trained_run", module)
     return made
 
 

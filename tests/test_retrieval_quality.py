@@ -22,7 +22,7 @@ from learn_features.pch.inputs import ItemInputs
 from learn_features.retrieval import paired_bootstrap_interval, per_user_scores, rank_scores
 from training import baselines
 from training.diagnostics import effective_rank, mean_pairwise_cosine
-from training.trainer import TrainConfig, train_towers
+from training.trainer import TrainConfig, TrainJob, train_towers
 
 N_ITEMS, N_CLUSTERS, D_OUT = 120, 6, 16
 
@@ -32,7 +32,7 @@ def test_trained_towers_beat_popularity_without_collapse(tmp_path: Path, single_
     split = split_dataset(interactions, catalog, SplitConfig(cut_quantile=0.6, history_len=8, target_len=4, val_fraction=0.15, seed=3))
     inputs = ItemInputs.from_content(cluster_content(n_items=N_ITEMS, n_clusters=N_CLUSTERS, noise=1.0, seed=3), torch.device("cpu"))
     config = TrainConfig(lr=3e-3, epochs=12, batch_size=16, coverage=2.0, patience=4, device="cpu", select_metric="recall@10")
-    result = train_towers(tmp_path, tiny_pch_config(d_out=D_OUT, max_len=8), config, split, inputs, 8, 4, "learn_v1", progress=False)
+    result = train_towers(TrainJob(tmp_path, tiny_pch_config(d_out=D_OUT, max_len=8), config, split, inputs, 8, 4, "learn_v1"), progress=False)
     assert result.history[-1]["loss"] < 0.9 * result.history[-1]["chance_loss"], result.history
 
     model = checkpoint.build_model(checkpoint.load_payload(result.best_checkpoint), torch.device("cpu"))

@@ -24,8 +24,8 @@ from job_fixtures import write_config, write_synthetic
 
 from learn_features.cli import main
 from learn_features.data.tables import read_table
-from learn_features.embeddings_io import read_run_manifest
 from learn_features.errors import LearnFeaturesError
+from learn_features.run import RunDir
 from learn_features.store.histories import HistoryStore
 from learn_features.store.historical import historical_learn_features
 from learn_features.store.ledger import list_publications
@@ -126,7 +126,7 @@ def test_embed_users_refuses_a_run_of_another_model_version(job, tmp_path: Path,
     capsys.readouterr()
     assert main(["embed-users", *reseed, "--as-of", "end", "--repo", str(repo)]) == 2
     err = capsys.readouterr().err
-    assert read_run_manifest(other)["model_version"] in err and "active item publication" in err
+    assert RunDir(other).read_manifest()["model_version"] in err and "active item publication" in err
     assert sorted(p.publication_id for p in list_publications(repo)) == before
 
 
@@ -154,7 +154,7 @@ def test_streamed_events_change_the_served_vector_and_match_an_offline_recompute
     recomputed = UserTower.load(run, device="cpu").embed([user], [offline.histories[offline.user_ids.index(user)]])
     np.testing.assert_array_equal(served.user_vector, recomputed.vectors[0])
     # The pushed rows are recorded offline too, as served.
-    published = read_published(repo, "user", read_run_manifest(run)["model_version"])
+    published = read_published(repo, "user", RunDir(run).read_manifest()["model_version"])
     np.testing.assert_array_equal(published.vectors[list(published.ids).index(user)], served.user_vector)
     assert main(["verify-online", "--repo", str(repo)]) == 0
 
@@ -210,7 +210,7 @@ def test_a_schedule_loads_online_whatever_its_times_and_reruns_add_nothing(job, 
     assert len(users_pub) == 1 and users_pub[0].first_event_time < users_pub[0].published_at
     assert main(["materialize", "--repo", str(repo), "-q"]) == 0
     assert main(["verify-online", "--repo", str(repo)]) == 0
-    latest = read_published(repo, "user", read_run_manifest(run)["model_version"])
+    latest = read_published(repo, "user", RunDir(run).read_manifest()["model_version"])
     client = LearnFeatureClient(repo)
     for user, vector in list(zip(latest.ids, latest.vectors))[:10]:
         np.testing.assert_array_equal(client.score(str(user), []).user_vector, vector)
@@ -226,7 +226,7 @@ def test_a_row_after_each_event_covers_every_impression_with_a_history(job, tmp_
     repo = published_repo(tmp_path, run)
     assert main(["embed-users", "--config", str(config), "--set", 'split.protocols=["temporal"]', "--from", "as-of",
                  "--to", "end", "--every", "event", "--repo", str(repo), "-q"]) == 0
-    cut = pd.Timestamp(read_run_manifest(run)["as_of"])
+    cut = pd.Timestamp(RunDir(run).read_manifest()["as_of"])
     impressions = events[events["timestamp"] >= cut].sample(50, random_state=1).reset_index(drop=True)
     joined = historical_learn_features(repo, pd.DataFrame({"user_id": impressions["user_id"], "item_id": impressions["item_id"],
                                                             "event_timestamp": impressions["timestamp"]}))

@@ -31,18 +31,11 @@ KNN_NEIGHBOURS = (20, 50, 100, 200)  # the validation grid of item_knn's k
 SECONDS_PER_DAY = 86_400
 
 
-def training_positive_counts(train: dict[str, TrainSequence], n_items: int) -> np.ndarray:
-    counts = np.zeros(n_items, dtype=np.float64)
-    for seq in train.values():
-        np.add.at(counts, seq.items[seq.positive], 1.0)
-    return counts
-
-
 def popularity_scores(split: Split, users: EvalUsers) -> np.ndarray:
     """Counts of positive training events; under the temporal protocol only those before each
     user's target window (for test users that is everything before the cut)."""
     if split.cut_time is None:
-        counts = training_positive_counts(split.train, len(split.item_ids))
+        counts = split.positive_counts()
         return np.broadcast_to(counts, (len(users), len(counts)))
     return PositiveLog.of(split.train).window_counts(window_ends(split, users), None, len(split.item_ids))
 

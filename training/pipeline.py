@@ -1,19 +1,15 @@
 """The LEARN job, stage by stage: extract -> train -> embed -> evaluate.
 
 Every stage reads the config, reloads and re-splits the data (seconds, deterministic), checks
-the inputs it needs (content stores, checkpoints), records the config and the splits
-(``config.json``, ``split.json``) and then writes its outputs atomically under ``run_dir``:
+the inputs it needs (content stores, checkpoints), records the config and the splits and then
+writes its outputs atomically under the run directory (``learn_features.run.RunDir`` names
+every path): the content stores (``extract``, streamed from the cache), the trained towers of
+every protocol, method and seed (``train``, resumable), the published embeddings of the
+primary method of the primary protocol, first seed, with their manifest (``embed``), and the
+retrieval tables (``evaluate``).
 
-- ``content/<encoder>/``: content embeddings aligned to the catalog, as the fp16 sharded
-  store that training and inference read row by row (``extract``, streamed from the cache);
-- ``models/<protocol>/<method>/seed<k>/{best,last}.pt``: trained towers, resumable (``train``),
-  one set per evaluation protocol (each protocol trains on its own training events) and seed;
-- ``embeddings/{user,item}_embeddings.parquet`` + ``manifest.json`` (``embed``): the primary
-  method of the primary protocol, first seed;
-- ``metrics.json`` + ``metrics.md`` + ``per_user.parquet`` (``evaluate``).
-
-Re-running a finished stage is cheap: extraction hits the cache, training finds its last
-checkpoint complete, and outputs are rewritten with identical content.
+Re-running a finished stage is cheap: extraction hits the cache, a finished model's result is
+read from its last checkpoint, and outputs are rewritten with identical content.
 """
 
 from __future__ import annotations
@@ -28,30 +24,29 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
 from learn_features.atomic import atomic_path, write_json_atomic, write_text_atomic
 from learn_features.cex.extractor import ContentExtractor, EncoderConfig, ShardPass
-from learn_features.cex.model_loading import pick_device
 from learn_features.cex.prompt import render_prompts
 from learn_features.cex.sharding import local_device, resolve_shard
-from learn_features.data.split import EvalUsers, Split, resolve_cut_time, split_dataset
+from learn_features.data.split import Split, resolve_cut_time, split_dataset
 from learn_features.data.sources import data_source
 from learn_features.data.tables import Dataset, LoadReport, assemble
-from learn_features.embeddings_io import ITEM_FILE, USER_FILE, EmbeddingTable, run_manifest_path, write_table
+from learn_features.device import pick_device
+from learn_features.embeddings_io import EmbeddingTable, write_table
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
 from learn_features.pch.content_store import INDEX, ContentStore, ContentStoreBuilder, items_digest, open_current
-from learn_features.pch.inference import item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
 from learn_features.retrieval import rank_scores
-from training import baselines
+from learn_features.run import RunDir
+from learn_features.trained_run import TrainedRun
 from training.config import PipelineConfig
 from training.evaluation import MethodRankings, metrics_markdown, per_user_frame, protocol_metrics
-from training.methods import Method, get_methods
-from training.trainer import BEST, LAST, TrainResult, train_towers, validation_score_of_scores
+from training.methods import Content, get_methods
+from training.trainer import TrainJob, TrainResult, train_towers
 
 @dataclass
 class Prepared:
@@ -66,6 +61,10 @@ class Prepared:
         return Path(self.config.run_dir)
 
     @property
+    def run(self) -> RunDir:
+        return RunDir(self.run_dir)
+
+    @property
     def split(self) -> Split:
         """The primary protocol's split: what `embed` publishes."""
         return self.splits[self.config.split.primary_protocol]
@@ -73,6 +72,33 @@ class Prepared:
     @property
     def item_ids(self) -> list[str]:
         return self.dataset.catalog["item_id"].tolist()
+
+    def content_store(self, content: str) -> ContentStore:
+        """The run's content embeddings (fp16, memory-mapped), as ``extract`` assembled them.
+
+        Refused, with the reason, when they were extracted under other encoder settings or for
+        another catalog: new content must never meet towers or versions made for the old.
+        """
+        directory = self.run.content(content)
+        if not (directory / INDEX).exists():
+            raise LearnFeaturesError(f"{directory}: content embeddings not found; run `learn-features extract` first")
+        store = ContentStore(directory)
+        recorded = store.source.get("encoder") or {}
+        current = encoder_for(self.config, content).content_identity()
+        changed = [name for name, value in current.items() if recorded.get(name) != value]
+        if changed:
+            raise LearnFeaturesError(
+                f"{directory}: extracted with other {content} settings ({', '.join(changed)}); re-run `learn-features extract`"
+            )
+        if store.items_sha256 != items_digest(self.item_ids):
+            raise LearnFeaturesError(f"{directory}: items differ from the current catalog; re-run `learn-features extract`")
+        return store
+
+    def item_inputs(self, split: Split, content: Content, device: torch.device) -> ItemInputs:
+        """What towers over ``content`` read per item: an ID slot per item with a training event, or the content store."""
+        if content == "ids":
+            return ItemInputs.from_training_items(len(split.item_ids), np.flatnonzero(split.warm_items), device)
+        return ItemInputs(store=self.content_store(content))
 
 
 def prepare(config: PipelineConfig) -> Prepared:
@@ -104,9 +130,9 @@ def record(prep: Prepared) -> None:
     missing content store, an unknown method, an unsafe checkpoint) never rewrites the record
     of a finished run.
     """
-    write_json_atomic(prep.run_dir / "config.json", asdict(prep.config))
+    write_json_atomic(prep.run.config, asdict(prep.config))
     splits = {p: s.summary() for p, s in prep.splits.items()}
-    write_json_atomic(prep.run_dir / "split.json", {"load": asdict(prep.dataset.report), "splits": splits})
+    write_json_atomic(prep.run.split, {"load": asdict(prep.dataset.report), "splits": splits})
 
 
 def needed_contents(config: PipelineConfig) -> list[str]:
@@ -126,10 +152,6 @@ def require_unsharded(config: PipelineConfig) -> None:
             f"{' and '.join(sharded)} is set, but `run` needs the content of every item: run the shards with "
             "`learn-features extract --shard I/N`, then `run` without a shard (it finds them cached)"
         )
-
-
-def content_store_dir(run_dir: Path, content: str) -> Path:
-    return run_dir / "content" / content
 
 
 def extract(prep: Prepared, progress: bool = True, env: Mapping[str, str] | None = None) -> dict[str, Path | ShardPass]:
@@ -160,7 +182,7 @@ def extract(prep: Prepared, progress: bool = True, env: Mapping[str, str] | None
 def assemble_store(prep: Prepared, content: str, extractor: ContentExtractor, keys: list[str], progress: bool) -> ContentStore:
     """The catalog's cached vectors as the run's fp16 content store, streamed one cache shard at
     a time (never the whole matrix in memory); kept as is when already built from the same keys."""
-    directory = content_store_dir(prep.run_dir, content)
+    directory = prep.run.content(content)
     source = {"encoder": extractor.config.content_identity(), "model_fingerprint": extractor.fingerprint,
               "keys_sha256": items_digest(keys)}
     store = open_current(directory, source)
@@ -173,45 +195,13 @@ def assemble_store(prep: Prepared, content: str, extractor: ContentExtractor, ke
         return builder.commit()
 
 
-def content_store(prep: Prepared, content: str) -> ContentStore:
-    """The run's content embeddings (fp16, memory-mapped), as ``extract`` assembled them.
-
-    Refused, with the reason, when they were extracted under other encoder settings or for
-    another catalog: new content must never meet towers or versions made for the old.
-    """
-    directory = content_store_dir(prep.run_dir, content)
-    if not (directory / INDEX).exists():
-        raise LearnFeaturesError(f"{directory}: content embeddings not found; run `learn-features extract` first")
-    store = ContentStore(directory)
-    recorded = store.source.get("encoder") or {}
-    current = encoder_for(prep.config, content).content_identity()
-    changed = [name for name, value in current.items() if recorded.get(name) != value]
-    if changed:
-        raise LearnFeaturesError(
-            f"{directory}: extracted with other {content} settings ({', '.join(changed)}); re-run `learn-features extract`"
-        )
-    if store.items_sha256 != items_digest(prep.item_ids):
-        raise LearnFeaturesError(f"{directory}: items differ from the current catalog; re-run `learn-features extract`")
-    return store
-
-
 def training_item_ids(split: Split) -> list[str]:
     """The items that own an ID slot: every item with a training event."""
     return [split.item_ids[i] for i in np.flatnonzero(split.warm_items)]
 
 
-def inputs_for(prep: Prepared, split: Split, method: Method, device: torch.device) -> ItemInputs:
-    if method.content == "ids":
-        return ItemInputs.from_training_items(len(split.item_ids), np.flatnonzero(split.warm_items), device)
-    return ItemInputs(store=content_store(prep, method.content))
-
-
 def seeds_of(config: PipelineConfig) -> list[int]:
     return [config.train.seed + k for k in range(config.eval.seeds)]
-
-
-def model_dir(run_dir: Path, protocol: str, method: str, seed: int) -> Path:
-    return run_dir / "models" / protocol / method / f"seed{seed}"
 
 
 def train(prep: Prepared, only: list[str] | None = None, progress: bool = True) -> dict[str, TrainResult]:
@@ -225,10 +215,10 @@ def train(prep: Prepared, only: list[str] | None = None, progress: bool = True) 
     config = prep.config
     device = pick_device(config.train.device)
     methods = [m for m in get_methods(only or config.eval.methods) if m.trained]
-    jobs = [(split, m, inputs_for(prep, split, m, device)) for split in prep.splits.values() for m in methods]
+    jobs = [(split, m, prep.item_inputs(split, m.content, device)) for split in prep.splits.values() for m in methods]
     for split, method, _ in jobs:  # a resume checkpoint that cannot be read safely is refused before any work
         for seed in seeds_of(config):
-            last = model_dir(prep.run_dir, split.protocol, method.name, seed) / LAST
+            last = prep.run.last(split.protocol, method.name, seed)
             if last.exists():
                 checkpoint.load_payload(last)
     record(prep)
@@ -236,15 +226,15 @@ def train(prep: Prepared, only: list[str] | None = None, progress: bool = True) 
     if config.train.workers > 1 and device.type == "cpu" and len(keys) > 1:
         return _train_in_workers(prep, keys, progress)
     inputs = {(split.protocol, method.name): i for split, method, i in jobs}
-    return {f"{p}/{m}/seed{s}": train_one(prep, p, m, s, inputs[p, m], progress) for p, m, s in keys}
+    return {f"{p}/{m}/seed{s}": train_towers(train_job(prep, p, m, s, inputs[p, m]), progress) for p, m, s in keys}
 
 
-def train_one(prep: Prepared, protocol: str, method_name: str, seed: int, inputs: ItemInputs, progress: bool) -> TrainResult:
-    """One trained method under one protocol and seed (resumes or skips finished work)."""
+def train_job(prep: Prepared, protocol: str, method_name: str, seed: int, inputs: ItemInputs) -> TrainJob:
+    """One trained method under one protocol and seed, and where its checkpoints go."""
     config, split = prep.config, prep.splits[protocol]
     method = get_methods([method_name])[0]
-    return train_towers(
-        model_dir(prep.run_dir, protocol, method.name, seed),
+    return TrainJob(
+        prep.run.model(protocol, method.name, seed),
         replace(config.model, variant=method.variant),
         replace(config.train, seed=seed),
         split,
@@ -253,12 +243,35 @@ def train_one(prep: Prepared, protocol: str, method_name: str, seed: int, inputs
         config.split.target_len,
         method.name,
         training_item_ids(split) if method.content == "ids" else None,
-        progress,
     )
 
 
+def training_results(prep: Prepared, progress: bool = True) -> dict[str, TrainResult]:
+    """What ``evaluate`` needs of every trained model, keyed as ``train``'s results.
+
+    A finished model's result (best epoch, score, history) is read from its ``last.pt``, with
+    nothing rebuilt; only methods with a model still to train (new seeds, a new method, an
+    interrupted run) go through ``train``, which skips their finished models.
+    """
+    config = prep.config
+    device = pick_device(config.train.device)
+    results: dict[str, TrainResult | None] = {}
+    for split in prep.splits.values():
+        for method in (m for m in get_methods(config.eval.methods) if m.trained):
+            inputs = prep.item_inputs(split, method.content, device)
+            for seed in seeds_of(config):
+                results[f"{split.protocol}/{method.name}/seed{seed}"] = train_job(prep, split.protocol, method.name, seed, inputs).finished()
+    missing = list(dict.fromkeys(key.split("/")[1] for key, result in results.items() if result is None))
+    if not missing:
+        record(prep)
+        return {key: result for key, result in results.items() if result is not None}
+    return {**results, **train(prep, missing, progress)}
+
+
 def _train_in_workers(prep: Prepared, keys: list[tuple[str, str, int]], progress: bool) -> dict[str, TrainResult]:
-    context = multiprocessing.get_context("spawn")  # never fork after OpenMP (STACK.md)
+    # A process forked after OpenMP has started its threads hangs at its first OpenMP call
+    # (torch's CPU kernels): workers are spawned, never forked.
+    context = multiprocessing.get_context("spawn")
     results = {}
     with ProcessPoolExecutor(max_workers=prep.config.train.workers, mp_context=context) as pool:
         futures = {pool.submit(_train_job, prep.config, *key): key for key in keys}
@@ -276,45 +289,28 @@ def _train_job(config: PipelineConfig, protocol: str, method_name: str, seed: in
     torch.set_num_threads(1)
     prep = prepare(config)
     method = get_methods([method_name])[0]
-    return train_one(prep, protocol, method_name, seed, inputs_for(prep, prep.splits[protocol], method, pick_device(config.train.device)), False)
-
-
-def tower_vectors(prep: Prepared, split: Split, method: Method, seed: int, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(user vectors for ``histories``, item vectors for the whole catalog) of one trained model."""
-    payload = checkpoint.load_payload(model_dir(prep.run_dir, split.protocol, method.name, seed) / BEST)
-    device = pick_device(prep.config.train.device)
-    model = checkpoint.build_model(payload, device)
-    inputs = inputs_for(prep, split, method, device)
-    return user_vectors(model, inputs, histories), item_vectors(model, inputs, np.arange(len(split.item_ids)))
-
-
-def frozen_content_vectors(prep: Prepared, split: Split, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Baseline-v1: centred LLM content vectors; a user is the mean of their history's."""
-    store = content_store(prep, "llm")
-    items = baselines.centred_content(store.take(np.arange(len(store))).astype(np.float32), split.warm_items)
-    return baselines.mean_history_vectors(items, histories), items
+    inputs = prep.item_inputs(prep.splits[protocol], method.content, pick_device(config.train.device))
+    return train_towers(train_job(prep, protocol, method_name, seed, inputs), False)
 
 
 def embed(prep: Prepared) -> dict[str, Path]:
     """Publishable LEARN embeddings of the primary method: every user with a past, every item."""
-    config, split = prep.config, prep.split
+    config, split, run = prep.config, prep.split, prep.run
     method = get_methods([config.eval.primary_method])[0]
-    seed = config.train.seed
-    best_path = model_dir(prep.run_dir, split.protocol, method.name, seed) / BEST
-    payload = checkpoint.load_payload(best_path)
-    inputs = inputs_for(prep, split, method, pick_device(config.train.device))
+    best_path = run.best(split.protocol, method.name, config.train.seed)
+    device = pick_device(config.train.device)
+    tower = TrainedRun.of_checkpoint(best_path, prep.item_inputs(split, method.content, device), split.item_ids, device)
     record(prep)
-    version = checkpoint.model_version(payload, method.name, inputs.identity)
+    version = checkpoint.model_version(tower.payload, method.name, tower.inputs.identity)
     user_ids = sorted(split.profiles)
-    users, items = tower_vectors(prep, split, method, seed, [split.profiles[u] for u in user_ids])
-    out = prep.run_dir / "embeddings"
+    users, items = tower.user_vectors([split.profiles[u] for u in user_ids]), tower.item_vectors()
     as_of = split.data_end if split.data_end is not None else pd.Timestamp.now(tz="UTC")
     paths = {
-        "user": write_table(EmbeddingTable("user", user_ids, users, as_of, version), out / USER_FILE),
-        "item": write_table(EmbeddingTable("item", split.item_ids, items, as_of, version), out / ITEM_FILE),
+        "user": write_table(EmbeddingTable("user", user_ids, users, as_of, version), run.embedding_table("user")),
+        "item": write_table(EmbeddingTable("item", split.item_ids, items, as_of, version), run.embedding_table("item")),
     }
     write_json_atomic(
-        run_manifest_path(prep.run_dir),
+        run.manifest,
         {
             "model_version": version,
             "method": method.name,
@@ -325,7 +321,7 @@ def embed(prep: Prepared) -> dict[str, Path]:
             "checkpoint": str(best_path.resolve()),
             "encoder": asdict(encoder_for(config, method.content)),
             "cache_dir": str(Path(config.cache_dir).resolve()),
-            "content_store": str(content_store_dir(prep.run_dir, method.content).resolve()),
+            "content_store": str(run.content(method.content).resolve()),
             "history_len": config.split.history_len,
             "users": len(user_ids),
             "items": len(split.item_ids),
@@ -334,80 +330,30 @@ def embed(prep: Prepared) -> dict[str, Path]:
     return paths
 
 
-def method_scores(prep: Prepared, split: Split, method: Method, seed: int, users: EvalUsers,
-                  knn_similarity: sp.csr_matrix | None = None) -> tuple[np.ndarray, dict]:
-    """(users x items) scores of one method for ``users``, and its vector diagnostics (if it has vectors)."""
-    config = prep.config
-    if method.kind == "popularity":
-        return baselines.popularity_scores(split, users), {}
-    if method.kind == "popularity_recent":
-        return baselines.popularity_recent_scores(split, users, config.eval.recent_days), {}
-    if method.kind == "item_knn":
-        if knn_similarity is None:
-            raise ValueError("item_knn needs its neighbourhood (knn_similarity)")
-        return baselines.item_knn_scores(knn_similarity, users.histories), {}
-    if method.kind == "content_mean":
-        user_vecs, item_vecs = frozen_content_vectors(prep, split, users.histories)
-    else:
-        user_vecs, item_vecs = tower_vectors(prep, split, method, seed, users.histories)
-    scores = user_vecs @ item_vecs.T
-    popularity = baselines.training_positive_counts(split.train, len(split.item_ids))
-    from training.diagnostics import vector_diagnostics  # scipy.stats: only evaluation needs it
-
-    return scores, vector_diagnostics(user_vecs, item_vecs, scores, popularity, split.warm_items)
-
-
-def choose_knn_neighbours(prep: Prepared, split: Split, cosine: sp.csr_matrix) -> int:
-    """item_knn's k, chosen on the validation users (never on test users) by the training metric;
-    ``cosine`` is the split's ``baselines.cooccurrence_cosine``."""
-    if not len(split.val):
-        return baselines.KNN_NEIGHBOURS[-1]
-    metric = prep.config.train.select_metric
-    depth = int(metric.split("@")[1])
-
-    def score(k: int) -> float:
-        scores = baselines.item_knn_scores(baselines.top_k_neighbours(cosine, k), split.val.histories)
-        return validation_score_of_scores(scores, split.val, metric, depth)
-
-    return max(baselines.KNN_NEIGHBOURS, key=score)
-
-
-def evaluation_outputs(on: str) -> tuple[str, str, str, str]:
-    """(metrics.json, metrics.md, per_user.parquet, training_curves.png) names for the ``test``
-    or ``validation`` users."""
-    suffix = "" if on == "test" else f"-{on}"
-    return f"metrics{suffix}.json", f"metrics{suffix}.md", f"per_user{suffix}.parquet", f"training_curves{suffix}.png"
-
-
 def evaluate(prep: Prepared, progress: bool = True, on: str = "test") -> dict[str, dict]:
     """Retrieval metrics of every method on each protocol's test users, overall and on cold items.
 
     ``on="validation"`` scores the validation users instead, into ``metrics-validation.*``: the
     table to compare settings on, since choosing by the test table would tune on test users.
     """
-    config = prep.config
+    config, run = prep.config, prep.run
     depth = max(config.eval.ks)
     seeds = seeds_of(config)
     results: dict[str, dict] = {}
     per_user = []
-    trained = train(prep, progress=progress)
+    trained = training_results(prep, progress)
     for protocol, split in prep.splits.items():
         test = split.test if on == "test" else split.val
         cold_targets = [t[~split.warm_items[t]] for t in test.targets]
         rankings = []
         for method in tqdm(get_methods(config.eval.methods), desc=f"evaluating ({protocol})", disable=not progress):
             runs = seeds if method.trained else seeds[:1]
-            knn_k, knn_similarity = None, None
-            if method.kind == "item_knn":
-                cosine = baselines.cooccurrence_cosine(split.train, len(split.item_ids))
-                knn_k = choose_knn_neighbours(prep, split, cosine)
-                knn_similarity = baselines.top_k_neighbours(cosine, knn_k)
+            model = method.fit(prep, split)
             ranked, diagnostics = [], {}
             for seed in runs:
-                scores, diagnostics = method_scores(prep, split, method, seed, test, knn_similarity)
-                ranked.append(rank_scores(scores, test.exclude, depth))
-            if knn_k is not None:
-                diagnostics = {"neighbours": knn_k}
+                scored = model.full_sort_predict(test, seed)
+                ranked.append(rank_scores(scored.scores, test.exclude, depth))
+                diagnostics = scored.diagnostics
             training = [_training_summary(trained[f"{protocol}/{method.name}/seed{seed}"]) for seed in runs] if method.trained else []
             rankings.append(MethodRankings(method.name, ranked, diagnostics, training))
         results[protocol] = {
@@ -418,16 +364,15 @@ def evaluate(prep: Prepared, progress: bool = True, on: str = "test") -> dict[st
         }
         per_user.append(per_user_frame(protocol, rankings, test.user_ids, test.targets, cold_targets, config.eval.ks, seeds))
     document = {"evaluated_users": on, "protocols": results}
-    json_name, md_name, per_user_name, curves_name = evaluation_outputs(on)
-    write_json_atomic(prep.run_dir / json_name, document)
-    write_text_atomic(prep.run_dir / md_name, metrics_markdown(results, config.eval.ks, on))
-    with atomic_path(prep.run_dir / per_user_name) as tmp:
+    write_json_atomic(run.metrics_json(on), document)
+    write_text_atomic(run.metrics_md(on), metrics_markdown(results, config.eval.ks, on))
+    with atomic_path(run.per_user(on)) as tmp:
         pq.write_table(pa.Table.from_pandas(pd.concat(per_user, ignore_index=True), preserve_index=False), tmp)
     from training.curves import training_curves_png  # matplotlib: only evaluation draws
 
     curves = training_curves_png(results)
     if curves is not None:
-        with atomic_path(prep.run_dir / curves_name) as tmp:
+        with atomic_path(run.training_curves(on)) as tmp:
             Path(tmp).write_bytes(curves)
     return document
 

@@ -9,10 +9,13 @@ windows only; test users never influence training). Every epoch records the mean
 the loss of a model that scores every item alike (``chance``), so a run that learned nothing
 shows it.
 
-The objective (``Objective``) is the dense all-action InfoNCE with the corrections of
-``learn_features.pch.loss``: log-q sampling-bias correction from the items' share of training
-positives, false-negative masking, optional uniformly sampled extra negatives, and for variant 1
-the same loss over the targets embedded alone, the path serving uses.
+The objective is the dense all-action InfoNCE of ``learn_features.pch.loss`` over the negatives
+of ``learn_features.pch.negatives`` (in-batch, optional uniform extras, log-q correction from the
+items' share of training positives, false-negative masking), and for variant 1 the same loss
+over the targets embedded alone, the path serving uses.
+
+A finished model is never rebuilt: ``TrainJob.finished`` reads its result (best epoch, score,
+history) from ``last.pt``, which is all ``evaluate`` needs of it.
 
 Speed (all off the CPU default path, which stays fp32 and bit-reproducible): bf16 autocast
 and a fused Adam/AdamW kernel on CUDA, batches built one step ahead in a background thread
@@ -36,7 +39,7 @@ from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -45,22 +48,21 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from learn_features.cex.model_loading import pick_device
 from learn_features.data.split import EvalUsers, Split, TrainSequence
+from learn_features.device import pick_device
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
 from learn_features.pch.batching import Batch, make_batch
 from learn_features.pch.inference import item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
-from learn_features.pch.loss import Candidates, dense_all_action_infonce
+from learn_features.pch.loss import dense_all_action_infonce
 from learn_features.pch.model import PCH, PCHConfig
+from learn_features.pch.negatives import Negatives
 from learn_features.retrieval import rank_items, rank_scores, score_rankings
-from training.baselines import training_positive_counts
+from learn_features.run import BEST, LAST
 from training.collectives import World, gather_rows, gather_targets
 from training.loader import prefetch, to_device_ahead
 
-LAST = "last.pt"
-BEST = "best.pt"
 # Execution choices that leave the training math unchanged: toggling them still resumes last.pt.
 RUNTIME_ONLY = ("prefetch", "compile", "device", "workers")  # the device counts only through the bf16/fused it allows
 SELECT_METRIC = re.compile(r"(hit|recall|ndcg)@\d+")  # what retrieval.per_user_scores computes per K
@@ -147,64 +149,6 @@ def sample_epoch(train: dict[str, TrainSequence], config: TrainConfig, history_l
     return [samples[i] for i in rng.permutation(len(samples))]
 
 
-def negative_pool(config: TrainConfig, split: Split) -> np.ndarray:
-    """The items uniform extra negatives are drawn from: by default those with a training event.
-
-    An item without one is, under the temporal protocol, mostly an item that did not exist yet
-    at training time (its first event is after the cut); drawing it as a negative would both
-    use the future catalog and teach the towers to push new items down, the cold-start items
-    LEARN is meant to serve.
-    """
-    return np.arange(len(split.item_ids)) if config.uniform_from == "catalog" else np.flatnonzero(split.warm_items)
-
-
-def epoch_extras(config: TrainConfig, epoch: int, batches: int, pool: np.ndarray) -> list[np.ndarray] | None:
-    """Each batch's uniformly drawn extra negatives from ``pool`` (the same on every rank), or None."""
-    if not config.uniform_negatives:
-        return None
-    rng = np.random.default_rng([config.seed, epoch, 1])
-    return list(pool[rng.integers(0, len(pool), size=(batches, config.uniform_negatives))])
-
-
-@dataclass
-class Objective:
-    """What one training run's loss adds to plain in-batch InfoNCE (see ``learn_features.pch.loss``)."""
-
-    log_share: torch.Tensor | None  # (n_items,) log of each item's share of training positives; None: no log-q
-    mask_false_negatives: bool
-    serving_weight: float  # > 0 only for variant 1
-    pool_size: int  # items the uniform extras are drawn from
-
-    @classmethod
-    def build(cls, config: TrainConfig, model_config: PCHConfig, train: dict[str, TrainSequence], n_items: int, pool_size: int,
-              device: torch.device) -> "Objective":
-        log_share = None
-        if config.logq_correction:
-            counts = training_positive_counts(train, n_items)
-            with np.errstate(divide="ignore"):
-                log_share = torch.as_tensor(np.log(counts / counts.sum()), dtype=torch.float32, device=device)
-        serving = config.serving_loss_weight if model_config.variant == 1 else 0.0
-        return cls(log_share, config.mask_false_negatives, serving, pool_size)
-
-    def candidates(self, target_ids: torch.Tensor, target_lengths: torch.Tensor, extra_ids: torch.Tensor | None, extra: torch.Tensor | None) -> Candidates:
-        """The loss's view of the gathered batch: ids for masking, log q for correction.
-
-        An in-batch item is expected ``targets x share`` times among the candidates, a uniform
-        extra ``extras / pool size`` times: the log of those expected counts is what each logit loses.
-        """
-        target_log_q = extra_log_q = None
-        if self.log_share is not None:
-            drawn = target_lengths.sum().clamp_min(1).float()
-            target_log_q = self.log_share[target_ids.clamp_min(0)] + torch.log(drawn)
-            if extra_ids is not None:
-                extra_log_q = torch.full(extra_ids.shape, math.log(len(extra_ids) / self.pool_size), device=extra_ids.device)
-        mask = self.mask_false_negatives
-        return Candidates(
-            target_ids=target_ids if mask else None, target_log_q=target_log_q,
-            extra=extra, extra_ids=extra_ids if mask else None, extra_log_q=extra_log_q,
-        )
-
-
 def validation_score(model: PCH, inputs: ItemInputs, users: EvalUsers, n_items: int, metric: str) -> float:
     depth = int(metric.split("@")[1])
     model.eval()
@@ -258,31 +202,80 @@ def host_batches(
         yield host.pin_memory() if pin else host
 
 
-def train_step(
-    module: nn.Module,
-    model: PCH,
-    batch: Batch,
-    global_size: int,
-    inputs: ItemInputs,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    config: TrainConfig,
-    world: World,
-    autocast: torch.autocast,
-    objective: Objective | None = None,
-) -> tuple[float, float]:
+@dataclass
+class TrainJob:
+    """One model to train and where it is kept. Everything but ``out_dir`` and the runtime-only
+    options goes into the fingerprint that decides whether ``last.pt`` can be resumed."""
+
+    out_dir: Path
+    model: PCHConfig
+    train: TrainConfig
+    split: Split
+    inputs: ItemInputs
+    history_len: int
+    target_len: int
+    method: str
+    trained_item_ids: list[str] | None = None  # ID towers: the items that own a slot, saved with the model
+
+    def fingerprint(self, device: torch.device) -> str:
+        config = self.train
+        math_config = {k: v for k, v in asdict(config).items() if k not in RUNTIME_ONLY}
+        math_config.update(bf16=config.bf16 and device.type == "cuda", fused=config.fused and device.type == "cuda")
+        return _fingerprint(
+            asdict(self.model), math_config, self.split.summary(), self.method, self.history_len, self.target_len, self.inputs.identity
+        )
+
+    def resumable(self, fingerprint: str) -> dict[str, Any] | None:
+        """``last.pt`` when it was written by this very job (same fingerprint), else None."""
+        last = self.out_dir / LAST
+        if not last.exists():
+            return None
+        saved = checkpoint.load_payload(last)
+        return saved if saved["fingerprint"] == fingerprint else None
+
+    def done(self, state: dict[str, Any]) -> bool:
+        """Whether training from ``state`` has nothing left: every epoch run, or patience used up."""
+        return state["epoch"] + 1 >= self.train.epochs or state["bad_epochs"] >= self.train.patience
+
+    def result(self, state: dict[str, Any]) -> TrainResult:
+        return TrainResult(self.out_dir / BEST, state["best_epoch"], state["best_score"], state["history"])
+
+    def finished(self) -> TrainResult | None:
+        """The result of a finished model, read from its ``last.pt`` without building anything;
+        None when it is missing, unfinished or was trained under other settings or data."""
+        saved = self.resumable(self.fingerprint(pick_device(self.train.device)))
+        return None if saved is None or not self.done(saved["state"]) else self.result(saved["state"])
+
+
+@dataclass
+class StepParts:
+    """What every optimizer step of one run uses; only the batch changes from step to step."""
+
+    module: nn.Module  # what the forward runs through (``step_module``)
+    model: PCH
+    inputs: ItemInputs
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    config: TrainConfig
+    world: World
+    autocast: torch.autocast
+    negatives: Negatives = field(default_factory=Negatives.in_batch)
+    serving_weight: float = 0.0  # > 0 only for variant 1: weight of the loss over targets embedded alone
+
+
+def train_step(parts: StepParts, batch: Batch, global_size: int) -> tuple[float, float]:
     """One optimizer step on this rank's part of a global batch of ``global_size`` users.
 
     Returns (the batch loss, the loss a model scoring every item alike would have on it).
     """
-    objective = objective or Objective(None, False, 0.0, 0)
+    inputs, world, model, config = parts.inputs, parts.world, parts.model, parts.config
     extra = None if batch.extra is None else inputs.lookup(batch.extra, batch.rows)
-    with autocast:
-        users, items, served, extra = module(
-            inputs.lookup(batch.history, batch.rows), inputs.lookup(batch.targets, batch.rows), extra, objective.serving_weight > 0
+    with parts.autocast:
+        users, items, served, extra = parts.module(
+            inputs.lookup(batch.history, batch.rows), inputs.lookup(batch.targets, batch.rows), extra, parts.serving_weight > 0
         )
     all_items, all_lengths, first_user = gather_targets(world, items.float(), batch.target_lengths, global_size)
-    candidates = objective.candidates(
+    candidates = parts.negatives.candidates(
         gather_rows(world, batch.target_items, global_size), all_lengths, batch.extra_items, None if extra is None else extra.float()
     )
     loss_of = partial(
@@ -292,17 +285,17 @@ def train_step(
     loss = loss_of(users.float(), all_items)
     if served is not None:
         all_served, _, _ = gather_targets(world, served.float(), batch.target_lengths, global_size)
-        loss = loss + objective.serving_weight * loss_of(users.float(), all_served)
+        loss = loss + parts.serving_weight * loss_of(users.float(), all_served)
     with torch.no_grad():  # the same loss for scores that are all equal: the chance level
         flat = torch.zeros_like(users[:, :1].float())
         chance = loss_of(flat, torch.zeros_like(all_items), history_lengths=torch.ones_like(batch.history_lengths))
         if served is not None:
-            chance = chance * (1.0 + objective.serving_weight)
-    optimizer.zero_grad(set_to_none=True)
+            chance = chance * (1.0 + parts.serving_weight)
+    parts.optimizer.zero_grad(set_to_none=True)
     (loss * world.size).backward()  # DDP averages gradients over ranks; the ranks' loss shares must add up instead
     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-    optimizer.step()
-    scheduler.step()
+    parts.optimizer.step()
+    parts.scheduler.step()
     return world.sum(loss.detach()).item(), world.sum(chance).item()
 
 
@@ -314,101 +307,86 @@ def epoch_score(model: PCH, inputs: ItemInputs, split: Split, config: TrainConfi
     return world.broadcast(score)
 
 
-def train_towers(
-    out_dir: Path,
-    model_config: PCHConfig,
-    config: TrainConfig,
-    split: Split,
-    inputs: ItemInputs,
-    history_len: int,
-    target_len: int,
-    method: str,
-    trained_item_ids: list[str] | None = None,
-    progress: bool = True,
-) -> TrainResult:
+def build_parts(job: TrainJob, device: torch.device, world: World) -> StepParts:
+    """A fresh model (seeded), its optimizer, cosine schedule and negatives: the state of epoch 0."""
+    config = job.train
+    torch.manual_seed(config.seed)
+    model = PCH(job.model, content_dim=job.inputs.content_dim, num_items=job.inputs.num_id_slots).to(device)
+    optimizer = build_optimizer(model, config, device)
+    negatives = Negatives.build(
+        job.split, uniform_from=config.uniform_from, per_batch=config.uniform_negatives, seed=config.seed,
+        logq_correction=config.logq_correction, mask_false_negatives=config.mask_false_negatives, device=device,
+    )
+    windows = sum(windows_per_user(len(seq), job.target_len, config.coverage) for seq in job.split.train.values())
+    total_steps = math.ceil(windows / config.batch_size) * config.epochs
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
+    serving_weight = config.serving_loss_weight if job.model.variant == 1 else 0.0
+    return StepParts(model, model, job.inputs, optimizer, scheduler, config, world, autocast, negatives, serving_weight)
+
+
+def run_epoch(job: TrainJob, parts: StepParts, epoch: int, device: torch.device, progress: bool) -> tuple[float, float]:
+    """One epoch's steps; returns (mean loss, mean chance loss)."""
+    config, world = job.train, parts.world
+    torch.manual_seed((config.seed * 100_003 + epoch) * world.size + world.rank)  # own dropout per rank
+    parts.model.train()
+    batches = global_batches(sample_epoch(job.split.train, config, job.history_len, job.target_len, epoch), config.batch_size, world)
+    extras = parts.negatives.epoch_extras(epoch, len(batches))
+    losses, chances = [], []
+    with closing(prefetch(host_batches(batches, job.inputs, world, device.type == "cuda", extras), config.prefetch)) as ready:
+        steps = zip((len(b) for b in batches), to_device_ahead(ready, device))
+        desc = f"[{job.method}] epoch {epoch + 1}/{config.epochs}"
+        for global_size, batch in tqdm(steps, total=len(batches), desc=desc, disable=not progress, leave=False):
+            loss, chance = train_step(parts, batch, global_size)
+            losses.append(loss)
+            chances.append(chance)
+    return float(np.mean(losses)) if losses else float("nan"), float(np.mean(chances)) if chances else float("nan")
+
+
+def train_towers(job: TrainJob, progress: bool = True) -> TrainResult:
     """Train (or resume, or skip if finished) and return where the best model is.
 
     Runs data-parallel when a torch.distributed process group is initialised (torchrun).
     """
     world = World.current()
     lead = world.rank == 0
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = pick_device(config.device)
-    math_config = {k: v for k, v in asdict(config).items() if k not in RUNTIME_ONLY}
-    math_config.update(bf16=config.bf16 and device.type == "cuda", fused=config.fused and device.type == "cuda")
-    fingerprint = _fingerprint(
-        asdict(model_config), math_config, split.summary(), method, history_len, target_len, inputs.identity
-    )
-    torch.manual_seed(config.seed)
-    model = PCH(model_config, content_dim=inputs.content_dim, num_items=inputs.num_id_slots).to(device)
-    optimizer = build_optimizer(model, config, device)
-    n_items = len(split.item_ids)
-    pool = negative_pool(config, split)
-    objective = Objective.build(config, model_config, split.train, n_items, len(pool), device)
-    windows = sum(windows_per_user(len(seq), target_len, config.coverage) for seq in split.train.values())
-    steps_per_epoch = math.ceil(windows / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(job.train.device)
+    fingerprint = job.fingerprint(device)
+    saved = job.resumable(fingerprint)
+    if saved is not None and job.done(saved["state"]):
+        return job.result(saved["state"])
+    parts = build_parts(job, device, world)
+    config, model = job.train, parts.model
     state = {"epoch": -1, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
-
-    last_path = out_dir / LAST
-    if last_path.exists():
-        saved = checkpoint.load_payload(last_path)
-        if saved["fingerprint"] == fingerprint:
-            model.load_state_dict(saved["state_dict"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            state = saved["state"]
-        elif lead:
-            tqdm.write(f"[{method}] configuration or data changed since {last_path}; training from scratch")
-
-    module = step_module(model, config, device, world)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
-    step = partial(
-        train_step, module, model, inputs=inputs, optimizer=optimizer, scheduler=scheduler, config=config, world=world,
-        autocast=autocast, objective=objective,
-    )
+    if saved is not None:
+        model.load_state_dict(saved["state_dict"])
+        parts.optimizer.load_state_dict(saved["optimizer"])
+        parts.scheduler.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+    elif (job.out_dir / LAST).exists() and lead:
+        tqdm.write(f"[{job.method}] configuration or data changed since {job.out_dir / LAST}; training from scratch")
+    parts.module = step_module(model, config, device, world)
     for epoch in range(state["epoch"] + 1, config.epochs):
         if state["bad_epochs"] >= config.patience:
             break
-        torch.manual_seed((config.seed * 100_003 + epoch) * world.size + world.rank)  # own dropout per rank
-        model.train()
-        batches = global_batches(sample_epoch(split.train, config, history_len, target_len, epoch), config.batch_size, world)
-        extras = epoch_extras(config, epoch, len(batches), pool)
-        losses, chances = [], []
-        with closing(prefetch(host_batches(batches, inputs, world, device.type == "cuda", extras), config.prefetch)) as ready:
-            steps = zip((len(b) for b in batches), to_device_ahead(ready, device))
-            desc = f"[{method}] epoch {epoch + 1}/{config.epochs}"
-            for global_size, batch in tqdm(steps, total=len(batches), desc=desc, disable=not (progress and lead), leave=False):
-                loss, chance = step(batch, global_size)
-                losses.append(loss)
-                chances.append(chance)
-        mean_loss = float(np.mean(losses)) if losses else float("nan")
-        mean_chance = float(np.mean(chances)) if chances else float("nan")
-        score = epoch_score(model, inputs, split, config, mean_loss, world)
+        mean_loss, mean_chance = run_epoch(job, parts, epoch, device, progress and lead)
+        score = epoch_score(model, job.inputs, job.split, config, mean_loss, world)
         state["history"].append({"epoch": epoch + 1, "loss": mean_loss, "chance_loss": mean_chance, f"val_{config.select_metric}": score})
         if progress and lead:
             tqdm.write(
-                f"[{method}] epoch {epoch + 1}: loss {mean_loss:.4f} (chance {mean_chance:.4f}), validation {config.select_metric} {score:.4f}"
+                f"[{job.method}] epoch {epoch + 1}: loss {mean_loss:.4f} (chance {mean_chance:.4f}), validation {config.select_metric} {score:.4f}"
             )
         if score > state["best_score"]:
             state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
-            extra = {"method": method, "epoch": epoch + 1, "val_score": score, "fingerprint": fingerprint}
+            extra = {"method": job.method, "epoch": epoch + 1, "val_score": score, "fingerprint": fingerprint}
             if lead:
-                checkpoint.save(out_dir / BEST, checkpoint.model_payload(model, inputs.content_dim, trained_item_ids, extra))
+                checkpoint.save(job.out_dir / BEST, checkpoint.model_payload(model, job.inputs.content_dim, job.trained_item_ids, extra))
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
         if lead:
-            checkpoint.save(
-                last_path,
-                {
-                    "state_dict": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "state": state,
-                    "fingerprint": fingerprint,
-                },
-            )
+            last = {"optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(), "state": state}
+            checkpoint.save(job.out_dir / LAST, {"state_dict": model.state_dict(), **last, "fingerprint": fingerprint})
     world.barrier()  # no rank moves on before rank 0 has written the checkpoints
-    return TrainResult(out_dir / BEST, state["best_epoch"], state["best_score"], state["history"])
+    return job.result(state)

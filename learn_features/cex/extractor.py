@@ -22,11 +22,12 @@ import torch
 from tqdm.auto import tqdm
 
 from learn_features.cex.cache import EmbeddingCache, cache_key
-from learn_features.cex.model_loading import is_decoder, load_frozen, pick_device, pick_dtype, resolve_model
+from learn_features.cex.model_loading import is_decoder, load_frozen, pick_dtype, resolve_model
 from learn_features.cex.prompt import DEFAULT_TEMPLATE
 from learn_features.cex.sharding import Shard
 from learn_features.cex.writer import HostCopy, ShardWriter
 from learn_features.config import MODEL_PATH
+from learn_features.device import pick_device
 from learn_features.errors import LearnFeaturesError
 
 POOLING_MODES = ("mean", "last")

@@ -92,14 +92,6 @@ def resolve_model(model: str, gguf_file: str | None = None) -> ModelSource:
     return ModelSource(directory=directory, gguf_file=gguf_file, fingerprint=f"{model}@{_fingerprint(directory, gguf_file)}")
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LearnFeaturesError(f"device {device!r} requested but CUDA is not available")
-    return torch.device(device)
-
-
 def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
     """bf16 on GPU (the paper's setting, and what tensor cores want); fp32 on CPU, where bf16 is slow."""
     if dtype == "auto":

@@ -130,6 +130,14 @@ class Split:
     warm_items: np.ndarray  # bool per item: has a training event
     data_end: pd.Timestamp | None  # the latest time the trained model knows of (temporal: T)
 
+    def positive_counts(self) -> np.ndarray:
+        """Each item's number of positive training events (float64, catalog order): the
+        popularity baseline, and the share of positives the towers' log-q correction uses."""
+        counts = np.zeros(len(self.item_ids), dtype=np.float64)
+        for seq in self.train.values():
+            np.add.at(counts, seq.items[seq.positive], 1.0)
+        return counts
+
     def summary(self) -> dict[str, object]:
         return {
             "protocol": self.protocol,

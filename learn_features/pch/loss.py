@@ -14,7 +14,8 @@ w_bi ∝ log(alpha + i * (beta - alpha) / (n_b - 1)) over the user's n_b real hi
 positions (i = 0 oldest), normalised to sum to one. With n_b = 1 the single weight is 1.
 The batch loss is the mean of L_b over users.
 
-Two corrections from the two-tower literature, both optional (they need the items' catalog ids):
+Two corrections from the two-tower literature, both optional (they need the items' catalog ids;
+``learn_features.pch.negatives`` builds them, with the sampling they correct for):
 
 - **Sampling-bias correction** (Yi et al., RecSys 2019). In-batch negatives are other users'
   targets, so an item is drawn in proportion to its popularity, and an uncorrected softmax
@@ -34,10 +35,10 @@ negatives. With the defaults (one process) nothing changes: the plain mean over 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
+
+from learn_features.pch.negatives import Candidates
 
 
 def recency_weights(lengths: torch.Tensor, max_len: int, alpha: float = 10.0, beta: float = 10000.0) -> torch.Tensor:
@@ -47,22 +48,6 @@ def recency_weights(lengths: torch.Tensor, max_len: int, alpha: float = 10.0, be
     weights = torch.log(alpha + positions * (beta - alpha) / span)
     weights = weights * (positions < lengths.unsqueeze(1))
     return weights / weights.sum(dim=1, keepdim=True)
-
-
-@dataclass
-class Candidates:
-    """What the loss needs to know about items beyond their embeddings; all optional.
-
-    ``target_ids`` (G, M) are the gathered targets' catalog indices (-1 padding) and
-    ``target_log_q`` (G, M) their log expected draw counts. ``extra`` (U, D) are negatives shared
-    by every user, with ``extra_ids`` (U,) and ``extra_log_q`` (U,).
-    """
-
-    target_ids: torch.Tensor | None = None
-    target_log_q: torch.Tensor | None = None
-    extra: torch.Tensor | None = None
-    extra_ids: torch.Tensor | None = None
-    extra_log_q: torch.Tensor | None = None
 
 
 def dense_all_action_infonce(

@@ -187,7 +187,7 @@ def read_catalog(path: Path) -> pd.DataFrame:
 def run_embed_items(args: argparse.Namespace) -> int:
     if not args.push and args.output is None:
         raise LearnFeaturesError("embed-items: nothing to do; pass --push and/or --output")
-    from learn_features.pch.inference import embed_catalog_items
+    from learn_features.trained_run import embed_catalog_items
 
     if args.repush_stale:
         from learn_features.store.publish import run_model_version

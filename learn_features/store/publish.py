@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from learn_features.embeddings_io import ITEM_FILE, USER_FILE, Entity, frame_to_matrix, id_column, read_frame, read_run_manifest
+from learn_features.embeddings_io import ITEM_FILE, USER_FILE, Entity, frame_to_matrix, id_column, read_frame
 from learn_features.errors import LearnFeaturesError
+from learn_features.run import RunDir
 from learn_features.store.commit import EntityVectors, commit_publication, publication_digest
 from learn_features.store.ledger import Publication, list_publications, next_publish_time, publish_lock
 
@@ -55,7 +56,7 @@ def _load_run_table(path: Path, entity: Entity, model_version: str, dim: int) ->
 
 def run_model_version(run_dir: str | Path) -> str:
     """The model version a run's embed step stamped on its vectors (its manifest's)."""
-    return str(read_run_manifest(run_dir)["model_version"])
+    return str(RunDir(run_dir).read_manifest()["model_version"])
 
 
 def parse_event_time(value: str, as_of: object) -> pd.Timestamp | None:
@@ -79,7 +80,7 @@ def publish_run(run_dir: str | Path, repo_path: str | Path, event_time: str = "n
     sources (and hence what later materializations load) untouched.
     """
     run = Path(run_dir)
-    manifest = read_run_manifest(run)
+    manifest = RunDir(run).read_manifest()
     version, dim = str(manifest["model_version"]), int(manifest["dim"])  # type: ignore[call-overload]
     tables = {
         "user": _load_run_table(run / "embeddings" / USER_FILE, "user", version, dim),
