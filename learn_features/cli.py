@@ -146,11 +146,10 @@ def _snapshot_rows(args: argparse.Namespace, prep, history_len: int):
 
 
 def cmd_embed_users(args: argparse.Namespace) -> int:
-    from learn_features.store.replay import replay_repo_path
     from learn_features.store.user_snapshots import embed_user_snapshots
 
     _, prep = _prepared(args)
-    repos = list(args.repo or []) + ([replay_repo_path(prep.run_dir)] if args.replay else [])
+    repos = list(args.repo or []) + ([prep.run.feast_replay] if args.replay else [])
     if not repos and args.output is None:
         raise LearnFeaturesError("embed-users: nothing to do; pass --repo, --replay and/or --output")
     rows = _snapshot_rows(args, prep, prep.config.split.history_len)
@@ -170,8 +169,6 @@ def cmd_embed_users(args: argparse.Namespace) -> int:
 
 
 def cmd_stream_users(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from learn_features.data.tables import read_table
     from learn_features.store.stream import UserStream, validate_events
 

@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from learn_features.embeddings_io import ITEM_FILE, read_frame
+from learn_features.embeddings_io import read_frame
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch.content_store import ContentStore, items_digest
+from learn_features.run import RunDir
 from ranking.dataset import RankingDataset
 from ranking.features import exact_pca, pca_transform, present
 from ranking.history import HistoryIndex
@@ -53,7 +54,7 @@ def _masked(vectors: np.ndarray, mask: np.ndarray) -> list[np.ndarray | None]:
 
 def load_content(store_dir: str | Path, run_dir: str | Path) -> tuple[pd.Index, np.ndarray]:
     """(item ids, L2-normalised float32 content vectors) of a content store aligned to the run's item table."""
-    item_path = Path(run_dir) / "embeddings" / ITEM_FILE
+    item_path = RunDir(run_dir).embedding_table("item")
     ids = read_frame(item_path, "item")["item_id"].astype(str).tolist()
     store = ContentStore(store_dir)
     if store.items_sha256 != items_digest(ids):

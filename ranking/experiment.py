@@ -22,10 +22,8 @@ import pandas as pd
 
 from learn_features.data.sources import data_source
 from learn_features.data.split import SplitConfig, parse_time
-from learn_features.embeddings_io import ITEM_FILE, USER_FILE
 from learn_features.errors import LearnFeaturesError
 from learn_features.run import RunDir
-from learn_features.store.replay import replay_repo_path
 from ranking.bootstrap import PairedDelta, paired_bootstrap
 from ranking.arms import ARMS_BY_NAME, BASELINE_MODELS, MODEL_PAIRS
 from ranking.config import EmbeddingConfig, ExperimentConfig
@@ -162,8 +160,8 @@ def embedding_paths(cfg: EmbeddingConfig) -> tuple[list[Path], list[Path]]:
         return [Path(p) for p in cfg.user_paths], [Path(p) for p in cfg.item_paths]
     if cfg.run_dir is None:
         raise LearnFeaturesError("embeddings.source='parquet' needs embeddings.run_dir (or --run-dir) or user_paths/item_paths")
-    folder = Path(cfg.run_dir) / "embeddings"
-    return [folder / USER_FILE], [folder / ITEM_FILE]
+    run = RunDir(cfg.run_dir)
+    return [run.embedding_table("user")], [run.embedding_table("item")]
 
 
 def feast_repo_for(cfg: EmbeddingConfig) -> str:
@@ -172,7 +170,7 @@ def feast_repo_for(cfg: EmbeddingConfig) -> str:
         return cfg.feast_repo
     if cfg.run_dir is None:
         raise LearnFeaturesError("embeddings.source='feast' needs embeddings.feast_repo or embeddings.run_dir (or --run-dir)")
-    return str(replay_repo_path(cfg.run_dir))
+    return str(RunDir(cfg.run_dir).feast_replay)
 
 
 def make_joiner(cfg: EmbeddingConfig) -> EmbeddingJoiner | None:
@@ -234,7 +232,7 @@ def history_len(cfg: EmbeddingConfig) -> tuple[int, str]:
     """(N, where it came from): the LEARN user tower's window, which the history features reuse."""
     if cfg.history_len is not None:
         return cfg.history_len, "embeddings.history_len"
-    path = Path(cfg.run_dir) / "config.json" if cfg.run_dir else None
+    path = RunDir(cfg.run_dir).config if cfg.run_dir else None
     if path is None or not path.is_file():
         default = SplitConfig().history_len
         return default, f"LEARN's default (no {path or 'run config.json'})"
@@ -283,7 +281,7 @@ def content_store_for(config: ExperimentConfig) -> Path:
     caller has checked that ``embeddings.run_dir`` is set)."""
     if config.controls.content_store is not None:
         return Path(config.controls.content_store)
-    return Path(config.embeddings.run_dir) / "content" / "llm"
+    return RunDir(config.embeddings.run_dir).content("llm")
 
 
 def _add_llm_frozen(dataset: RankingDataset, history: pd.DataFrame, config: ExperimentConfig, dim: int) -> RankingDataset:

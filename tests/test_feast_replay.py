@@ -12,7 +12,8 @@ from feast_fixtures import copy_repo, write_run
 from learn_features.store.historical import historical_learn_features
 from learn_features.store.ledger import list_publications
 from learn_features.store.publish import publish_run
-from learn_features.store.replay import publish_replay, replay_repo_path
+from learn_features.run import RunDir
+from learn_features.store.replay import publish_replay
 from learn_features.store.repo import apply_repo, open_store
 
 AS_OF = "2016-03-22T08:26:11+00:00"
@@ -37,7 +38,7 @@ def test_replay_is_joinable_after_the_cut_and_never_before(live_repo: Path, tmp_
     assert _join(live_repo, "2017-01-01T00:00:00Z")["user_embedding"].isna().all()
 
     result = publish_replay(run.run_dir, live_repo)
-    replay = replay_repo_path(run.run_dir)
+    replay = RunDir(run.run_dir).feast_replay
     assert result.created and result.publication.published_at == pd.Timestamp(AS_OF)
     after = _join(replay, "2017-01-01T00:00:00Z")
     assert after["user_embedding"].iloc[0].tobytes() == run.users["u0"].tobytes()
@@ -52,7 +53,7 @@ def test_rerun_is_a_no_op_and_a_retrained_run_rebuilds_its_replay(live_repo: Pat
     assert not publish_replay(first.run_dir, live_repo).created
     retrained = write_run(tmp_path / "run", "v2", 3, 4, 4, seed=2, as_of=AS_OF)  # same run folder
     assert publish_replay(retrained.run_dir, live_repo).created
-    replay = replay_repo_path(retrained.run_dir)
+    replay = RunDir(retrained.run_dir).feast_replay
     assert [p.model_version for p in list_publications(replay)] == ["v2"]
     joined = _join(replay, "2017-01-01T00:00:00Z")
     assert np.asarray(joined["user_embedding"].iloc[0]).tobytes() == retrained.users["u0"].tobytes()

@@ -16,6 +16,7 @@ import pandas as pd
 from learn_features.data.tables import read_table, require_columns
 from learn_features.embeddings_io import write_table
 from learn_features.errors import LearnFeaturesError
+from learn_features.run import RunDir
 
 NEXT_STEPS = "(cd {repo} && feast apply) && learn-features materialize --repo {repo} && learn-features verify-online --repo {repo}"
 
@@ -150,12 +151,12 @@ def run_publish(args: argparse.Namespace) -> int:
 def _run_replay(args: argparse.Namespace) -> int:
     if args.event_time != "now":
         raise LearnFeaturesError("publish --replay always stamps the run's as_of; drop --event-time")
-    from learn_features.store.replay import publish_replay, replay_repo_path
+    from learn_features.store.replay import publish_replay
 
     result = publish_replay(args.run_dir, args.repo)
     pub = result.publication
     state = "published" if result.created else "already published"
-    print(f"replay: {pub.model_version} {state} as of {pub.published_at.isoformat()} in {replay_repo_path(args.run_dir)} (applied)")
+    print(f"replay: {pub.model_version} {state} as of {pub.published_at.isoformat()} in {RunDir(args.run_dir).feast_replay} (applied)")
     return 0
 
 

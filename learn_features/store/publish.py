@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from learn_features.embeddings_io import ITEM_FILE, USER_FILE, Entity, frame_to_matrix, id_column, read_frame
+from learn_features.embeddings_io import Entity, frame_to_matrix, id_column, read_frame
 from learn_features.errors import LearnFeaturesError
 from learn_features.run import RunDir
 from learn_features.store.commit import EntityVectors, commit_publication, publication_digest
@@ -83,8 +83,8 @@ def publish_run(run_dir: str | Path, repo_path: str | Path, event_time: str = "n
     manifest = RunDir(run).read_manifest()
     version, dim = str(manifest["model_version"]), int(manifest["dim"])  # type: ignore[call-overload]
     tables = {
-        "user": _load_run_table(run / "embeddings" / USER_FILE, "user", version, dim),
-        "item": _load_run_table(run / "embeddings" / ITEM_FILE, "item", version, dim),
+        "user": _load_run_table(RunDir(run).embedding_table("user"), "user", version, dim),
+        "item": _load_run_table(RunDir(run).embedding_table("item"), "item", version, dim),
     }
     requested = parse_event_time(event_time, manifest["as_of"])
     digest = publication_digest(version, tables)

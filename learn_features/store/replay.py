@@ -19,17 +19,13 @@ from pathlib import Path
 
 from learn_features.atomic import file_lock
 from learn_features.errors import LearnFeaturesError
+from learn_features.run import RunDir
 from learn_features.store.ledger import list_publications
 from learn_features.store.publish import PublishResult, publish_run, run_model_version
 
-REPLAY_DIR = "feast_replay"
 LOCK_NAME = ".feast_replay.lock"
 #: What a replay repo copies from the live one: the definitions and the embedded-default store.
 DEFINITION_FILES = (".feastignore", "feature_store.yaml", "learn_repo.py")
-
-
-def replay_repo_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / REPLAY_DIR
 
 
 def _copy_definitions(source_repo: Path, dest: Path) -> None:
@@ -45,7 +41,7 @@ def publish_replay(run_dir: str | Path, source_repo: str | Path) -> PublishResul
     """Publish the run's vectors as of its data cut into ``<run>/feast_replay`` and apply it."""
     from learn_features.store.repo import apply_repo, open_store  # Feast import: seconds
 
-    dest = replay_repo_path(run_dir)
+    dest = RunDir(run_dir).feast_replay
     with file_lock(Path(run_dir) / LOCK_NAME):  # a concurrent replay must not delete what this one writes
         _copy_definitions(Path(source_repo), dest)
         version = run_model_version(run_dir)
