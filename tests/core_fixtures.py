@@ -18,7 +18,7 @@ from learn_features.data.split import Split, SplitConfig, split_dataset
 from learn_features.data.tables import validate_catalog, validate_interactions
 from learn_features.pch.model import PCHConfig
 
-MOVIELENS_DIR = Path("/work/shared/data/ml-latest-small")
+MOVIELENS_DIR = Path(__file__).resolve().parents[1] / "data" / "ml-latest-small"  # shipped with the project
 needs_movielens = pytest.mark.skipif(not (MOVIELENS_DIR / "ratings.csv").exists(), reason="MovieLens ml-latest-small not present")
 
 __all__ = [

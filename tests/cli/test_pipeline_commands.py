@@ -211,7 +211,7 @@ def test_paths_in_a_config_file_resolve_against_its_folder(tmp_path, monkeypatch
 
 
 def test_shipped_training_config_resolves_against_its_folder(monkeypatch):
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     config = load_config(PipelineConfig, repo / "training" / "configs" / "movielens.toml")
     assert (config.run_dir, config.cache_dir) == (str(repo / "runs" / "movielens"), str(repo / ".cache" / "learn-features"))
     assert (Path(config.data.movielens_dir) / "ratings.csv").is_file() and config.llm.model == "shipped:smollm2"

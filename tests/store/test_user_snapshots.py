@@ -186,7 +186,7 @@ def test_stream_benchmark_smoke(job, tmp_path: Path, single_thread, monkeypatch)
     out = tmp_path / "bench.json"
     argv = ["stream_bench.py", "--run-dir", str(run), "--config", str(config), "--events", "3", "--batch", "4", "--batches", "2", "--json", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "stream_bench.py"), run_name="__main__")
+    runpy.run_path(str(Path(__file__).resolve().parents[2] / "bench" / "stream_bench.py"), run_name="__main__")
     results = json.loads(out.read_text())
     assert results["single_user_refresh_ms"]["n"] == 3 and results["single_user_refresh_ms"]["p50"] > 0
     assert results["full_recompute"]["users"] == results["users"] and results["streamed_users_per_s"] > 0

@@ -24,7 +24,7 @@ from ranking.loading import load_data
 from ranking.periods import resolve_periods
 from ranking.experiment import expected_model_version, feast_repo_for, history_len
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MOVIELENS_CONFIG = REPO / "ranking" / "configs" / "movielens.toml"
 
 

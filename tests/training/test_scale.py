@@ -40,7 +40,7 @@ from training.config import PipelineConfig
 from training.loader import prefetch
 from training.trainer import LAST, StepParts, TrainConfig, build_optimizer, host_batches, step_module, train_step
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
 
 

@@ -209,7 +209,7 @@ def test_bad_pushes_are_refused_and_online_data_stays(served: Served, tmp_path: 
 
 
 def test_documented_ranking_service_example(served: Served) -> None:
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "feast.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "feast.md").read_text()
     block = doc.split("<!-- ranking-service-example:start -->")[1].split("<!-- ranking-service-example:end -->")[0]
     code = block.split("```python")[1].split("```")[0]
     namespace: dict[str, object] = {}

@@ -43,7 +43,7 @@ def test_movielens_labels_and_history(tmp_path):
     assert items["year"].tolist()[::2] == [1995.0, 2001.0] and items["year"].isna().tolist()[1::2] == [True, True]
 
 
-MOVIELENS = Path(__file__).resolve().parents[1] / "data" / "ml-latest-small"
+MOVIELENS = Path(__file__).resolve().parents[2] / "data" / "ml-latest-small"
 
 
 def test_files_format_reads_learns_tables_as_the_movielens_format_does(tmp_path):
