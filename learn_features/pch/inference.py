@@ -1,6 +1,6 @@
 """Computing LEARN vectors with trained towers: users from history, items through the item tower alone.
 
-Loading a trained tower with its inputs is ``learn_features.run.TrainedRun``'s job.
+Loading a trained tower with its inputs is ``learn_features.trained_run.TrainedRun``'s job.
 """
 
 from __future__ import annotations
