@@ -1,124 +1,267 @@
-"""Streamed user vectors: events -> served-vector latency and throughput, beside a full recompute.
+"""Streamed user vectors: event -> served latency and users/s, previous implementation vs current.
 
-On a trained run (default ``runs/movielens``, after ``make run``) and a throwaway copy of
-feature_repo/ (SQLite online store), in one process:
+On a trained run (default ``runs/movielens``, after ``make run``), in one process, for each of
+two implementations of the stream's history table:
 
-1. publish the run, apply, materialize; seed the history table with the run's own events
-   (``stream-users --bootstrap``);
-2. **latency**: ``--events`` times, one new event for one random user, timed from
-   ``UserStream.ingest`` until ``LearnFeatureClient`` serves the new vector (p50/p99, ms);
-3. **throughput**: batches of ``--batch`` users with one new event each (users/s);
-4. **full recompute**, the naive baseline a nightly job would use: every user's vector from
-   their whole history with the same tower (``embed-users --as-of``'s code path, no publish),
-   users/s and the time to bring one changed user up to date that way.
+- **previous** (commit ``d6ada8b``): ``PreviousHistoryStore`` below, the history reads as they
+  were there (one query per user, a SQLite connection opened and closed on every call);
+- **current**: ``learn_features.store.histories.HistoryStore``;
 
-    .venv/bin/python bench/stream_bench.py --run-dir runs/movielens --config training/configs/movielens.toml
-    .venv/bin/python bench/stream_bench.py --events 20 --batch 20          # smoke size
+the same steps, each on its own throwaway copy of feature_repo/ (SQLite online store), the two
+interleaved event by event and batch by batch so that other load on the machine falls on both:
 
-Absolute times count only on the machine they were measured on; the ratio streamed vs full
-recompute is what transfers.
+1. publish the run, apply, seed the history table with the run's own events (``--bootstrap``);
+2. **throughput** on the fresh repo: for each ``--batch`` size, ``--batches`` batches of that
+   many distinct users with one new event each: users/s of ``ingest``, and each batch's event
+   -> served time (ingest, then the batch read back online; a batcher's wait for the batch to
+   fill comes on top);
+3. **latency**: ``--events`` times, one new event for one random user, timed from
+   ``UserStream.ingest`` until ``LearnFeatureClient`` serves the new vector (checked equal to
+   the pushed one): p50/p99 event -> served;
+4. **throughput** again, now that every ingest so far has recorded a publication: the
+   record's cost grows with their number.
+
+Then one batch (the first size) of the current implementation under cProfile, split by the
+step of ``ingest`` it was spent in (history write and read, tower, Feast push, publication
+record, ledger reads), and the tower alone over every user's whole history
+(``UserTower.embed``, as ``embed-users --as-of`` runs it, no publish): the bound that the
+tower sets on users/s whatever the rest costs.
+
+    .venv/bin/python bench/stream_bench.py --run-dir runs/movielens --config training/configs/movielens.toml --threads 1
+    .venv/bin/python bench/stream_bench.py --events 20 --batch 20 --batches 2   # smoke size
+
+Absolute times count only on the machine they were measured on; the ratio current / previous
+of the same run is what transfers.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import shutil
+import sqlite3
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from learn_features.config import load_config
+from learn_features.store.histories import BUSY_TIMEOUT_S, HistoryStore
+from learn_features.store.ledger import list_publications
 from learn_features.store.publish import publish_run
 from learn_features.store.repo import USER, apply_repo, open_store
 from learn_features.store.serving import LearnFeatureClient
 from learn_features.store.stream import UserStream
-from learn_features.store.user_snapshots import embed_user_snapshots
-from learn_features.user_vectors import snapshot_histories
+from learn_features.user_vectors import UserTower, snapshot_histories
 from training import pipeline
 from training.config import PipelineConfig
 
+PREVIOUS_COMMIT = "d6ada8b"
 REPO_SRC = Path(__file__).resolve().parents[1] / "feature_repo"
 REPO_FILES = (".feastignore", "feature_store.yaml", "learn_repo.py")
 
+#: Where ``UserStream.ingest`` spends a batch: (label, file ending, function) of the calls it
+#: makes, none inside another, so their shares add up to the batch.
+INGEST_STEPS = (
+    ("check the active version (x2, ledger read)", "store/ledger.py", "require_active_version"),
+    ("history write (SQLite transaction)", "store/histories.py", "append"),
+    ("history read", "store/histories.py", "histories"),
+    ("user tower", "learn_features/user_vectors.py", "embed"),
+    ("publication time (ledger read)", "store/ledger.py", "next_publish_time"),
+    ("Feast push to the online store", "feast/feature_store.py", "push"),
+    ("publication record (commit_user_vectors)", "store/user_publications.py", "commit_user_vectors"),
+    ("  of which: read every published user row", "store/published.py", "published_rows"),
+    ("loaded-into-store ledger", "store/materialize.py", "record_loaded"),
+)
 
-def throwaway_repo(root: Path) -> Path:
-    repo = root / "repo"
-    repo.mkdir()
+
+class PreviousHistoryStore(HistoryStore):
+    """The history table's reads as of ``d6ada8b``: a connection per call, one query per user."""
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        with closing(sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            yield db
+
+    def histories(self, user_ids: Sequence[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        with self._connection() as db:
+            for user in user_ids:
+                rows = db.execute("SELECT item_id FROM events WHERE user_id = ? ORDER BY ts, item_id", (str(user),)).fetchall()
+                if rows:
+                    out[str(user)] = [r[0] for r in rows]
+        return out
+
+
+IMPLEMENTATIONS: dict[str, type[HistoryStore]] = {f"previous ({PREVIOUS_COMMIT})": PreviousHistoryStore, "current": HistoryStore}
+
+
+def throwaway_repo(repo: Path) -> Path:
+    repo.mkdir(parents=True)
     for name in REPO_FILES:
         shutil.copy(REPO_SRC / name, repo / name)
     return repo
 
 
-def percentile_ms(seconds: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(seconds) * 1000.0, q))
+def percentiles_ms(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1000.0
+    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "n": len(ms)}
+
+
+class EventSource:
+    """New events one second apart, each batch for distinct random users of the run's data."""
+
+    def __init__(self, events: pd.DataFrame, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.users = events["user_id"].unique()
+        self.items = events["item_id"].unique()
+        self.clock = events["timestamp"].max()
+
+    def batch(self, n: int) -> pd.DataFrame:
+        self.clock += pd.Timedelta(seconds=1)
+        users = self.rng.choice(self.users, n, replace=False)
+        return pd.DataFrame({"user_id": users, "item_id": self.rng.choice(self.items, n), "timestamp": self.clock})
+
+
+@dataclass
+class Subject:
+    """One implementation's stream on its own repo, with its own copy of the event source (both
+    implementations get the same events) and what was measured on it."""
+
+    name: str
+    stream: UserStream
+    client: LearnFeatureClient
+    source: EventSource
+    bootstrap_s: float
+    latencies: list[float] = field(default_factory=list)
+    ingest_s: dict[tuple[str, int], list[float]] = field(default_factory=dict)  # by (phase, batch size)
+    served_s: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, name: str, store_type: type[HistoryStore], run_dir: str, repo: Path, events: pd.DataFrame, seed: int) -> Subject:
+        publish_run(run_dir, repo)
+        apply_repo(open_store(repo), repo)
+        stream = UserStream(run_dir, repo)
+        stream.histories = store_type.in_repo(repo, stream.tower.history_len)
+        started = time.perf_counter()
+        stream.bootstrap(events)
+        subject = cls(name, stream, LearnFeatureClient(repo), EventSource(events, seed), time.perf_counter() - started)
+        subject.step(1)  # warm-up: the store connection and the push path
+        return subject
+
+    def step(self, users: int) -> tuple[float, float]:
+        """One batch of ``users`` new events: (ingest seconds, event -> served seconds)."""
+        batch = self.source.batch(users)
+        started = time.perf_counter()
+        result = self.stream.ingest(batch)
+        ingested = time.perf_counter() - started
+        online = self.client.read(USER, result.user_ids)
+        served = time.perf_counter() - started
+        assert np.array_equal(online.vectors, result.vectors), "the online store does not serve the pushed vectors"
+        return ingested, served
+
+    def throughput(self, phase: str, size: int) -> None:
+        ingested, served = self.step(size)
+        self.ingest_s.setdefault((phase, size), []).append(ingested)
+        self.served_s.setdefault((phase, size), []).append(served)
+
+    def report(self) -> dict:
+        phases: dict[str, dict] = {}
+        for (phase, size), spans in self.ingest_s.items():
+            phases.setdefault(phase, {})[f"batch_{size}"] = {
+                "users_per_s": size * len(spans) / sum(spans),
+                "event_to_served_ms": percentiles_ms(self.served_s[(phase, size)]),
+            }
+        return {"implementation": self.name, "bootstrap_s": self.bootstrap_s,
+                "single_event_to_served_ms": percentiles_ms(self.latencies), "throughput": phases}
+
+
+def profile_one_batch(subject: Subject, users: int) -> dict:
+    """Where one batch's ``ingest`` time goes (``INGEST_STEPS``)."""
+    batch = subject.source.batch(users)
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.runcall(subject.stream.ingest, batch)
+    total = time.perf_counter() - started
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    steps = {}
+    for label, path_end, function in INGEST_STEPS:
+        seconds = sum(row[3] for (path, _, func), row in stats.items() if func == function and path.endswith(path_end))
+        steps[label] = {"ms": seconds * 1000.0, "share": seconds / total}
+    return {"users": users, "ms": total * 1000.0, "steps": steps}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", default="runs/movielens")
     parser.add_argument("--config", default="training/configs/movielens.toml", help="the run's job config (its data seeds the histories)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override the run was trained with (repeatable)")
     parser.add_argument("--events", type=int, default=200, help="single-user refreshes timed for latency")
-    parser.add_argument("--batch", type=int, default=100, help="users per batch in the throughput run")
-    parser.add_argument("--batches", type=int, default=5)
+    parser.add_argument("--batch", type=int, nargs="+", default=[100, 600], help="users per batch, one throughput run per size (at most the run's users)")
+    parser.add_argument("--batches", type=int, default=5, help="batches per throughput run")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice); the tower's speed depends on it")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
-    config = load_config(PipelineConfig, args.config, [f"run_dir={json.dumps(args.run_dir)}"])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = load_config(PipelineConfig, args.config, [*args.set, f"run_dir={json.dumps(args.run_dir)}"])
     events = pipeline.prepare(config).dataset.interactions
-    rng = np.random.default_rng(args.seed)
-    users = events["user_id"].unique()
-    items = events["item_id"].unique()
-    clock = events["timestamp"].max()
-
-    def new_events(n: int) -> pd.DataFrame:
-        nonlocal clock
-        clock += pd.Timedelta(seconds=1)
-        return pd.DataFrame({"user_id": rng.choice(users, n, replace=False), "item_id": rng.choice(items, n), "timestamp": clock})
-
     with tempfile.TemporaryDirectory() as tmp:
-        repo = throwaway_repo(Path(tmp))
-        publish_run(args.run_dir, repo)
-        apply_repo(open_store(repo), repo)
-        stream = UserStream(args.run_dir, repo)
-        stream.bootstrap(events)
-        client = LearnFeatureClient(repo)
-        stream.ingest(new_events(1))  # warm-up: the store connection and the push path
+        subjects = [
+            Subject.build(name, store_type, args.run_dir, throwaway_repo(Path(tmp) / str(k)), events, args.seed)
+            for k, (name, store_type) in enumerate(IMPLEMENTATIONS.items())
+        ]
+        # Interleaved, event by event and batch by batch, so that load from other processes on
+        # a shared machine falls on both implementations alike. Throughput twice: on a fresh
+        # repo, and after the latency run's publications (every ingest records one).
+        def throughput_run() -> None:
+            phase = f"after {len(list_publications(subjects[0].stream.repo_path))} publications"
+            for size in args.batch:
+                for _ in range(args.batches):
+                    for subject in subjects:
+                        subject.throughput(phase, size)
 
-        latencies = []
+        throughput_run()
         for _ in range(args.events):
-            batch = new_events(1)
-            started = time.perf_counter()
-            result = stream.ingest(batch)
-            served = client.read(USER, result.user_ids)
-            latencies.append(time.perf_counter() - started)
-            assert np.array_equal(served.vectors[0], result.vectors[0]), "the online store does not serve the pushed vector"
+            for subject in subjects:
+                subject.latencies.append(subject.step(1)[1])
+        throughput_run()
+        previous, current = (subject.report() for subject in subjects)
+        current["profiled_batch"] = profile_one_batch(subjects[1], args.batch[0])
 
-        spans = []
-        for _ in range(args.batches):
-            batch = new_events(args.batch)
-            started = time.perf_counter()
-            stream.ingest(batch)
-            spans.append(time.perf_counter() - started)
-        streamed_users_per_s = args.batch * args.batches / sum(spans)
+    tower = UserTower.load(args.run_dir)
+    rows = snapshot_histories(events, [events["timestamp"].max() + pd.Timedelta(days=1)], tower.history_len, changed_only=False)
+    started = time.perf_counter()
+    full = tower.embed(rows.user_ids, rows.histories)
+    full_s = time.perf_counter() - started
 
-        started = time.perf_counter()
-        rows = snapshot_histories(events, [clock + pd.Timedelta(seconds=1)], stream.tower.history_len, changed_only=False)
-        full = embed_user_snapshots(args.run_dir, rows, progress=False)
-        full_s = time.perf_counter() - started
-
+    ratio = {f"single_event_to_served_{q}": current["single_event_to_served_ms"][q] / previous["single_event_to_served_ms"][q] for q in ("p50", "p99")}
+    for phase, sizes in current["throughput"].items():
+        for size, now in sizes.items():
+            before = previous["throughput"][phase][size]
+            ratio[f"users_per_s, {size}, {phase}"] = now["users_per_s"] / before["users_per_s"]
+            ratio[f"event_to_served_p99, {size}, {phase}"] = now["event_to_served_ms"]["p99"] / before["event_to_served_ms"]["p99"]
     results = {
         "run_dir": args.run_dir,
-        "users": int(len(users)),
-        "single_user_refresh_ms": {"p50": percentile_ms(latencies, 50), "p99": percentile_ms(latencies, 99), "n": len(latencies)},
-        "streamed_users_per_s": streamed_users_per_s,
-        "batch": args.batch,
-        "full_recompute": {"users": full.rows, "seconds": full_s, "users_per_s": full.rows / full_s},
-        "ratio_full_recompute_s_over_one_refresh_p50": full_s / (percentile_ms(latencies, 50) / 1000.0),
+        "previous_commit": PREVIOUS_COMMIT,
+        "torch_threads": torch.get_num_threads(),
+        "users": int(events["user_id"].nunique()),
+        "previous": previous,
+        "current": current,
+        "ratio_current_over_previous": ratio,
+        "tower_only_all_users": {"users": len(full.user_ids), "seconds": full_s, "users_per_s": len(full.user_ids) / full_s},
     }
     print(json.dumps(results, indent=2))
     if args.json:

@@ -184,12 +184,17 @@ def test_stream_benchmark_smoke(job, tmp_path: Path, single_thread, monkeypatch)
 
     root, config, run, events = job
     out = tmp_path / "bench.json"
-    argv = ["stream_bench.py", "--run-dir", str(run), "--config", str(config), "--events", "3", "--batch", "4", "--batches", "2", "--json", str(out)]
+    argv = ["stream_bench.py", "--run-dir", str(run), "--config", str(config), "--events", "3", "--batch", "4", "5", "--batches", "2", "--json", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(Path(__file__).resolve().parents[2] / "bench" / "stream_bench.py"), run_name="__main__")
     results = json.loads(out.read_text())
-    assert results["single_user_refresh_ms"]["n"] == 3 and results["single_user_refresh_ms"]["p50"] > 0
-    assert results["full_recompute"]["users"] == results["users"] and results["streamed_users_per_s"] > 0
+    assert results["current"]["single_event_to_served_ms"]["n"] == 3 and results["previous"]["single_event_to_served_ms"]["p50"] > 0
+    assert results["tower_only_all_users"]["users"] == results["users"]
+    for impl in ("previous", "current"):
+        phases = results[impl]["throughput"]
+        assert list(phases) == ["after 2 publications", "after 9 publications"]  # full + warm-up; then 2 x 2 batches and 3 events
+        assert phases["after 9 publications"]["batch_5"]["users_per_s"] > 0 and phases["after 2 publications"]["batch_4"]["event_to_served_ms"]["n"] == 2
+    assert results["current"]["profiled_batch"]["steps"]["user tower"]["ms"] > 0
 
 
 def test_a_schedule_loads_online_whatever_its_times_and_reruns_add_nothing(job, tmp_path: Path, capsys, single_thread) -> None:  # noqa: F811
