@@ -4,8 +4,10 @@ On a trained run (default ``runs/movielens``, after ``make run``), in one proces
 two implementations of the stream's history table:
 
 - **previous** (commit ``d6ada8b``): ``PreviousHistoryStore`` below, the history reads as they
-  were there (one query per user, a SQLite connection opened and closed on every call);
-- **current**: ``learn_features.store.histories.HistoryStore``;
+  were there (one query per user, a SQLite connection opened and closed on every call), and
+  every earlier publication read again at each batch's publication record;
+- **current**: ``learn_features.store.histories.HistoryStore``, and the stream's
+  ``PublishedRowsReader``, which reads each earlier publication once;
 
 the same steps, each on its own throwaway copy of feature_repo/ (SQLite online store), the two
 interleaved event by event and batch by batch so that other load on the machine falls on both:
@@ -78,7 +80,7 @@ INGEST_STEPS = (
     ("publication time (ledger read)", "store/ledger.py", "next_publish_time"),
     ("Feast push to the online store", "feast/feature_store.py", "push"),
     ("publication record (commit_user_vectors)", "store/user_publications.py", "commit_user_vectors"),
-    ("  of which: read every published user row", "store/published.py", "published_rows"),
+    ("  of which: read the published user rows", "store/published.py", "rows"),
     ("loaded-into-store ledger", "store/materialize.py", "record_loaded"),
 )
 
@@ -103,7 +105,11 @@ class PreviousHistoryStore(HistoryStore):
         return out
 
 
-IMPLEMENTATIONS: dict[str, type[HistoryStore]] = {f"previous ({PREVIOUS_COMMIT})": PreviousHistoryStore, "current": HistoryStore}
+#: name -> (history table, whether the stream keeps its reader of earlier publications)
+IMPLEMENTATIONS: dict[str, tuple[type[HistoryStore], bool]] = {
+    f"previous ({PREVIOUS_COMMIT})": (PreviousHistoryStore, False),
+    "current": (HistoryStore, True),
+}
 
 
 def throwaway_repo(repo: Path) -> Path:
@@ -148,11 +154,15 @@ class Subject:
     served_s: dict[tuple[str, int], list[float]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, name: str, store_type: type[HistoryStore], run_dir: str, repo: Path, events: pd.DataFrame, seed: int) -> Subject:
+    def build(cls, name: str, implementation: tuple[type[HistoryStore], bool], run_dir: str, repo: Path, events: pd.DataFrame,
+              seed: int) -> Subject:
         publish_run(run_dir, repo)
         apply_repo(open_store(repo), repo)
         stream = UserStream(run_dir, repo)
+        store_type, keeps_published = implementation
         stream.histories = store_type.in_repo(repo, stream.tower.history_len)
+        if not keeps_published:
+            stream.published = None  # every batch reads all earlier publications, as at PREVIOUS_COMMIT
         started = time.perf_counter()
         stream.bootstrap(events)
         subject = cls(name, stream, LearnFeatureClient(repo), EventSource(events, seed), time.perf_counter() - started)
@@ -220,8 +230,8 @@ def main() -> None:
     events = pipeline.prepare(config).dataset.interactions
     with tempfile.TemporaryDirectory() as tmp:
         subjects = [
-            Subject.build(name, store_type, args.run_dir, throwaway_repo(Path(tmp) / str(k)), events, args.seed)
-            for k, (name, store_type) in enumerate(IMPLEMENTATIONS.items())
+            Subject.build(name, implementation, args.run_dir, throwaway_repo(Path(tmp) / str(k)), events, args.seed)
+            for k, (name, implementation) in enumerate(IMPLEMENTATIONS.items())
         ]
         # Interleaved, event by event and batch by batch, so that load from other processes on
         # a shared machine falls on both implementations alike. Throughput twice: on a fresh

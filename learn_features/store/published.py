@@ -53,21 +53,39 @@ class PublishedRows:
 
 def published_rows(repo_path: str | Path, entity: Entity, model_version: str) -> PublishedRows:
     """Every row of ``entity`` published under ``model_version`` (see ``PublishedRows``)."""
-    names = FIELDS[entity]
-    ids: list[np.ndarray] = []
-    times: list[np.ndarray] = []
-    chunks: list[np.ndarray] = []
-    for pub in list_publications(repo_path):
-        path = pub.parquet(entity)
-        if pub.model_version != model_version or path is None:
-            continue
-        tbl = read_parquet(path, columns=[names.join_key, names.embedding, "event_timestamp"])
-        ids.append(np.asarray(tbl.column(names.join_key).to_pylist(), dtype=object))
-        times.append(tbl.column("event_timestamp").cast(pa.int64()).to_numpy())
-        chunks.append(flat_values(tbl.column(names.embedding)).reshape(len(ids[-1]), pub.dim))
-    if not ids:
-        return PublishedRows(np.zeros(0, dtype=object), np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
-    return PublishedRows(np.concatenate(ids), np.concatenate(times), np.concatenate(chunks).astype(np.float32, copy=False))
+    return PublishedRowsReader(repo_path, entity).rows(model_version)
+
+
+class PublishedRowsReader:
+    """``published_rows`` for a long-lived writer such as the stream, which commits a
+    publication per batch and checks every batch against all rows before it.
+
+    A committed publication never changes (it appears by one atomic rename, its folder name
+    carries its digest, and nothing rewrites it), so each one is read once and kept: a call
+    reads only the publications added since the last, and a stream does not slow down as its
+    own publications pile up.
+    """
+
+    def __init__(self, repo_path: str | Path, entity: Entity) -> None:
+        self.repo_path, self.entity = Path(repo_path), entity
+        self._read: dict[Path, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def rows(self, model_version: str) -> PublishedRows:
+        parts = [self._publication(pub) for pub in list_publications(self.repo_path)
+                 if pub.model_version == model_version and pub.parquet(self.entity) is not None]
+        if not parts:
+            return PublishedRows(np.zeros(0, dtype=object), np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
+        ids, times, vectors = zip(*parts)
+        return PublishedRows(np.concatenate(ids), np.concatenate(times), np.concatenate(vectors).astype(np.float32, copy=False))
+
+    def _publication(self, pub: Publication) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if pub.path not in self._read:
+            names = FIELDS[self.entity]
+            tbl = read_parquet(pub.parquet(self.entity), columns=[names.join_key, names.embedding, "event_timestamp"])  # type: ignore[arg-type]
+            ids = np.asarray(tbl.column(names.join_key).to_pylist(), dtype=object)
+            times = tbl.column("event_timestamp").cast(pa.int64()).to_numpy()
+            self._read[pub.path] = ids, times, flat_values(tbl.column(names.embedding)).reshape(len(ids), pub.dim)
+        return self._read[pub.path]
 
 
 def read_published(repo_path: str | Path, entity: Entity, model_version: str) -> EntityVectors:

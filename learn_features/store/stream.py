@@ -31,6 +31,7 @@ from learn_features.embeddings_io import EmbeddingTable
 from learn_features.errors import LearnFeaturesError
 from learn_features.store.histories import HistoryStore
 from learn_features.store.materialize import record_loaded, store_key
+from learn_features.store.published import PublishedRowsReader
 from learn_features.store.ledger import Publication, next_publish_time, publish_lock, require_active_version
 from learn_features.store.push import push_frame
 from learn_features.store.repo import USER_PUSH_SOURCE, open_applied_store, resolve_config, store_errors
@@ -82,6 +83,7 @@ class UserStream:
         self.config_path = resolve_config(repo_path, feature_store_yaml)
         self.tower = UserTower.load(run_dir, device)
         self.histories = HistoryStore.in_repo(repo_path, self.tower.history_len)
+        self.published = PublishedRowsReader(repo_path, "user")  # each earlier publication read once
         self._store = None
 
     def bootstrap(self, events: pd.DataFrame, source: str = "events") -> int:
@@ -110,7 +112,7 @@ class UserStream:
 
                 table = EmbeddingTable("user", vectors.user_ids, vectors.vectors, pushed_at, self.tower.model_version)
                 store.push(USER_PUSH_SOURCE, push_frame(table, pushed_at), to=PushMode.ONLINE)
-            result = commit_user_vectors(self.repo_path, self.tower.model_version, rows, "stream")
+            result = commit_user_vectors(self.repo_path, self.tower.model_version, rows, "stream", self.published)
             if result.publication is not None:
                 record_loaded(self.repo_path, store_key(self.repo_path, self.config_path, store), [result.publication])
         return StreamResult(vectors.user_ids, vectors.vectors, pushed_at, result.publication, vectors.unknown_events,

@@ -26,7 +26,7 @@ import pandas as pd
 from learn_features.errors import LearnFeaturesError
 from learn_features.store.commit import EntityVectors, commit_publication
 from learn_features.store.ledger import Publication, publish_lock, require_active_version
-from learn_features.store.published import published_rows
+from learn_features.store.published import PublishedRowsReader
 
 
 @dataclass(frozen=True)
@@ -66,13 +66,17 @@ def user_vector_rows(ids: np.ndarray, vectors: np.ndarray, times: np.ndarray, so
     return table
 
 
-def commit_user_vectors(repo_path: str | Path, model_version: str, table: EntityVectors, source: str) -> UserPublishResult:
+def commit_user_vectors(
+    repo_path: str | Path, model_version: str, table: EntityVectors, source: str, published: PublishedRowsReader | None = None
+) -> UserPublishResult:
     """``publish_user_vectors``' commit, for a caller that holds ``publish_lock`` and has run
-    ``require_active_version`` under it (the stream checks, pushes and records under one lock)."""
-    published = published_rows(repo_path, "user", model_version)
+    ``require_active_version`` under it (the stream checks, pushes and records under one lock).
+    A caller that commits again and again passes its own ``published`` reader, which reads
+    each earlier publication once."""
+    rows = (published or PublishedRowsReader(repo_path, "user")).rows(model_version)
     new = np.ones(len(table.ids), dtype=bool)
-    if len(published.ids):
-        present, current = published.in_effect(table.ids, table.times_us)
+    if len(rows.ids):
+        present, current = rows.in_effect(table.ids, table.times_us)
         new = ~(present & (current == table.vectors).all(axis=1))
     if not new.any():
         return UserPublishResult(None, 0, len(new))

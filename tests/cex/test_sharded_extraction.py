@@ -23,7 +23,7 @@ from learn_features.cex.writer import WRITE_QUEUE_DEPTH
 from learn_features.cli import main
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch.content_store import ContentStore
-from test_cli_pipeline import write_config, write_synthetic
+from job_fixtures import write_config, write_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
 TEXTS = [f"Item {i}: " + "a fairly long description " * (i % 7) + f"number {i}" for i in range(40)]

@@ -244,3 +244,34 @@ def test_vectors_past_int32_list_offsets_are_written_in_chunks(
     back = read_published(repo, "item", "v1")
     for iid, vec in zip(back.ids, back.vectors):
         assert vec.tobytes() == run.items[iid].tobytes()
+
+
+def test_a_kept_reader_reads_each_publication_once_and_sees_new_ones(repo: Path, tmp_path: Path, monkeypatch) -> None:
+    """The stream's reader of published rows equals a fresh read after every commit, while
+    reading each publication's Parquet once: its cost does not grow with the publications."""
+    from learn_features.store import published
+    from learn_features.store.user_publications import publish_user_vectors
+
+    run = write_run(tmp_path / "run", "v1", 4, 3, 4, seed=21)
+    publish_run(run.run_dir, repo)
+    kept = published.PublishedRowsReader(repo, "user")
+    kept_reads: list[Path] = []
+    read_parquet = published.read_parquet
+
+    def counting(path, **kw):
+        kept_reads.append(Path(path))
+        return read_parquet(path, **kw)
+
+    rng = np.random.default_rng(22)
+    for batch in range(3):
+        with monkeypatch.context() as patch:
+            patch.setattr(published, "read_parquet", counting)
+            kept_rows = kept.rows("v1")
+        fresh = published.PublishedRowsReader(repo, "user").rows("v1")
+        for field in ("ids", "times_us", "vectors"):
+            assert np.array_equal(getattr(kept_rows, field), getattr(fresh, field))
+        assert len(kept_rows.ids) == 4 + 2 * batch
+        later = pd.Timestamp("2026-02-01", tz="UTC") + pd.Timedelta(days=batch)
+        publish_user_vectors(repo, "v1", np.array(["u0", "u9"], dtype=object), rng.standard_normal((2, 4)).astype(np.float32),
+                             np.full(2, later.value // 1000, dtype=np.int64), "test")
+    assert len(kept_reads) == len(set(kept_reads)) == 3  # the full publication, then each users publication once

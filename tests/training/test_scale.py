@@ -33,7 +33,7 @@ from learn_features.pch.content_store import INDEX, ContentStore, ContentStoreBu
 from learn_features.pch.inputs import ItemInputs
 from learn_features.pch.model import PCH
 from learn_features.pch.negatives import Negatives
-from test_cli_pipeline import write_config, write_synthetic
+from job_fixtures import write_config, write_synthetic
 from training import trainer
 from training.collectives import World
 from training.config import PipelineConfig
