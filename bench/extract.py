@@ -22,12 +22,17 @@ FLOPs are counted on real tokens only (padding is waste, not work). For a decode
 The first term is every weight used once per token (multiply + add); the second is causal
 attention, where token ``i`` scores ``i + 1`` keys (QK^T) and mixes ``i + 1`` values (AV), each
 ``2 * d`` FLOPs per position, summed over ``i < l``. Embedding lookups and norms are left out.
-Achieved TFLOP/s is divided by the GPU's dense bf16 peak from its spec sheet (table below);
-on CPU, or for an unlisted GPU, the peak is "n/a".
+Achieved TFLOP/s is divided by a peak: on a GPU its dense bf16 peak from the spec sheet
+(table below; "n/a" for an unlisted GPU or fp32), on a CPU this machine's GEMM rate in the
+same dtype, measured at the start of the run by ``bench/cpu_peak.py``.
+
+``--dtype`` takes several dtypes: each loads the backbone in that dtype and times both paths,
+and the run then prints each dtype's speed against the first one's and the cosine between
+their project vectors (what bf16 changes in the content the towers read).
 
     .venv/bin/python bench/extract.py --model tiny --items 64                    # CPU smoke, seconds
     .venv/bin/python bench/extract.py --model 7b-shape --items 8192 --lengths longtail   # GPU
-    .venv/bin/python bench/extract.py --model shipped:smollm2 --items 2048
+    .venv/bin/python bench/extract.py --model shipped:smollm2 --items 512 --dtype float32 bfloat16   # CPU
 
 ``7b-shape`` and ``0.5b-shape`` are LlamaModels with Baichuan2-7B's and Qwen2-0.5B's shapes
 and RANDOM weights (throughput only): laid out on the meta device to count parameters, and
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,11 +66,14 @@ from learn_features.cex.extractor import (  # noqa: E402
     plan_batches,
     pool,
 )
-from learn_features.cex.model_loading import load_frozen, load_tokenizer, pick_dtype, resolve_model  # noqa: E402
+from learn_features.cex.model_loading import dtype_name, load_frozen, load_tokenizer, pick_dtype, resolve_model  # noqa: E402
 from learn_features.cex.prompt import render_prompts  # noqa: E402
 from learn_features.data.movielens import load_movielens_catalog  # noqa: E402
 from learn_features.device import pick_device  # noqa: E402
 from learn_features.errors import LearnFeaturesError  # noqa: E402
+
+sys.path.insert(0, str(REPO / "bench"))
+from cpu_peak import SIZES, Peak, measure_peaks  # noqa: E402
 
 MODELS = ("tiny", "7b-shape", "0.5b-shape", "shipped:smollm2")
 TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
@@ -118,10 +127,12 @@ class PathResult:
     """One path's row of the table."""
 
     path: str
+    dtype: str
     seconds: float
     items_per_s: float
     real_tokens_per_s: float
     padding_fraction: float
+    padded_per_real: float  # token slots computed per real token: 1.0 is no padding at all
     tflops: float
     peak_fraction: float | None
 
@@ -135,7 +146,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--chunk-size", type=int, default=512, help="items per cache shard (project path)")
     parser.add_argument("--max-length", type=int, default=512, help="truncation, in tokens")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32")
+    parser.add_argument("--dtype", nargs="+", default=["auto"],
+                        help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float16, float32; several to compare them")
+    parser.add_argument("--peak-sizes", type=int, nargs="+", default=list(SIZES),
+                        help="square GEMM sizes of the CPU peak probe (bench/cpu_peak.py)")
     parser.add_argument("--movielens-dir", type=Path, default=REPO / "data" / "ml-latest-small")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 on a busy small machine)")
@@ -240,14 +254,16 @@ def planned_padding(lengths: list[int], batch_size: int, chunk_size: int) -> dic
     return {"naive": naive.padding_fraction, "project": project.padding_fraction}
 
 
-def peak_tflops(device: torch.device, dtype: torch.dtype) -> tuple[str, float | None]:
-    """(device name, dense bf16/fp16 peak) or a None peak where no comparison is meaningful."""
+def peak_tflops(device: torch.device, dtype: torch.dtype, cpu_peaks: dict[str, Peak]) -> float | None:
+    """Peak TFLOP/s: on CPU the measured GEMM peak in ``dtype``, on GPU the dense bf16/fp16 spec
+    peak; None where no comparison is meaningful (no measurement, fp32 or an unlisted GPU)."""
     if device.type != "cuda":
-        return "cpu", None
-    name = torch.cuda.get_device_name(device)
+        peak = cpu_peaks.get(dtype_name(dtype))
+        return peak.gflops / 1e3 if peak else None
     if dtype not in (torch.bfloat16, torch.float16):
-        return name, None
-    return name, next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
 
 
 def timed(fn: Callable[[], tuple[np.ndarray, ExtractionStats]], device: torch.device) -> tuple[np.ndarray, ExtractionStats, float]:
@@ -285,69 +301,131 @@ def project_pass(config: EncoderConfig, backbone: Backbone, texts: list[str]) ->
         return extractor.embed_texts(texts, progress=False), extractor.stats
 
 
-def result(path: str, seconds: float, stats: ExtractionStats, work: float, peak: float | None) -> PathResult:
+def result(path: str, dtype: torch.dtype, seconds: float, stats: ExtractionStats, work: float, peak: float | None) -> PathResult:
     tflops = work / seconds / 1e12
     return PathResult(
-        path, seconds, stats.items / seconds, stats.real_tokens / seconds, stats.padding_fraction, tflops,
-        tflops / peak if peak else None,
+        path, dtype_name(dtype), seconds, stats.items / seconds, stats.real_tokens / seconds, stats.padding_fraction,
+        stats.padded_tokens / stats.real_tokens, tflops, tflops / peak if peak else None,
     )
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine between two (N, H) matrices, in float64."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def git_commit() -> str:
+    """The commit the project path ran at (``+dirty`` with uncommitted changes), or "unknown"."""
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty=+dirty"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit or "unknown"
 
 
 # --- report ------------------------------------------------------------------------------
 
 
-def describe(args: argparse.Namespace, info: ModelInfo, device_name: str, dtype: torch.dtype, peak: float | None) -> None:
+def describe(args: argparse.Namespace, info: ModelInfo, device_name: str) -> None:
     weights = "RANDOM weights (throughput only; the vectors mean nothing)" if info.random_weights else "real weights"
     print(f"model: {info.name}, {weights}")
     print(f"  {info.non_embedding_params / 1e6:,.1f}M non-embedding params, {info.n_layers} layers, hidden {info.hidden}, "
           f"attention {info.attention}")
     print(f"  FLOPs/token = 2 x non-embedding params = {2 * info.non_embedding_params / 1e9:.4g} GFLOP, plus causal attention")
-    print(f"device: {device_name}, dtype {str(dtype).removeprefix('torch.')}; "
-          + (f"peak: {peak:.1f} TFLOP/s dense bf16" if peak else "peak: n/a"))
+    print(f"device: {device_name}, {torch.get_num_threads()} CPU thread(s); project path at commit {git_commit()}")
     print(f"batch size {args.batch_size}, chunk size {args.chunk_size}, max length {args.max_length}, lengths: {args.lengths}")
 
 
+def print_peaks(peaks: dict[str, Peak]) -> None:
+    for peak in peaks.values():
+        print(f"measured CPU peak {peak.dtype}: {peak.gflops:.1f} GFLOP/s (square GEMM, best at n={peak.size})")
+
+
 def print_table(rows: list[PathResult]) -> None:
-    print(f"{'path':<8} {'seconds':>8} {'items/s':>10} {'real tok/s':>11} {'padding':>8} {'TFLOP/s':>9} {'of peak':>8}")
+    print(f"{'path':<8} {'dtype':<9} {'seconds':>8} {'items/s':>9} {'real tok/s':>11} {'padding':>8} {'padded/real':>11} "
+          f"{'TFLOP/s':>8} {'of peak':>8}")
     for r in rows:
         share = f"{r.peak_fraction:.1%}" if r.peak_fraction is not None else "n/a"
-        print(f"{r.path:<8} {r.seconds:>8.3f} {r.items_per_s:>10.1f} {r.real_tokens_per_s:>11.0f} "
-              f"{r.padding_fraction:>8.1%} {r.tflops:>9.4f} {share:>8}")
+        print(f"{r.path:<8} {r.dtype:<9} {r.seconds:>8.3f} {r.items_per_s:>9.1f} {r.real_tokens_per_s:>11.0f} "
+              f"{r.padding_fraction:>8.1%} {r.padded_per_real:>11.3f} {r.tflops:>8.4f} {share:>8}")
+
+
+def time_dtype(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, backbone: Backbone,
+               texts: list[str], work: float, peak: float | None) -> tuple[list[PathResult], dict[str, np.ndarray]]:
+    """Both paths over ``texts`` with the backbone in ``dtype``: their rows and their vectors."""
+    config = EncoderConfig(model=args.model, max_length=args.max_length, batch_size=args.batch_size,
+                           chunk_size=args.chunk_size, device=str(device), dtype=dtype_name(dtype))
+    extractor = ContentExtractor(config, tempfile.gettempdir(), backbone)
+    naive_pass(extractor, backbone, texts[: args.batch_size])  # warm-up: CUDA context, kernel choice
+    naive_vectors, naive_stats, naive_s = timed(lambda: naive_pass(extractor, backbone, texts), device)
+    project_vectors, project_stats, project_s = timed(lambda: project_pass(config, backbone, texts), device)
+    rows = [result("naive", dtype, naive_s, naive_stats, work, peak),
+            result("project", dtype, project_s, project_stats, work, peak)]
+    return rows, {"naive": naive_vectors, "project": project_vectors}
+
+
+def compare(rows: list[PathResult], vectors: dict[str, dict[str, np.ndarray]]) -> dict:
+    """Printed and returned: project vs naive per dtype, each dtype vs the first, and their vectors' cosines."""
+    out: dict = {"project_over_naive": {}, "over_first_dtype": {}, "cosine_to_first_dtype": {}}
+    by = {(r.dtype, r.path): r for r in rows}
+    dtypes = list(vectors)
+    for dtype in dtypes:
+        ratio = by[dtype, "project"].items_per_s / by[dtype, "naive"].items_per_s
+        gap = np.abs(vectors[dtype]["naive"] - vectors[dtype]["project"]).max()
+        out["project_over_naive"][dtype] = {"items_per_s": ratio, "max_abs_diff": float(gap)}
+        print(f"{dtype}: project/naive {ratio:.2f}x items/s; max |naive - project| {gap:.2e} "
+              "(same tokens, other batches: 0 means batch composition does not touch the vectors)")
+    first = dtypes[0]
+    for dtype in dtypes[1:]:
+        speed = {path: by[dtype, path].items_per_s / by[first, path].items_per_s for path in ("naive", "project")}
+        cos = cosines(vectors[first]["project"], vectors[dtype]["project"])
+        out["over_first_dtype"][dtype] = speed
+        out["cosine_to_first_dtype"][dtype] = {"mean": float(cos.mean()), "min": float(cos.min())}
+        print(f"{dtype}/{first}: {speed['project']:.2f}x items/s (project), {speed['naive']:.2f}x (naive); "
+              f"cosine of project vectors: mean {cos.mean():.6f}, min {cos.min():.6f}")
+    return out
 
 
 def run(args: argparse.Namespace) -> dict:
     """Run the benchmark, print its table, return the numbers (for --json)."""
     device = pick_device(args.device)
-    dtype = pick_dtype(device, args.dtype)
-    backbone, info = build_backbone(args.model, device, dtype, args.tokenizer)
-    device_name, peak = peak_tflops(device, dtype)
-    describe(args, info, device_name, dtype, peak)
-    config = EncoderConfig(model=args.model, max_length=args.max_length, batch_size=args.batch_size,
-                           chunk_size=args.chunk_size, device=str(device), dtype=args.dtype)
-    extractor = ContentExtractor(config, tempfile.gettempdir(), backbone)
+    dtypes = list(dict.fromkeys(pick_dtype(device, d) for d in args.dtype))
+    backbone, info = build_backbone(args.model, device, dtypes[0], args.tokenizer)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    describe(args, info, device_name)
+    tokenize = ContentExtractor(EncoderConfig(model=args.model, max_length=args.max_length, device=str(device)),
+                                tempfile.gettempdir(), backbone).tokenize
     texts = sample_texts(args, backbone.tokenizer, np.random.default_rng(args.seed))
-    lengths = [len(ids) for ids in extractor.tokenize(texts)]
+    lengths = [len(ids) for ids in tokenize(texts)]
     print(f"texts: {len(texts)}, tokens p50 {np.percentile(lengths, 50):.0f}, p90 {np.percentile(lengths, 90):.0f}, "
           f"p99 {np.percentile(lengths, 99):.0f}, max {max(lengths)}")
     padding = planned_padding(lengths, args.batch_size, args.chunk_size)
     print(f"padding from the token lengths: naive {padding['naive']:.1%}, project {padding['project']:.1%}")
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "model": asdict(info), "device": device_name,
-              "dtype": str(dtype), "peak_tflops": peak, "flops_per_token": 2 * info.non_embedding_params,
+              "dtypes": [dtype_name(d) for d in dtypes], "flops_per_token": 2 * info.non_embedding_params,
               "planned_padding": padding}
     if next(backbone.model.parameters()).device.type == "meta":
         print(f"not timed: --model {args.model} (random weights) is materialized only on a GPU")
         return report
+    cpu_peaks = measure_peaks(tuple(args.peak_sizes)) if device.type == "cpu" else {}
+    print_peaks(cpu_peaks)
+    report["cpu_peak_gflops"] = {name: peak.gflops for name, peak in cpu_peaks.items()}
     work = flops(lengths, info)
-    naive_pass(extractor, backbone, texts[: args.batch_size])  # warm-up: CUDA context, kernel choice
-    naive_vectors, naive_stats, naive_s = timed(lambda: naive_pass(extractor, backbone, texts), device)
-    project_vectors, project_stats, project_s = timed(lambda: project_pass(config, backbone, texts), device)
-    rows = [result("naive", naive_s, naive_stats, work, peak), result("project", project_s, project_stats, work, peak)]
+    rows, vectors, peaks = [], {}, {}
+    for dtype in dtypes:
+        if dtype != dtypes[0]:
+            backbone, _ = build_backbone(args.model, device, dtype, args.tokenizer)
+        peaks[dtype_name(dtype)] = peak_tflops(device, dtype, cpu_peaks)
+        dtype_rows, vectors[dtype_name(dtype)] = time_dtype(args, device, dtype, backbone, texts, work,
+                                                            peaks[dtype_name(dtype)])
+        rows += dtype_rows
+        del backbone
     print_table(rows)
-    print(f"project/naive: {rows[1].items_per_s / rows[0].items_per_s:.2f}x items/s")
-    print(f"max |naive - project| over all vectors: {np.abs(naive_vectors - project_vectors).max():.2e} "
-          "(padding-invariant pooling: differences are rounding only)")
+    report["peak_tflops"] = peaks
     report["results"] = [asdict(r) for r in rows]
-    report["speedup"] = rows[1].items_per_s / rows[0].items_per_s
+    report.update(compare(rows, vectors))
     return report
 
 

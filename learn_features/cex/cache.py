@@ -1,4 +1,7 @@
-"""On-disk content-embedding cache, keyed by (model fingerprint, prompt template, item text).
+"""On-disk content-embedding cache, keyed by (model fingerprint, prompt template, settings, item text).
+
+The settings are pooling, length, special tokens and the compute dtype, so fp32 and bf16
+vectors of the same text never share a key.
 
 Layout: ``<root>/<namespace>/shard-*.npz``, each shard holding ``keys`` (hex digests) and
 ``vectors`` (float32). A shard is written atomically once a chunk of items is embedded, so an

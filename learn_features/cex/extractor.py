@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from learn_features.cex.cache import EmbeddingCache, cache_key
-from learn_features.cex.model_loading import is_decoder, load_frozen, pick_dtype, resolve_model
+from learn_features.cex.model_loading import dtype_name, is_decoder, load_frozen, pick_dtype, resolve_model
 from learn_features.cex.prompt import DEFAULT_TEMPLATE
 from learn_features.cex.sharding import Shard
 from learn_features.cex.writer import HostCopy, ShardWriter
@@ -47,7 +47,7 @@ class EncoderConfig:
     batch_size: int = 32
     chunk_size: int = 512  # items per cache shard: the unit of work lost on interruption
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or float32, bfloat16, float16 (part of the cache key)
     add_special_tokens: bool | None = None  # None: off for decoders (stable across tokenizer versions), on for encoders
     trust_remote_code: bool = False
     shard: str | None = None  # "I/N": `learn-features extract` embeds only shard I of N into the cache (sharding.py)
@@ -59,11 +59,17 @@ class EncoderConfig:
             raise LearnFeaturesError("encoder.max_length, encoder.batch_size and encoder.chunk_size must be positive")
         if self.shard is not None:
             Shard.parse(self.shard)
+        pick_dtype(torch.device("cpu"), self.dtype)  # an unknown dtype fails with the config, not at extraction
+
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the backbone runs in on this config's device (``auto`` resolved)."""
+        return pick_dtype(pick_device(self.device), self.dtype)
 
     def content_identity(self) -> dict[str, Any]:
         """The settings that change the vectors (beside the weights): a content store records
-        them, so training refuses content extracted under other settings."""
-        return {name: getattr(self, name) for name in CONTENT_FIELDS}
+        them, so training refuses content extracted under other settings. The dtype is the
+        resolved one, so that ``auto`` on a GPU (bf16) and on a CPU (fp32) never pass for each other."""
+        return {**{name: getattr(self, name) for name in CONTENT_FIELDS}, "dtype": dtype_name(self.compute_dtype())}
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -143,7 +149,7 @@ class ContentExtractor:
             # One process per GPU (torchrun): its CUDA context, pinned buffers and events belong
             # on its own GPU, not on GPU 0 next to every other process's.
             torch.cuda.set_device(self.device)
-        self.dtype = pick_dtype(self.device, config.dtype)
+        self.dtype = config.compute_dtype()
         self.cache = EmbeddingCache(cache_root, self.fingerprint)
         self.stats = ExtractionStats()
         self._tokenizer = backbone.tokenizer if backbone is not None else None
@@ -151,8 +157,9 @@ class ContentExtractor:
 
     @property
     def settings(self) -> str:
+        """The key's settings part: fp32 and bf16 vectors of the same text never share a key."""
         c = self.config
-        return f"pool={c.pooling};max_len={c.max_length};special={c.add_special_tokens}"
+        return f"pool={c.pooling};max_len={c.max_length};special={c.add_special_tokens};dtype={dtype_name(self.dtype)}"
 
     def keys(self, texts: list[str]) -> list[str]:
         return [cache_key(self.fingerprint, self.config.prompt_template, self.settings, t) for t in texts]

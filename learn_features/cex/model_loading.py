@@ -92,14 +92,26 @@ def resolve_model(model: str, gguf_file: str | None = None) -> ModelSource:
     return ModelSource(directory=directory, gguf_file=gguf_file, fingerprint=f"{model}@{_fingerprint(directory, gguf_file)}")
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
-    """bf16 on GPU (the paper's setting, and what tensor cores want); fp32 on CPU, where bf16 is slow."""
+    """``auto``: bf16 on GPU (the paper's setting, and what tensor cores want), fp32 on CPU.
+
+    fp32 stays the CPU default until bf16 content is shown to keep retrieval metrics within
+    the seed spread; ``bfloat16`` on a CPU with ``avx512_bf16``/AMX is an explicit choice.
+    """
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        return DTYPES[dtype]
     except KeyError:
-        raise LearnFeaturesError(f"dtype {dtype!r} is not one of auto, float32, bfloat16, float16") from None
+        raise LearnFeaturesError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``: the spelling that ``pick_dtype`` accepts back."""
+    return str(dtype).removeprefix("torch.")
 
 
 def is_decoder(config) -> bool:

@@ -153,6 +153,23 @@ def test_cache_keys_depend_on_every_setting(tiny_llm_dir: Path, tmp_path: Path) 
     assert make(save_tiny_llm(tmp_path / "other", seed=1), tmp_path).keys([SHORT])[0] != base
 
 
+def test_fp32_and_bf16_vectors_never_mix(tiny_llm_dir: Path, tmp_path: Path, forward_calls) -> None:
+    """The compute dtype is in the cache key and the content identity: a bf16 extractor over a
+    cache filled in fp32 embeds everything again, and ``auto`` on a CPU is fp32."""
+    fp32 = make(tiny_llm_dir, tmp_path, dtype="float32")
+    assert make(tiny_llm_dir, tmp_path).keys(TEXTS) == fp32.keys(TEXTS)  # auto on a CPU
+    assert make(tiny_llm_dir, tmp_path).config.content_identity() == fp32.config.content_identity()
+    full = fp32.embed_texts(TEXTS, progress=False)
+    forward_calls.clear()
+    bf16 = make(tiny_llm_dir, tmp_path, dtype="bfloat16")
+    assert set(bf16.keys(TEXTS)).isdisjoint(fp32.keys(TEXTS))
+    assert bf16.config.content_identity()["dtype"] == "bfloat16" != fp32.config.content_identity()["dtype"]
+    half = bf16.embed_texts(TEXTS, progress=False)
+    assert n_forwarded(forward_calls) == len(TEXTS) and half.dtype == np.float32
+    assert not np.array_equal(half, full) and np.allclose(half, full, atol=0.1)
+    assert np.array_equal(make(tiny_llm_dir, tmp_path, dtype="float32").embed_texts(TEXTS, progress=False), full)
+
+
 def test_changing_pooling_reembeds_to_different_vectors(tiny_llm_dir: Path, tmp_path: Path, forward_calls) -> None:
     mean = make(tiny_llm_dir, tmp_path).embed_texts(TEXTS[:2], progress=False)
     forward_calls.clear()
@@ -236,6 +253,8 @@ def test_encoder_config_validation() -> None:
         EncoderConfig(pooling="max")
     with pytest.raises(LearnFeaturesError, match="positive"):
         EncoderConfig(batch_size=0)
+    with pytest.raises(LearnFeaturesError, match="not one of auto, float32, bfloat16"):
+        EncoderConfig(dtype="int8")
 
 
 def test_decoder_gets_no_special_tokens_unless_asked(tiny_llm_dir: Path, tmp_path: Path, forward_calls) -> None:

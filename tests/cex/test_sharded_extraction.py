@@ -152,6 +152,16 @@ def test_cli_sharded_extract_then_assemble(tiny_llm_dir: Path, tmp_path: Path, c
         np.testing.assert_array_equal(a.take(np.arange(len(a))), b.take(np.arange(len(b))))
 
 
+def test_training_refuses_content_extracted_in_another_dtype(tiny_llm_dir: Path, tmp_path: Path, capsys, single_thread) -> None:
+    """Content extracted in fp32 (``auto`` on a CPU) is not bf16 content: train stops and names the dtype."""
+    interactions, catalog = write_synthetic(tmp_path)
+    config = write_config(tmp_path, interactions, catalog, tiny_llm_dir)
+    assert main(["extract", "--config", str(config), "--quiet"]) == 0
+    assert ContentStore(tmp_path / "run" / "content" / "llm").source["encoder"]["dtype"] == "float32"
+    assert main(["train", "--config", str(config), "--set", 'llm.dtype="bfloat16"', "--quiet"]) == 2
+    assert "extracted with other llm settings (dtype)" in capsys.readouterr().err
+
+
 def test_cli_bad_shard_exits_2(tiny_llm_dir: Path, tmp_path: Path, capsys) -> None:
     interactions, catalog = write_synthetic(tmp_path)
     config = write_config(tmp_path, interactions, catalog, tiny_llm_dir)
@@ -280,14 +290,37 @@ def test_extract_benchmark_smoke(tmp_path: Path, single_thread, monkeypatch: pyt
     monkeypatch.setitem(sys.modules, "bench_extract", bench)
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
-    assert bench.main(["--model", "tiny", "--items", "64", "--batch-size", "8", "--json", str(out)]) == 0
+    argv = ["--model", "tiny", "--items", "64", "--batch-size", "8", "--dtype", "float32", "bfloat16",
+            "--peak-sizes", "64", "--json", str(out)]
+    assert bench.main(argv) == 0
     report = json.loads(out.read_text())
-    naive, project = report["results"]
-    assert (naive["path"], project["path"]) == ("naive", "project") and report["peak_tflops"] is None
+    naive, project, naive16, project16 = report["results"]
+    assert [(r["path"], r["dtype"]) for r in report["results"]] == [
+        ("naive", "float32"), ("project", "float32"), ("naive", "bfloat16"), ("project", "bfloat16")]
     assert report["model"]["random_weights"] and report["flops_per_token"] == 2 * report["model"]["non_embedding_params"]
+    # On a CPU each dtype is judged against this machine's measured GEMM peak in that dtype.
+    assert report["peak_tflops"] == {name: gflops / 1e3 for name, gflops in report["cpu_peak_gflops"].items()}
+    assert project["peak_fraction"] == pytest.approx(project["tflops"] / report["peak_tflops"]["float32"])
     # Same texts, same real tokens; length-sorted batches never pad more than arrival order.
     assert naive["real_tokens_per_s"] * naive["seconds"] == pytest.approx(project["real_tokens_per_s"] * project["seconds"])
-    assert project["padding_fraction"] <= naive["padding_fraction"]
+    assert project["padding_fraction"] <= naive["padding_fraction"] and project["padded_per_real"] >= 1.0
+    # bf16 changes the vectors a little, not their direction.
+    cosine = report["cosine_to_first_dtype"]["bfloat16"]
+    assert 0.99 < cosine["min"] <= cosine["mean"] < 1.0
+    assert set(report["over_first_dtype"]["bfloat16"]) == {"naive", "project"}
+
+
+def test_cpu_peak_probe_counts_2n3_flops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/cpu_peak.py: the best size wins and a GEMM of n is 2 n^3 FLOPs over its best time."""
+    spec = importlib.util.spec_from_file_location("cpu_peak", REPO / "bench" / "cpu_peak.py")
+    probe = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "cpu_peak", probe)
+    spec.loader.exec_module(probe)
+    clock = iter([0.0, 2.0, 10.0, 11.0] * 4)  # two repeats: 2 s, then 1 s (the best)
+    monkeypatch.setattr(probe, "perf_counter", lambda: next(clock))
+    peak = probe.measure_peak("float32", sizes=(8, 16), repeats=2)
+    assert (peak.size, peak.gflops) == (16, 2 * 16**3 / 1.0 / 1e9)
+    assert set(probe.measure_peaks(sizes=(8,), repeats=2)) == {"float32", "bfloat16"}
 
 
 def test_extract_benchmark_random_shapes_count_exactly_off_the_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
