@@ -30,9 +30,9 @@ from ranking.config import EmbeddingConfig, ExperimentConfig
 from ranking.controls import load_content, with_llm_frozen, with_random
 from ranking.coverage import split_coverage
 from ranking.dataset import RankingDataset, build_dataset
-from ranking.dnn import DNNRanker
+from ranking.dnn import DNNRanker, dnn_tensors
 from ranking.embeddings import EmbeddingJoiner, FeastEmbeddingJoiner, ParquetEmbeddingJoiner
-from ranking.features import FeatureSpec, fit_feature_spec, learn_vector_dim
+from ranking.features import FeatureSpec, Featurized, fit_feature_spec, learn_vector_dim, tree_features
 from ranking.history import HistoryIndex
 from ranking.joins import point_in_time_stats
 from ranking.lgbm import TreeRanker
@@ -336,12 +336,13 @@ def run_on_dataset(
     at_cut = point_in_time_stats(history, test, pd.Series(dataset.periods.cut, index=test.index))
     predictions = pd.concat([test[["user_id", "item_id", "timestamp", "label"]], assign_tiers(at_cut, thresholds)], axis=1)
     specs = feature_specs(dataset, config)
+    inputs = arm_inputs(dataset, config, specs)
     scores: dict[str, list[np.ndarray]] = {name: [] for name in config.models}
     per_seed: dict[str, list[ModelMetrics]] = {name: [] for name in config.models}
     curves: dict[str, list[list[dict[str, float | None]]]] = {name: [] for name in config.models}
     for seed in config.seeds:
-        for name, ranker in train_models(dataset, config, seed, specs).items():
-            seed_scores = ranker.predict(test)
+        for name, ranker in train_models(dataset, config, seed, specs, inputs).items():
+            seed_scores = ranker.predict_inputs(inputs[name].test.inputs)
             scores[name].append(seed_scores)
             per_seed[name].append(model_metrics(name, test, seed_scores, ranker.best_iteration))
             curves[name].append(ranker.history)
@@ -360,14 +361,15 @@ def run_on_dataset(
             )
         if first.auc is None:
             notes.append("the evaluation period has a single label class: AUC is undefined")
-    tiers = tier_table(predictions, config)
+    comparisons = compare_arms(arms, predictions, config)
+    tiers = tier_table(predictions, config, {(c.reference, c.arm): c.bootstrap for c in comparisons})
     notes += [f"{t.arm} vs {t.reference}, {t.dimension} {t.tier}: {t.note}" for t in tiers if t.note]
     return ExperimentResults(
         config=config,
         dataset=dataset,
         thresholds=thresholds,
         arms=arms,
-        comparisons=compare_arms(arms, predictions, config),
+        comparisons=comparisons,
         tiers=tiers,
         predictions=predictions,
         coverage=split_coverage(dataset, specs.get(True)),
@@ -385,24 +387,68 @@ def feature_specs(dataset: RankingDataset, config: ExperimentConfig) -> dict[boo
     }
 
 
-#: The ranker class of each ``ArmSpec.ranker``, built for one arm (its feature spec and vectors) and seed.
-RANKERS: dict[str, Callable[[ExperimentConfig, FeatureSpec, str | None, int], TreeRanker | DNNRanker]] = {
-    "lgbm": lambda config, spec, vectors, seed: TreeRanker(config.lgbm, spec, vectors is not None, seed, config.num_threads),
-    "dnn": lambda config, spec, vectors, seed: DNNRanker(config.dnn, spec, vectors, seed, config.num_threads),
+@dataclass(frozen=True)
+class RankerKind:
+    """A ranker class as the experiment uses it: ``build`` one for an arm (its feature spec and
+    vectors) and seed; ``featurize`` rows into what that ranker's ``fit_featurized`` and
+    ``predict_inputs`` read, which depends on the spec and vectors but not on the seed."""
+
+    build: Callable[[ExperimentConfig, FeatureSpec, str | None, int], TreeRanker | DNNRanker]
+    featurize: Callable[[pd.DataFrame, FeatureSpec, str | None], object]
+
+
+#: The ranker kind of each ``ArmSpec.ranker``.
+RANKERS: dict[str, RankerKind] = {
+    "lgbm": RankerKind(
+        build=lambda config, spec, vectors, seed: TreeRanker(config.lgbm, spec, vectors is not None, seed, config.num_threads),
+        featurize=lambda frame, spec, vectors: tree_features(frame, spec, vectors is not None),
+    ),
+    "dnn": RankerKind(
+        build=lambda config, spec, vectors, seed: DNNRanker(config.dnn, spec, vectors, seed, config.num_threads),
+        featurize=dnn_tensors,
+    ),
 }
 
 
+@dataclass(frozen=True)
+class ArmInputs:
+    """One arm's featurized periods, shared by all of its seeds."""
+
+    train: Featurized
+    valid: Featurized
+    test: Featurized
+
+
+def arm_inputs(dataset: RankingDataset, config: ExperimentConfig, specs: dict[bool, FeatureSpec]) -> dict[str, ArmInputs]:
+    """Every configured arm's periods featurized once: the inputs depend on the rows, the
+    feature spec and the arm's vectors, none of which changes with the seed."""
+    out = {}
+    for name in config.models:
+        arm = ARMS_BY_NAME[name]
+        spec, featurize = specs[arm.vectors is not None], RANKERS[arm.ranker].featurize
+        out[name] = ArmInputs(
+            *(Featurized.of(frame, featurize(frame, spec, arm.vectors)) for frame in (dataset.train, dataset.valid, dataset.test))
+        )
+    return out
+
+
 def train_models(
-    dataset: RankingDataset, config: ExperimentConfig, seed: int | None = None, specs: dict[bool, FeatureSpec] | None = None
+    dataset: RankingDataset,
+    config: ExperimentConfig,
+    seed: int | None = None,
+    specs: dict[bool, FeatureSpec] | None = None,
+    inputs: dict[str, ArmInputs] | None = None,
 ) -> dict[str, TreeRanker | DNNRanker]:
-    """Every configured model trained with one seed (default: the first of ``config.seeds``)."""
+    """Every configured model trained with one seed (default: the first of ``config.seeds``),
+    on ``inputs`` when the caller featurized the arms already (``arm_inputs``)."""
     seed = config.seeds[0] if seed is None else seed
     specs = feature_specs(dataset, config) if specs is None else specs
+    inputs = arm_inputs(dataset, config, specs) if inputs is None else inputs
     rankers: dict[str, TreeRanker | DNNRanker] = {}
     for name in config.models:
-        vectors = ARMS_BY_NAME[name].vectors
-        spec = specs[vectors is not None]
-        rankers[name] = RANKERS[ARMS_BY_NAME[name].ranker](config, spec, vectors, seed).fit(dataset.train, dataset.valid)
+        arm = ARMS_BY_NAME[name]
+        ranker = RANKERS[arm.ranker].build(config, specs[arm.vectors is not None], arm.vectors, seed)
+        rankers[name] = ranker.fit_featurized(inputs[name].train, inputs[name].valid)
     return rankers
 
 
@@ -444,9 +490,19 @@ def _bootstrap(
     return paired_bootstrap(labels, reference, arm, users, b.n_resamples, b.confidence, b.seed + k)
 
 
-def tier_table(predictions: pd.DataFrame, config: ExperimentConfig) -> list[TierResult]:
+def tier_table(
+    predictions: pd.DataFrame,
+    config: ExperimentConfig,
+    all_rows: dict[tuple[str, str], dict[str, PairedDelta | None]] | None = None,
+) -> list[TierResult]:
     """Paired baseline-vs-arm deltas per tier on the seed-averaged predictions, for every pair
-    of ``MODEL_PAIRS`` whose reference is a baseline and whose two models were trained."""
+    of ``MODEL_PAIRS`` whose reference is a baseline and whose two models were trained.
+
+    ``all_rows`` holds the bootstrap of a (reference, arm) pair over all rows when
+    ``compare_arms`` ran it already: the "all" tier is that same bootstrap (same rows, same
+    draws), so it is read instead of run again.
+    """
+    all_rows = all_rows or {}
     rows: list[TierResult] = []
     total = len(predictions)
     slices = [("all", "all", np.ones(total, dtype=bool))]
@@ -460,7 +516,8 @@ def tier_table(predictions: pd.DataFrame, config: ExperimentConfig) -> list[Tier
                 rows.append(TierResult(base, arm, dim, tier, 0, 0.0, 0, 0, None, None, None, "no evaluation impressions in this tier"))
                 continue
             labels, users = sub["label"].to_numpy(), sub["user_id"].to_numpy()
-            deltas = _bootstrap(labels, sub[base].to_numpy(), sub[arm].to_numpy(), users, config, k)
+            done = all_rows.get((base, arm)) if dim == "all" else None
+            deltas = done if done is not None else _bootstrap(labels, sub[base].to_numpy(), sub[arm].to_numpy(), users, config, k)
             single = grouped_auc(labels, sub[base].to_numpy(), users).n_single_class
             note = None
             if deltas["auc"] is None:

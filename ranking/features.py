@@ -10,6 +10,7 @@ inputs are meant to cover.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,26 @@ from learn_features.errors import LearnFeaturesError
 
 #: Pseudo-count of the positive-rate prior: a user with 2 ratings should not get rate 0 or 1.
 RATE_PRIOR_STRENGTH = 5.0
+
+Inputs = TypeVar("Inputs")
+
+
+@dataclass(frozen=True)
+class Featurized(Generic[Inputs]):
+    """One period's rows as a ranker reads them: its input matrices, labels and users.
+
+    A function of the rows, the feature spec and the arm's vectors only, never of the seed: the
+    experiment builds it once per arm and period and trains every seed on it. Rankers read it
+    and never write to it.
+    """
+
+    inputs: Inputs
+    labels: np.ndarray
+    users: np.ndarray
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, inputs: Inputs) -> Featurized[Inputs]:
+        return cls(inputs, frame["label"].to_numpy(), frame["user_id"].to_numpy())
 
 
 @dataclass

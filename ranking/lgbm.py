@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ranking.config import LGBMConfig
-from ranking.features import FeatureSpec, tree_features
+from ranking.features import FeatureSpec, Featurized, tree_features
 
 
 class TreeRanker:
@@ -44,10 +44,13 @@ class TreeRanker:
         return tree_features(frame, self.spec, self.with_learn)
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame) -> TreeRanker:
-        x_train, x_valid = self.features(train), self.features(valid)
+        return self.fit_featurized(Featurized.of(train, self.features(train)), Featurized.of(valid, self.features(valid)))
+
+    def fit_featurized(self, train: Featurized[pd.DataFrame], valid: Featurized[pd.DataFrame]) -> TreeRanker:
+        """``fit`` on periods featurized by ``features`` (once per arm, for every seed)."""
         cats = ["user_code", "item_code"]
-        d_train = lgb.Dataset(x_train, label=train["label"].to_numpy(), categorical_feature=cats, free_raw_data=False)
-        d_valid = lgb.Dataset(x_valid, label=valid["label"].to_numpy(), categorical_feature=cats, reference=d_train)
+        d_train = lgb.Dataset(train.inputs, label=train.labels, categorical_feature=cats, free_raw_data=False)
+        d_valid = lgb.Dataset(valid.inputs, label=valid.labels, categorical_feature=cats, reference=d_train)
         curve: dict[str, dict[str, list[float]]] = {}
         self.booster = lgb.train(
             self.params,
@@ -67,5 +70,9 @@ class TreeRanker:
         return int(self.booster.best_iteration)
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.predict_inputs(self.features(frame))
+
+    def predict_inputs(self, inputs: pd.DataFrame) -> np.ndarray:
+        """``predict`` on rows featurized by ``features``."""
         assert self.booster is not None, "fit() first"
-        return np.asarray(self.booster.predict(self.features(frame), num_iteration=self.booster.best_iteration), dtype=np.float64)
+        return np.asarray(self.booster.predict(inputs, num_iteration=self.booster.best_iteration), dtype=np.float64)

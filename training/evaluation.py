@@ -50,6 +50,16 @@ def per_user_table(rankings: MethodRankings, targets: Sequence[np.ndarray], ks: 
     return {name: np.stack([s[name] for s in per_seed]) for name in per_seed[0]}
 
 
+#: subset -> method -> metric -> (seeds, users-with-targets) per-user scores.
+UserTables = dict[str, dict[str, dict[str, np.ndarray]]]
+
+
+def user_tables(rankings: list[MethodRankings], targets: dict[str, Sequence[np.ndarray]], ks: Sequence[int]) -> UserTables:
+    """Every method's per-user table on each target subset (``"all"``, ``"cold_items"``), computed
+    once: the summaries (``protocol_metrics``) and the per-user file (``per_user_frame``) both read them."""
+    return {subset: {r.name: per_user_table(r, wanted, ks) for r in rankings} for subset, wanted in targets.items()}
+
+
 def summarise(table: dict[str, np.ndarray], ks: Sequence[int], rounds: int, reference: dict[str, np.ndarray] | None) -> dict:
     """Means, bootstrap intervals, seed SD and (with a reference) paired differences."""
     users = int(next(iter(table.values())).shape[1])
@@ -66,34 +76,26 @@ def summarise(table: dict[str, np.ndarray], ks: Sequence[int], rounds: int, refe
     return out
 
 
-def protocol_metrics(
-    rankings: list[MethodRankings],
-    targets: Sequence[np.ndarray],
-    cold_targets: Sequence[np.ndarray],
-    ks: Sequence[int],
-    rounds: int,
-) -> dict[str, dict]:
+def protocol_metrics(rankings: list[MethodRankings], tables: UserTables, ks: Sequence[int], rounds: int) -> dict[str, dict]:
     """Every method's summary on all targets and on cold targets, paired against ``REFERENCE``."""
-    tables = {r.name: (per_user_table(r, targets, ks), per_user_table(r, cold_targets, ks)) for r in rankings}
-    reference = tables.get(REFERENCE)
+    overall, cold = tables["all"], tables["cold_items"]
     results = {}
     for r in rankings:
-        overall, cold = tables[r.name]
-        results[r.name] = summarise(overall, ks, rounds, None if reference is None else reference[0])
-        results[r.name]["cold_items"] = summarise(cold, ks, rounds, None if reference is None else reference[1])
+        results[r.name] = summarise(overall[r.name], ks, rounds, overall.get(REFERENCE))
+        results[r.name]["cold_items"] = summarise(cold[r.name], ks, rounds, cold.get(REFERENCE))
         results[r.name]["diagnostics"] = r.diagnostics
         results[r.name]["training"] = r.training
     return results
 
 
-def per_user_frame(protocol: str, rankings: list[MethodRankings], user_ids: Sequence[str], targets: Sequence[np.ndarray],
-                   cold_targets: Sequence[np.ndarray], ks: Sequence[int], seeds: Sequence[int]) -> pd.DataFrame:
+def per_user_frame(protocol: str, rankings: list[MethodRankings], tables: UserTables, user_ids: Sequence[str],
+                   targets: dict[str, Sequence[np.ndarray]], seeds: Sequence[int]) -> pd.DataFrame:
     """Every (method, seed, subset, user) score, so paired comparisons can be recomputed without retraining."""
     frames = []
-    for subset, wanted in (("all", targets), ("cold_items", cold_targets)):
+    for subset, wanted in targets.items():
         users = [u for u, t in zip(user_ids, wanted) if len(t)]
         for r in rankings:
-            table = per_user_table(r, wanted, ks)
+            table = tables[subset][r.name]
             for k, seed in enumerate(seeds[: len(r.ranked)]):
                 frame = pd.DataFrame({name: values[k] for name, values in table.items()})
                 frame.insert(0, "user_id", users)

@@ -44,7 +44,7 @@ from learn_features.retrieval import rank_scores
 from learn_features.run import RunDir
 from learn_features.trained_run import TrainedRun
 from training.config import PipelineConfig
-from training.evaluation import MethodRankings, metrics_markdown, per_user_frame, protocol_metrics
+from training.evaluation import MethodRankings, metrics_markdown, per_user_frame, protocol_metrics, user_tables
 from training.methods import Content, get_methods
 from training.trainer import TrainJob, TrainResult, train_towers
 
@@ -356,13 +356,15 @@ def evaluate(prep: Prepared, progress: bool = True, on: str = "test") -> dict[st
                 diagnostics = scored.diagnostics
             training = [_training_summary(trained[f"{protocol}/{method.name}/seed{seed}"]) for seed in runs] if method.trained else []
             rankings.append(MethodRankings(method.name, ranked, diagnostics, training))
+        subsets = {"all": test.targets, "cold_items": cold_targets}
+        tables = user_tables(rankings, subsets, config.eval.ks)
         results[protocol] = {
             "split": split.summary(),
             "users": len(test),
             "seeds": seeds,
-            "methods": protocol_metrics(rankings, test.targets, cold_targets, config.eval.ks, config.eval.bootstrap_rounds),
+            "methods": protocol_metrics(rankings, tables, config.eval.ks, config.eval.bootstrap_rounds),
         }
-        per_user.append(per_user_frame(protocol, rankings, test.user_ids, test.targets, cold_targets, config.eval.ks, seeds))
+        per_user.append(per_user_frame(protocol, rankings, tables, test.user_ids, subsets, seeds))
     document = {"evaluated_users": on, "protocols": results}
     write_json_atomic(run.metrics_json(on), document)
     write_text_atomic(run.metrics_md(on), metrics_markdown(results, config.eval.ks, on))

@@ -4,12 +4,14 @@ main + weight * aux, and online scoring must reproduce offline scores."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import os
 import sys
 import types
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from threadpoolctl import threadpool_limits
@@ -175,3 +177,39 @@ def test_lightgbm_seeds_differ_only_with_subsampling(trained):
     sub = dataclasses.replace(plain, feature_fraction=0.8, bagging_fraction=0.8, bagging_freq=1)
     np.testing.assert_array_equal(scores(sub, 0), scores(sub, 0))
     assert not np.array_equal(scores(sub, 0), scores(sub, 1))
+
+
+def test_arm_inputs_built_once_equal_fresh_ones_and_survive_every_seed(trained):
+    """The experiment featurizes each arm once and trains every seed on it: the shared inputs
+    must equal what each ranker would build itself, and fitting must not write to them."""
+    from ranking.experiment import arm_inputs, feature_specs
+
+    ds, rankers, _ = trained
+    config = dataclasses.replace(CONFIG, lgbm=LGBMConfig(max_rounds=5), dnn=DNNConfig(max_epochs=1))
+    specs = feature_specs(ds, config)
+    inputs = arm_inputs(ds, config, specs)
+    for name in config.models:
+        ranker = rankers[name]
+        fresh = ranker.features if isinstance(ranker, TreeRanker) else ranker.tensors
+        for period in ("train", "valid", "test"):
+            shared, frame = getattr(inputs[name], period), ds.split(period)
+            np.testing.assert_array_equal(shared.labels, frame["label"].to_numpy())
+            expected = fresh(frame)
+            if isinstance(expected, dict):
+                assert shared.inputs.keys() == expected.keys()
+                for key in expected:
+                    torch.testing.assert_close(shared.inputs[key], expected[key], rtol=0, atol=0)
+            else:
+                pd.testing.assert_frame_equal(shared.inputs, expected, check_exact=True)
+    before = {name: copy.deepcopy(inputs[name]) for name in config.models}
+    for seed in (0, 1):
+        for name, ranker in train_models(ds, config, seed, specs, inputs).items():
+            shared = ranker.predict_inputs(inputs[name].test.inputs)
+            np.testing.assert_array_equal(shared, ranker.predict(ds.test), err_msg=f"{name} seed {seed}")
+    for name in config.models:
+        for period in ("train", "valid", "test"):
+            old, new = getattr(before[name], period).inputs, getattr(inputs[name], period).inputs
+            if isinstance(old, dict):
+                assert all(torch.equal(old[k], new[k]) for k in old), f"{name} {period} inputs were written to"
+            else:
+                pd.testing.assert_frame_equal(old, new, check_exact=True)

@@ -148,3 +148,18 @@ def test_tier_wuauc_is_the_impression_weighted_mean_of_per_user_sklearn_auc():
         assert (d.base, d.learn, d.delta_pp) == pytest.approx((base, learn, (learn - base) * 100.0), abs=1e-12)
         assert d.ci_low_pp <= d.delta_pp <= d.ci_high_pp and d.n_resamples == 300
     assert rows["all", "all"].wuauc.base != pytest.approx(rows["all", "all"].uauc.base)  # the weights matter here
+
+
+def test_the_all_tier_reads_the_comparisons_bootstrap_and_equals_running_it():
+    """``compare_arms`` already bootstraps each pair over all rows with the same draws the "all"
+    tier uses: ``tier_table`` reads that result, and it is the one it would compute."""
+    predictions = _tier_predictions()
+    config = ExperimentConfig(data=DataConfig(positive="rating >= 4"), bootstrap=BootstrapConfig(n_resamples=100))
+    pair = ("lgbm_baseline", "lgbm_learn")
+    labels, users = predictions["label"].to_numpy(), predictions["user_id"].to_numpy()
+    ran = paired_bootstrap(labels, predictions[pair[0]].to_numpy(), predictions[pair[1]].to_numpy(), users, 100, 0.95, config.bootstrap.seed)
+    assert tier_table(predictions, config) == tier_table(predictions, config, {pair: ran})
+    planted = {"auc": None, "uauc": None, "wuauc": None}
+    rows = tier_table(predictions, config, {pair: planted})
+    assert (rows[0].dimension, rows[0].auc) == ("all", None)  # read, not recomputed
+    assert all(r.auc is not None for r in rows[1:] if r.n_impressions)
