@@ -297,6 +297,7 @@ def embed(prep: Prepared) -> dict[str, Path]:
     """Publishable LEARN embeddings of the primary method: every user with a past, every item."""
     config, split, run = prep.config, prep.split, prep.run
     method = get_methods([config.eval.primary_method])[0]
+    encoder = encoder_for(config, method.content)
     best_path = run.best(split.protocol, method.name, config.train.seed)
     device = pick_device(config.train.device)
     tower = TrainedRun.of_checkpoint(best_path, prep.item_inputs(split, method.content, device), split.item_ids, device)
@@ -319,7 +320,8 @@ def embed(prep: Prepared) -> dict[str, Path]:
             "as_of": as_of.isoformat(),
             "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
             "checkpoint": str(best_path.resolve()),
-            "encoder": asdict(encoder_for(config, method.content)),
+            # the resolved dtype, so that `embed-items` on another device embeds new items as the run did
+            "encoder": {**asdict(encoder), "dtype": encoder.content_identity()["dtype"]},
             "cache_dir": str(Path(config.cache_dir).resolve()),
             "content_store": str(run.content(method.content).resolve()),
             "history_len": config.split.history_len,
