@@ -161,8 +161,7 @@ class ExperimentConfig:
         unknown = [m for m in self.models if m not in ARMS_BY_NAME]
         if unknown:
             raise LearnFeaturesError(f"config models: unknown model(s) {unknown}; choose from {list(ARMS_BY_NAME)}")
-        if self.data.positive is None:
-            raise LearnFeaturesError('config data.positive is needed: the rankers\' conversion label, a rule such as "rating >= 4" or "label == 1"')
+        self.data.conversion_rules()  # refused when the config loads, before any work
         if self.data.order != ORDER_BY_TIME:
             raise LearnFeaturesError(f"config data.order must be {ORDER_BY_TIME!r}: the ranker's periods are times, got {self.data.order!r}")
         if self.embeddings.source == "none" and any(ARMS_BY_NAME[m].vectors for m in self.models):

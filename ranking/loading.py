@@ -74,9 +74,7 @@ def load_data(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
     catalog = reader.catalog(cfg, LoadReport())
     if catalog is not None:
         check_items_in_catalog(interactions, catalog, str(interactions_path))
-    positive, negative = cfg.label_rules()
-    if positive is None:
-        raise LearnFeaturesError("data.positive is needed: the rankers' conversion label, e.g. \"rating >= 4\" or \"label == 1\"")
+    positive, negative = cfg.conversion_rules()
     impressions, history = labelled_impressions(interactions, positive, negative, str(interactions_path))
     if catalog is None:
         return impressions, history, None

@@ -16,6 +16,7 @@ from typing import ClassVar, Literal
 from learn_features.config import PATH
 from learn_features.data.labels import LabelRule
 from learn_features.data.tables import ORDER_BY_TIME
+from learn_features.errors import LearnFeaturesError
 
 
 @dataclass
@@ -67,4 +68,11 @@ class DataConfig:
         """The parsed (positive, negative) rules; None where the rule is not set."""
         positive = None if self.positive is None else LabelRule.parse(self.positive, "data.positive")
         negative = None if self.negative is None else LabelRule.parse(self.negative, "data.negative")
+        return positive, negative
+
+    def conversion_rules(self) -> tuple[LabelRule, LabelRule | None]:
+        """The rankers' (conversion, non-conversion) rules: a ranker cannot train without the first."""
+        positive, negative = self.label_rules()
+        if positive is None:
+            raise LearnFeaturesError("data.positive is needed: the rankers' conversion label, a rule such as \"rating >= 4\" or \"label == 1\"")
         return positive, negative
