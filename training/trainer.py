@@ -12,7 +12,9 @@ shows it.
 The objective is the dense all-action InfoNCE of ``learn_features.pch.loss`` over the negatives
 of ``learn_features.pch.negatives`` (in-batch, optional uniform extras, log-q correction from the
 items' share of training positives, false-negative masking), and for variant 1 the same loss
-over the targets embedded alone, the path serving uses.
+over the targets embedded alone, the path serving uses. With ``softmax = "full"`` the sampled
+negatives give way to every item of the pool at every step (``full_softmax_infonce``), the
+objective of a well-trained SASRec; which one a data set wants is chosen on validation users.
 
 A finished model is never rebuilt: ``TrainJob.finished`` reads its result (best epoch, score,
 history) from ``last.pt``, which is all ``evaluate`` needs of it.
@@ -55,9 +57,9 @@ from learn_features.pch import checkpoint
 from learn_features.pch.batching import Batch, make_batch
 from learn_features.pch.inference import item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
-from learn_features.pch.loss import dense_all_action_infonce
+from learn_features.pch.loss import dense_all_action_infonce, full_softmax_infonce
 from learn_features.pch.model import PCH, PCHConfig
-from learn_features.pch.negatives import Negatives
+from learn_features.pch.negatives import Negatives, Softmax
 from learn_features.retrieval import rank_items, rank_scores, score_rankings
 from learn_features.run import BEST, LAST
 from training.collectives import World, gather_rows, gather_targets
@@ -96,6 +98,9 @@ class TrainConfig:
     uniform_negatives: int = 0  # extra negatives per batch drawn uniformly (mixed negatives)
     uniform_from: Literal["warm", "catalog"] = "warm"  # their pool: items with a training event, or every catalog item
     serving_loss_weight: float = 1.0  # variant 1: weight of the loss over targets embedded alone, as served
+    # "sampled": in-batch (+ uniform) negatives, corrected by log-q; "full": every item of the
+    # uniform_from pool is a candidate at every step (no sampling, so no log-q or extras)
+    softmax: Softmax = "sampled"
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 2 or self.coverage <= 0:
@@ -108,6 +113,8 @@ class TrainConfig:
             raise LearnFeaturesError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.prefetch < 0:
             raise LearnFeaturesError(f"train.prefetch must be >= 0 (batches built ahead), got {self.prefetch}")
+        if self.softmax == "full" and self.uniform_negatives:
+            raise LearnFeaturesError("train.uniform_negatives samples extra negatives; train.softmax = \"full\" already scores every item, set it to 0")
         if not SELECT_METRIC.fullmatch(self.select_metric) or int(self.select_metric.split("@")[1]) < 1:
             raise LearnFeaturesError(
                 f"train.select_metric must be hit@K, recall@K or ndcg@K with K >= 1 (e.g. recall@50), got {self.select_metric!r}"
@@ -270,6 +277,8 @@ def train_step(parts: StepParts, batch: Batch, global_size: int) -> tuple[float,
     """
     inputs, world, model, config = parts.inputs, parts.world, parts.model, parts.config
     extra = None if batch.extra is None else inputs.lookup(batch.extra, batch.rows)
+    if parts.negatives.full:
+        return _full_softmax_step(parts, batch, extra, global_size)
     with parts.autocast:
         users, items, served, extra = parts.module(
             inputs.lookup(batch.history, batch.rows), inputs.lookup(batch.targets, batch.rows), extra, parts.serving_weight > 0
@@ -291,9 +300,32 @@ def train_step(parts: StepParts, batch: Batch, global_size: int) -> tuple[float,
         chance = loss_of(flat, torch.zeros_like(all_items), history_lengths=torch.ones_like(batch.history_lengths))
         if served is not None:
             chance = chance * (1.0 + parts.serving_weight)
+    return _update(parts, loss, chance)
+
+
+def _full_softmax_step(parts: StepParts, batch: Batch, pool_inputs: torch.Tensor, global_size: int) -> tuple[float, float]:
+    """``train_step`` under the full softmax: every pool item (the batch's extras) against every
+    history position. Each rank embeds the whole pool itself, so nothing is gathered."""
+    world, model, config = parts.world, parts.model, parts.config
+    with parts.autocast:
+        users, _, _, pool = parts.module(parts.inputs.lookup(batch.history, batch.rows), None, pool_inputs)
+    loss_of = partial(
+        full_softmax_infonce, history_lengths=batch.history_lengths, target_positions=parts.negatives.pool_position[batch.target_items],
+        target_lengths=batch.target_lengths, temperature=model.config.temperature, alpha=config.alpha, beta=config.beta,
+        global_batch=None if world.size == 1 else global_size,
+    )
+    loss = loss_of(users.float(), pool.float())
+    with torch.no_grad():
+        chance = loss_of(torch.zeros_like(users[:, :1].float()), torch.zeros_like(pool.float()), history_lengths=torch.ones_like(batch.history_lengths))
+    return _update(parts, loss, chance)
+
+
+def _update(parts: StepParts, loss: torch.Tensor, chance: torch.Tensor) -> tuple[float, float]:
+    """The optimizer step on ``loss``; returns (the batch loss, its chance level), summed over ranks."""
+    world = parts.world
     parts.optimizer.zero_grad(set_to_none=True)
     (loss * world.size).backward()  # DDP averages gradients over ranks; the ranks' loss shares must add up instead
-    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    torch.nn.utils.clip_grad_norm_(parts.model.parameters(), parts.config.grad_clip)
     parts.optimizer.step()
     parts.scheduler.step()
     return world.sum(loss.detach()).item(), world.sum(chance).item()
@@ -316,12 +348,14 @@ def build_parts(job: TrainJob, device: torch.device, world: World) -> StepParts:
     negatives = Negatives.build(
         job.split, uniform_from=config.uniform_from, per_batch=config.uniform_negatives, seed=config.seed,
         logq_correction=config.logq_correction, mask_false_negatives=config.mask_false_negatives, device=device,
+        softmax=config.softmax,
     )
     windows = sum(windows_per_user(len(seq), job.target_len, config.coverage) for seq in job.split.train.values())
     total_steps = math.ceil(windows / config.batch_size) * config.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
-    serving_weight = config.serving_loss_weight if job.model.variant == 1 else 0.0
+    # the full softmax scores targets through the serving path already
+    serving_weight = config.serving_loss_weight if job.model.variant == 1 and config.softmax == "sampled" else 0.0
     return StepParts(model, model, job.inputs, optimizer, scheduler, config, world, autocast, negatives, serving_weight)
 
 

@@ -31,6 +31,12 @@ the targets of *every* user in the batch (gathered across processes, see
 and how many real users the batch has (``global_batch``), and gets its share of the batch
 mean: sum of its L_b / global_batch. The shares add up to the one-process loss, with the same
 negatives. With the defaults (one process) nothing changes: the plain mean over the batch.
+
+``full_softmax_infonce`` is the same per-user loss with every item of a pool (the catalog's
+items with a training event, or the whole catalog) as the candidates of every pair, instead of
+the batch's sampled ones: the full softmax that makes SASRec a strong ID baseline (cross-entropy
+over the catalog; Klenitskiy and Vasilev, RecSys 2023). Every candidate is present once, so no
+log-q correction applies, and a user's other targets are never negatives.
 """
 
 from __future__ import annotations
@@ -116,3 +122,41 @@ def _is_own_target(own_ids: torch.Tensor, own_valid: torch.Tensor, candidate_ids
     """(B, K): whether each candidate id is one of user b's own (valid) target ids."""
     hit = (own_ids[:, :, None] == candidate_ids[None, None, :]) & own_valid[:, :, None]
     return hit.any(dim=1) & (candidate_ids >= 0)[None, :]
+
+
+def full_softmax_infonce(
+    users: torch.Tensor,
+    pool: torch.Tensor,
+    history_lengths: torch.Tensor,
+    target_positions: torch.Tensor,
+    target_lengths: torch.Tensor,
+    temperature: float,
+    alpha: float = 10.0,
+    beta: float = 10000.0,
+    global_batch: int | None = None,
+) -> torch.Tensor:
+    """users (B, N, D) and the pool's item embeddings (P, D), both L2-normalised.
+
+    ``target_positions`` (B, M) are each user's targets as rows of ``pool`` (padding past
+    ``target_lengths``). For each real history position i and target j,
+    l_bij = softplus(lse over the pool minus b's targets of s_bi - s_bij), weighted as
+    ``dense_all_action_infonce`` weights it; the batch loss (or this rank's share of it,
+    with ``global_batch``) as there.
+    """
+    batch, n, _ = users.shape
+    m = target_positions.shape[1]
+    device = users.device
+    history_valid = torch.arange(n, device=device).unsqueeze(0) < history_lengths.unsqueeze(1)  # (B, N)
+    target_valid = torch.arange(m, device=device).unsqueeze(0) < target_lengths.unsqueeze(1)  # (B, M)
+    row_user = torch.arange(batch, device=device).unsqueeze(1).expand(batch, n)[history_valid]  # (R,)
+    logits = (users[history_valid] @ pool.T / temperature).float()  # (R, P)
+    safe_targets = target_positions.clamp_min(0)
+    own = torch.zeros(batch, pool.shape[0], dtype=torch.bool, device=device)
+    own[torch.arange(batch, device=device).unsqueeze(1).expand(batch, m)[target_valid], safe_targets[target_valid]] = True
+    lse_negative = logits.masked_fill(own[row_user], float("-inf")).logsumexp(dim=1)  # (R,)
+    positive = logits.gather(1, safe_targets[row_user])  # (R, M): s_bij
+    per_pair = F.softplus(lse_negative.unsqueeze(1) - positive) * target_valid[row_user]
+    per_position = per_pair.sum(1) / target_lengths[row_user].clamp_min(1)  # (R,)
+    weights = recency_weights(history_lengths, n, alpha, beta)[history_valid]
+    per_user = torch.zeros(batch, device=device).index_add(0, row_user, weights * per_position)
+    return per_user.mean() if global_batch is None else per_user.sum() / global_batch

@@ -99,17 +99,19 @@ class PCH(nn.Module):
         return F.normalize(self.head(self.final_norm(x)), dim=-1)
 
     def forward(
-        self, history: torch.Tensor, targets: torch.Tensor, extra: torch.Tensor | None = None, alone: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        self, history: torch.Tensor, targets: torch.Tensor | None, extra: torch.Tensor | None = None, alone: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """One training step's towers: (user embeddings per history position, target embeddings,
         the targets each embedded alone as served when ``alone``, embeddings of ``extra`` items).
 
-        Training goes through ``forward`` because DistributedDataParallel and torch.compile
-        wrap exactly this method.
+        ``targets`` is None under the full softmax, whose candidates (the targets among them)
+        are all ``extra``. Training goes through ``forward`` because DistributedDataParallel
+        and torch.compile wrap exactly this method.
         """
-        served = self.item_embeddings(targets.flatten(0, 1)).unflatten(0, targets.shape[:2]) if alone else None
+        served = self.item_embeddings(targets.flatten(0, 1)).unflatten(0, targets.shape[:2]) if alone and targets is not None else None
         extra_embeddings = self.item_embeddings(extra) if extra is not None else None
-        return self.user_embeddings(history), self.target_embeddings(targets), served, extra_embeddings
+        target_embeddings = None if targets is None else self.target_embeddings(targets)
+        return self.user_embeddings(history), target_embeddings, served, extra_embeddings
 
     def user_embeddings(self, history: torch.Tensor) -> torch.Tensor:
         """One user embedding per history position (the dense all-action loss uses them all)."""

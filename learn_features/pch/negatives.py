@@ -16,6 +16,12 @@ apart from its loss:
   and teach the towers to push new items down, the cold-start items LEARN is meant to serve.
 - **False negatives**: another user's target (or an extra) that is also one of b's own
   targets is masked, which needs the candidates' catalog ids.
+
+Or no sampling at all (``softmax = "full"``): every item of the pool is a candidate of every
+pair at every step (``learn_features.pch.loss.full_softmax_infonce``). It fits in memory for
+catalogs of thousands to tens of thousands of items, and it is what makes an ID model as
+strong as a well-trained SASRec. The pool is then the batch's "extras", so a content store
+ships its rows with the batch as it ships any extra's.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Literal
+
+Softmax = Literal["sampled", "full"]
 
 import numpy as np
 import torch
@@ -55,6 +63,7 @@ class Negatives:
     seed: int
     log_share: torch.Tensor | None  # (n_items,) log of each item's share of training positives; None: no log-q
     mask_false_negatives: bool
+    pool_position: torch.Tensor | None = None  # full softmax: (n_items,) each item's row in the pool, -1 outside
 
     @classmethod
     def in_batch(cls) -> Negatives:
@@ -63,8 +72,12 @@ class Negatives:
 
     @classmethod
     def build(cls, split: Split, *, uniform_from: Literal["warm", "catalog"], per_batch: int, seed: int,
-              logq_correction: bool, mask_false_negatives: bool, device: torch.device) -> Negatives:
+              logq_correction: bool, mask_false_negatives: bool, device: torch.device, softmax: Softmax = "sampled") -> Negatives:
         pool = np.arange(len(split.item_ids)) if uniform_from == "catalog" else np.flatnonzero(split.warm_items)
+        if softmax == "full":
+            position = np.full(len(split.item_ids), -1, dtype=np.int64)
+            position[pool] = np.arange(len(pool))
+            return cls(pool, len(pool), seed, None, True, torch.as_tensor(position, device=device))
         log_share = None
         if logq_correction:
             counts = split.positive_counts()
@@ -72,8 +85,16 @@ class Negatives:
                 log_share = torch.as_tensor(np.log(counts / counts.sum()), dtype=torch.float32, device=device)
         return cls(pool, per_batch, seed, log_share, mask_false_negatives)
 
+    @property
+    def full(self) -> bool:
+        """Whether every pool item is a candidate at every step (the full softmax)."""
+        return self.pool_position is not None
+
     def epoch_extras(self, epoch: int, batches: int) -> list[np.ndarray] | None:
-        """Each batch's uniformly drawn extras for ``epoch`` (seeded, the same on every rank), or None."""
+        """Each batch's extras for ``epoch``: uniformly drawn (seeded, the same on every rank),
+        the whole pool under the full softmax, or None."""
+        if self.full:
+            return [self.pool] * batches
         if not self.per_batch:
             return None
         rng = np.random.default_rng([self.seed, epoch, 1])

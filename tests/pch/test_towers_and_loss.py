@@ -16,7 +16,7 @@ from learn_features.pch import checkpoint
 from learn_features.pch.batching import PAD, pad_array
 from learn_features.pch.inference import item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
-from learn_features.pch.loss import dense_all_action_infonce, recency_weights
+from learn_features.pch.loss import dense_all_action_infonce, full_softmax_infonce, recency_weights
 from learn_features.pch.negatives import Candidates
 from learn_features.pch.model import PCH
 from learn_features.retrieval import rank_items
@@ -195,6 +195,49 @@ def test_corrected_loss_equals_reference_loop(seed: int) -> None:
     assert got.item() == pytest.approx(expected, rel=1e-4)
     plain = dense_all_action_infonce(users.float(), items.float(), hl, tl, 0.5, 10.0, 100.0)
     assert abs(got.item() - plain.item()) > 1e-3  # the corrections change the loss
+
+
+def full_softmax_reference_loss(users, pool, hl, targets, tl, temperature, alpha, beta) -> float:
+    """The full softmax, term by term: for each real history position and each own target, the
+    target against every pool item that is not one of the user's targets."""
+    u, p = users.tolist(), pool.tolist()
+    hl, tl, targets = hl.tolist(), tl.tolist(), targets.tolist()
+
+    def dot(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b))
+
+    total = 0.0
+    for b in range(len(u)):
+        own = set(targets[b][: tl[b]])
+        n_b = hl[b]
+        weights = [1.0] if n_b == 1 else [math.log(alpha + i * (beta - alpha) / (n_b - 1)) for i in range(n_b)]
+        weights = [w / sum(weights) for w in weights]
+        user_loss = 0.0
+        for i in range(n_b):
+            negatives = sum(math.exp(dot(u[b][i], p[k]) / temperature) for k in range(len(p)) if k not in own)
+            pairs = []
+            for j in range(tl[b]):
+                positive = math.exp(dot(u[b][i], p[targets[b][j]]) / temperature)
+                pairs.append(-math.log(positive / (positive + negatives)))
+            user_loss += weights[i] * sum(pairs) / len(pairs)
+        total += user_loss
+    return total / len(u)
+
+
+@pytest.mark.parametrize("seed, temperature", [(0, 0.5), (1, 0.1)])
+def test_full_softmax_equals_reference_loop(seed: int, temperature: float) -> None:
+    """The full-catalog objective == a slow reference on a tiny batch: users share targets, one
+    user has several, and padded target slots hold garbage positions."""
+    users, _, hl, tl = random_batch(seed)
+    gen = torch.Generator().manual_seed(seed + 10)
+    pool = torch.nn.functional.normalize(torch.randn(9, 6, generator=gen, dtype=torch.float64), dim=-1)
+    targets = torch.tensor([[1, 2, 3], [2, 7, 0], [3, 4, 8], [5, 1, 6]])  # beyond target_lengths: padding
+    got = full_softmax_infonce(users.float(), pool.float(), hl, targets, tl, temperature, 10.0, 100.0)
+    expected = full_softmax_reference_loss(users, pool, hl, targets, tl, temperature, 10.0, 100.0)
+    assert got.item() == pytest.approx(expected, rel=1e-4)
+    halves = [full_softmax_infonce(users[s].float(), pool.float(), hl[s], targets[s], tl[s], temperature, 10.0, 100.0, global_batch=4)
+              for s in (slice(0, 2), slice(2, 4))]
+    assert (halves[0] + halves[1]).item() == pytest.approx(got.item(), rel=1e-5)  # ranks' shares add up
 
 
 def test_false_negative_masking_removes_shared_targets() -> None:

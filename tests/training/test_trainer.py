@@ -176,6 +176,25 @@ def test_validation_score_improves_over_random_init(reference, data) -> None:
     assert all(h["loss"] < h["chance_loss"] for h in result.history[1:]), result.history
 
 
+@pytest.mark.parametrize("kind", ["content", "ids"])
+def test_full_softmax_learns(data, tmp_path: Path, kind: str, single_thread) -> None:
+    """train.softmax = "full" (every warm item a candidate at every step) trains content and ID
+    towers: the loss falls below chance and the selected model beats the untrained towers."""
+    split, content = data
+    trained = np.flatnonzero(split.warm_items)
+    inputs = content if kind == "content" else ItemInputs.from_training_items(len(split.item_ids), trained, torch.device("cpu"))
+    ids = None if kind == "content" else [split.item_ids[i] for i in trained]
+    config = dataclasses.replace(TRAIN, softmax="full", epochs=4)
+    result = train_towers(TrainJob(tmp_path, MODEL, config, split, inputs, HISTORY_LEN, TARGET_LEN, "learn_v1", ids), progress=False)
+    torch.manual_seed(0)
+    untrained = PCH(MODEL, content_dim=inputs.content_dim, num_items=inputs.num_id_slots)
+    initial = validation_score(untrained, inputs, split.val, len(split.item_ids), TRAIN.select_metric)
+    assert result.best_score >= initial + 0.1, (result.best_score, initial)
+    assert all(h["loss"] < h["chance_loss"] for h in result.history[1:]), result.history
+    # chance: every pool item scored alike, log(pool size) up to the masked own targets
+    assert result.history[0]["chance_loss"] == pytest.approx(np.log(split.warm_items.sum()), rel=0.05)
+
+
 def test_test_users_do_not_influence_training(reference, data, tmp_path: Path, single_thread) -> None:
     """Scrambling every test user's history and targets leaves the trained weights unchanged."""
     split, inputs = data
@@ -253,7 +272,7 @@ def test_sample_epoch_targets_are_positives_only() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [{"batch_size": 1}, {"lr": 0.0}, {"epochs": 0}, {"warmup_ratio": 1.0}, {"coverage": 0.0}, {"select_metric": "recall"},
-     {"select_metric": "mrr@10"}, {"uniform_negatives": -1}],
+     {"select_metric": "mrr@10"}, {"uniform_negatives": -1}, {"softmax": "full", "uniform_negatives": 8}],
 )
 def test_train_config_validation(kwargs: dict) -> None:
     with pytest.raises(LearnFeaturesError):
