@@ -7,9 +7,10 @@ CONFIG ?= training/configs/movielens.toml
 RANKING_CONFIG ?= ranking/configs/movielens.toml
 RUN_DIR ?= runs/movielens
 BENCHMARK_CONFIG ?= training/configs/movielens-benchmark.toml
+AMAZON_CONFIG ?= training/configs/amazon-scientific.toml
 BIN := $(abspath $(VENV))/bin
 
-.PHONY: install run benchmark test clean
+.PHONY: install run benchmark benchmark-amazon test clean
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -43,10 +44,18 @@ run: $(STAMP)
 	@echo "Done: retrieval table $(RUN_DIR)/metrics.md, ranking report $(RUN_DIR)/report/report.html."
 	@echo "The full comparison (every method, both protocols, 3 seeds) is 'make benchmark' -> runs/movielens-benchmark/metrics.md."
 
-## The research table: every retrieval method under both evaluation protocols, 3 training seeds
-## (training/configs/movielens-benchmark.toml). It shares the content cache with `make run`.
+## The research tables: on MovieLens, every retrieval method under both evaluation protocols,
+## 3 training seeds (training/configs/movielens-benchmark.toml, sharing the content cache with
+## `make run`); then the Amazon benchmark (`make benchmark-amazon`).
 benchmark: $(STAMP)
 	$(BIN)/learn-features run --config $(BENCHMARK_CONFIG)
+	$(BIN)/learn-features run --config $(AMAZON_CONFIG)
+
+## The Amazon "Industrial and Scientific" benchmark alone: leave-one-out on UniSRec's released
+## split, 3 training seeds, beside the published figures (training/configs/amazon-scientific.toml,
+## data/amazon-scientific/) -> runs/amazon-scientific/metrics.md.
+benchmark-amazon: $(STAMP)
+	$(BIN)/learn-features run --config $(AMAZON_CONFIG)
 
 ## The test suite, exactly as CI runs it.
 test: $(STAMP)

@@ -53,7 +53,7 @@ start = time.perf_counter()
 if hasattr(ev, "user_tables"):
     subsets = {"all": targets, "cold_items": cold}
     tables = ev.user_tables(rankings, subsets, ks)
-    metrics = ev.protocol_metrics(rankings, tables, ks, 1000)
+    metrics = ev.protocol_metrics(rankings, tables, ks, 1000, ["learn_v1"])
     frame = ev.per_user_frame("temporal", rankings, tables, users, subsets, seeds)
 else:
     metrics = ev.protocol_metrics(rankings, targets, cold, ks, 1000)

@@ -24,6 +24,8 @@ class EvalConfig:
     bootstrap_rounds: int = 1000
     seeds: int = 1  # trained methods are trained this many times (train.seed, +1, ...); tables give mean ± SD
     recent_days: float = 365.0  # popularity_recent's trailing window
+    references: list[str] = field(default_factory=lambda: ["learn_v1"])  # every method is paired against each
+    tail_share: float = 0.2  # the tail_items subset: this share of the warm items, the least trained
 
     def __post_init__(self) -> None:
         # Checked here, when the config loads, so that a bad value is refused before any work
@@ -41,6 +43,15 @@ class EvalConfig:
         self.ks = sorted(self.ks)
         if self.seeds < 1 or self.recent_days <= 0:
             raise LearnFeaturesError("eval.seeds must be >= 1 and eval.recent_days > 0")
+        # A reference is a row of the tables: a paired difference needs its per-user scores.
+        absent = [name for name in self.references if name not in self.methods]
+        if absent or len(set(self.references)) != len(self.references):
+            raise LearnFeaturesError(
+                f"eval.references must be distinct methods of eval.methods {self.methods}; got {self.references}"
+                + (f" ({absent} not evaluated: add them to eval.methods or set eval.references)" if absent else "")
+            )
+        if not 0.0 < self.tail_share < 1.0:
+            raise LearnFeaturesError(f"eval.tail_share must be in (0, 1), got {self.tail_share}")
 
 
 @dataclass

@@ -1,33 +1,80 @@
-"""Turning rankings into the retrieval tables: per protocol, per method, with paired intervals.
+"""Turning rankings into the retrieval tables: per protocol, per method, per target subset, with
+paired intervals.
 
 Per-user scores are the unit of everything: a method's metric is the mean over test users of
 its per-user score (averaged over training seeds first), its interval a bootstrap over users,
-and its difference to the reference method (``learn_v1``) a *paired* bootstrap over the same
-users' per-user differences. Two per-method intervals that overlap say little; the paired one
-says whether the two methods differ. With several seeds the table also gives the SD of the
-seed means, so a training-based lift can be set against the spread over seeds.
+and its difference to each reference method (``eval.references``, default ``learn_v1``) a
+*paired* bootstrap over the same users' per-user differences. Two per-method intervals that
+overlap say little; the paired one says whether the two methods differ. With several seeds the
+table also gives the SD of the seed means, so a training-based lift can be set against the
+spread over seeds.
+
+Every table is given on each target subset of ``target_subsets`` (all, warm, tail, cold).
 
 ``metrics.json``::
 
-    {"protocols": {"temporal": {"split": {...}, "seeds": [0], "reference": "learn_v1",
-      "methods": {"learn_v1": {"recall@50": .., "ndcg@50": .., "users": 130,
+    {"protocols": {"temporal": {"split": {...}, "seeds": [0], "references": ["learn_v1"],
+      "tail_share": 0.2, "methods": {"popularity": {"recall@50": .., "ndcg@50": .., "users": 130,
                                "ci95": {"recall@50": [lo, hi], ..}, "seed_sd": {..},
-                               "paired": {"recall@50": {"delta": .., "ci95": [lo, hi]}, ..},
-                               "cold_items": {... the same, cold targets only ...},
+                               "paired": {"learn_v1": {"recall@50": {"delta": .., "ci95": [lo, hi]}, ..}},
+                               "warm_items": {... the same, warm targets only ...},
+                               "tail_items": {...}, "cold_items": {...},
                                "diagnostics": {...}, "training": [...]}}}}}
+
+A method is not paired against itself: ``paired`` holds the other references only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from learn_features.data.split import EvalUsers, Split
 from learn_features.retrieval import bootstrap_interval, paired_bootstrap_interval, per_user_scores
+from training.published import PublishedRow, published_markdown
 
-REFERENCE = "learn_v1"
+#: The target subsets of every table, in table order: (heading, what it keeps) (see ``target_subsets``).
+SUBSETS: dict[str, tuple[str, str]] = {
+    "all": ("All target items", ""),
+    "warm_items": ("Warm target items", "the item has a training event"),
+    "tail_items": ("Tail target items", "the {share:.0%} of warm items with the fewest training positives"),
+    "cold_items": ("Cold-start target items", "no training event"),
+}
+#: The paired tables' columns, where ``eval.ks`` has them (``paired_columns``).
+PAIRED_COLUMNS = ("recall@10", "ndcg@10", "recall@50")
+
+
+def target_subsets(split: Split, users: EvalUsers, tail_share: float) -> dict[str, list[np.ndarray]]:
+    """Each evaluated user's targets in every subset of ``SUBSETS`` (a user with none in a subset
+    drops out of its table; the ranking stays over the full gallery).
+
+    - ``all``: every target.
+    - ``warm_items``: targets with a training event (``split.warm_items``).
+    - ``tail_items``: targets among the least-trained warm items: the warm items ranked by their
+      positive training events (``split.positive_counts()``), ties broken by catalog index, and
+      the first ``tail_share`` of them by count of items (rounded).
+    - ``cold_items``: targets without a training event.
+
+    Why these: A-LLMRec (Table 4) reports all / warm / cold, the question being whether text
+    carries items that behaviour cannot. On Amazon only 0.44% of the test targets are cold, too
+    few for a table of their own to say much, so the tail asks the same question of items the
+    towers saw a handful of times. The tail is a share of the warm items, not a count threshold,
+    so it means the same on data sets of any size and popularity curve.
+    """
+    warm = split.warm_items
+    warm_index = np.flatnonzero(warm)
+    by_count = warm_index[np.lexsort((warm_index, split.positive_counts()[warm_index]))]
+    tail = np.zeros_like(warm)
+    tail[by_count[: int(round(tail_share * len(warm_index)))]] = True
+    return {
+        "all": list(users.targets),
+        "warm_items": [t[warm[t]] for t in users.targets],
+        "tail_items": [t[tail[t]] for t in users.targets],
+        "cold_items": [t[~warm[t]] for t in users.targets],
+    }
 
 
 @dataclass
@@ -44,6 +91,21 @@ def headline_metrics(ks: Sequence[int]) -> list[str]:
     return [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
 
 
+def headline_metric(ks: Sequence[int]) -> str:
+    """The column with an interval in the tables: recall@50, else the middle cut-off's recall."""
+    return f"recall@{50 if 50 in ks else ks[len(ks) // 2]}"
+
+
+def paired_columns(ks: Sequence[int]) -> list[str]:
+    """The paired tables' columns: ΔR@10, ΔN@10 and ΔR@50 where ``ks`` has them; with neither 10
+    nor 50, the headline recall and its NDCG, so a table never goes without a column."""
+    present = [name for name in PAIRED_COLUMNS if int(name.split("@")[1]) in ks]
+    headline = headline_metric(ks)
+    if not present:
+        return [headline, headline.replace("recall", "ndcg")]
+    return present if headline in present else present + [headline]
+
+
 def per_user_table(rankings: MethodRankings, targets: Sequence[np.ndarray], ks: Sequence[int]) -> dict[str, np.ndarray]:
     """metric -> (seeds, users-with-targets) per-user scores."""
     per_seed = [per_user_scores(r, targets, ks) for r in rankings.ranked]
@@ -54,42 +116,47 @@ def per_user_table(rankings: MethodRankings, targets: Sequence[np.ndarray], ks: 
 UserTables = dict[str, dict[str, dict[str, np.ndarray]]]
 
 
-def user_tables(rankings: list[MethodRankings], targets: dict[str, Sequence[np.ndarray]], ks: Sequence[int]) -> UserTables:
-    """Every method's per-user table on each target subset (``"all"``, ``"cold_items"``), computed
-    once: the summaries (``protocol_metrics``) and the per-user file (``per_user_frame``) both read them."""
+def user_tables(rankings: list[MethodRankings], targets: Mapping[str, Sequence[np.ndarray]], ks: Sequence[int]) -> UserTables:
+    """Every method's per-user table on each target subset (``target_subsets``), computed once:
+    the summaries (``protocol_metrics``) and the per-user file (``per_user_frame``) both read them."""
     return {subset: {r.name: per_user_table(r, wanted, ks) for r in rankings} for subset, wanted in targets.items()}
 
 
-def summarise(table: dict[str, np.ndarray], ks: Sequence[int], rounds: int, reference: dict[str, np.ndarray] | None) -> dict:
-    """Means, bootstrap intervals, seed SD and (with a reference) paired differences."""
+def summarise(table: dict[str, np.ndarray], ks: Sequence[int], rounds: int, references: dict[str, dict[str, np.ndarray]]) -> dict:
+    """Means, bootstrap intervals, seed SD and the paired differences to each of ``references``
+    (reference name -> its per-user table on the same users)."""
     users = int(next(iter(table.values())).shape[1])
     out: dict = {name: float(values.mean()) if users else None for name, values in table.items()}
     out["users"] = users
-    out["ci95"], out["seed_sd"], out["paired"] = {}, {}, {}
+    out["ci95"], out["seed_sd"] = {}, {}
+    out["paired"] = {reference: {} for reference in references} if users else {}
     for name in headline_metrics(ks):
         values = table[name]
         out["seed_sd"][name] = float(values.mean(axis=1).std(ddof=1)) if values.shape[0] > 1 and users else None
         out["ci95"][name] = list(bootstrap_interval(values.mean(axis=0), rounds=rounds)) if users else None
-        if reference is not None and users:
-            difference = values.mean(axis=0) - reference[name].mean(axis=0)
-            out["paired"][name] = {"delta": float(difference.mean()), "ci95": list(paired_bootstrap_interval(difference, rounds=rounds))}
+        if not users:
+            continue
+        for reference, reference_table in references.items():
+            difference = values.mean(axis=0) - reference_table[name].mean(axis=0)
+            out["paired"][reference][name] = {"delta": float(difference.mean()),
+                                              "ci95": list(paired_bootstrap_interval(difference, rounds=rounds))}
     return out
 
 
-def protocol_metrics(rankings: list[MethodRankings], tables: UserTables, ks: Sequence[int], rounds: int) -> dict[str, dict]:
-    """Every method's summary on all targets and on cold targets, paired against ``REFERENCE``."""
-    overall, cold = tables["all"], tables["cold_items"]
+def protocol_metrics(rankings: list[MethodRankings], tables: UserTables, ks: Sequence[int], rounds: int,
+                     references: Sequence[str]) -> dict[str, dict]:
+    """Every method's summary on each target subset (all targets at the top level, the other
+    subsets as sections), paired against each of ``references`` but itself."""
     results = {}
     for r in rankings:
-        results[r.name] = summarise(overall[r.name], ks, rounds, overall.get(REFERENCE))
-        results[r.name]["cold_items"] = summarise(cold[r.name], ks, rounds, cold.get(REFERENCE))
-        results[r.name]["diagnostics"] = r.diagnostics
-        results[r.name]["training"] = r.training
+        summaries = {subset: summarise(table[r.name], ks, rounds, {ref: table[ref] for ref in references if ref != r.name})
+                     for subset, table in tables.items()}
+        results[r.name] = {**summaries.pop("all"), **summaries, "diagnostics": r.diagnostics, "training": r.training}
     return results
 
 
 def per_user_frame(protocol: str, rankings: list[MethodRankings], tables: UserTables, user_ids: Sequence[str],
-                   targets: dict[str, Sequence[np.ndarray]], seeds: Sequence[int]) -> pd.DataFrame:
+                   targets: Mapping[str, Sequence[np.ndarray]], seeds: Sequence[int]) -> pd.DataFrame:
     """Every (method, seed, subset, user) score, so paired comparisons can be recomputed without retraining."""
     frames = []
     for subset, wanted in targets.items():
@@ -121,8 +188,8 @@ def _cell(metrics: dict, name: str, with_interval: bool) -> str:
     return text
 
 
-def _paired_cell(metrics: dict, name: str) -> str:
-    paired = metrics.get("paired", {}).get(name)
+def _paired_cell(metrics: dict, reference: str, name: str) -> str:
+    paired = metrics.get("paired", {}).get(reference, {}).get(name)
     if not paired:
         return "n/a"
     low, high = paired["ci95"]
@@ -138,13 +205,13 @@ def _table(methods: dict[str, dict], section: str | None, columns: list[str], he
     return lines
 
 
-def _paired_table(methods: dict[str, dict], section: str | None, columns: list[str]) -> list[str]:
+def _paired_table(methods: dict[str, dict], section: str | None, reference: str, columns: list[str]) -> list[str]:
     lines = ["| method | " + " | ".join(f"Δ{c}" for c in columns) + " |", "|---|" + "---|" * len(columns)]
     for name, metrics in methods.items():
-        if name == REFERENCE:
+        if name == reference:
             continue
         m = metrics if section is None else metrics[section]
-        lines.append(f"| {name} | " + " | ".join(_paired_cell(m, c) for c in columns) + " |")
+        lines.append(f"| {name} | " + " | ".join(_paired_cell(m, reference, c) for c in columns) + " |")
     return lines
 
 
@@ -172,9 +239,12 @@ def _diagnostics_table(methods: dict[str, dict]) -> list[str]:
     return lines
 
 
-def metrics_markdown(protocols: dict[str, dict], ks: Sequence[int], on: str = "test") -> str:
-    headline = f"recall@{50 if 50 in ks else ks[len(ks) // 2]}"
-    columns = headline_metrics(ks)
+def metrics_markdown(protocols: dict[str, dict], ks: Sequence[int], on: str = "test", published: list[PublishedRow] | None = None) -> str:
+    """``metrics.md``: per protocol, one table per target subset, each followed by its paired
+    differences to every reference; ``published`` figures follow each leave-one-out protocol's
+    all-targets table (they are leave-one-out figures)."""
+    headline = headline_metric(ks)
+    columns, deltas = headline_metrics(ks), paired_columns(ks)
     title = "Retrieval metrics (full item gallery)" if on == "test" else "Retrieval metrics on the VALIDATION users (for choosing settings)"
     lines = [f"# {title}", ""]
     if any(m.get("training") for block in protocols.values() for m in block["methods"].values()):
@@ -191,24 +261,21 @@ def metrics_markdown(protocols: dict[str, dict], ks: Sequence[int], on: str = "t
             f"({split['test_cold_targets']} on cold-start items), {split['val_users']} validation users; gallery of {split['items']} items, {split['items'] - split['warm_items']} of them cold; "
             f"{split['train_users']} training users, {split['train_events']} training events; training seeds {seeds}. "
             f"Values are means over users (of the seed mean), ± the SD of the seed means where there are several seeds; "
-            f"brackets on {headline}: 95% bootstrap interval over users.",
+            f"brackets on {headline}: 95% bootstrap interval over users. Each subset's table keeps the users with a "
+            f"target in it, ranked against the full gallery. Paired differences: per user, 95% bootstrap over users; "
+            f"* = the interval excludes 0.",
             "",
-            "### All target items",
-            "",
-            *_table(methods, None, columns, headline),
-            "",
-            f"### Paired difference to {REFERENCE} (per-user, 95% bootstrap over users; * = excludes 0)",
-            "",
-            *_paired_table(methods, None, [headline, headline.replace("recall", "ndcg")]),
-            "",
-            "### Cold-start target items (no training event)",
-            "",
-            *_table(methods, "cold_items", columns, headline),
-            "",
-            f"### Cold-start items: paired difference to {REFERENCE}",
-            "",
-            *_paired_table(methods, "cold_items", [headline, headline.replace("recall", "ndcg")]),
-            "",
+        ]
+        for subset, (heading, keeps) in SUBSETS.items():
+            section = None if subset == "all" else subset
+            detail = f" ({keeps.format(share=block['tail_share'])})" if keeps else ""
+            lines += [f"### {heading}{detail}", "", *_table(methods, section, columns, headline), ""]
+            if subset == "all" and protocol == "leave_one_out":
+                lines += published_markdown(published or [])
+            for reference in block["references"]:
+                where = "Paired difference" if section is None else f"{heading}: paired difference"
+                lines += [f"### {where} to {reference}", "", *_paired_table(methods, section, reference, deltas), ""]
+        lines += [
             "### Diagnostics (collapse, popularity bias, training)",
             "",
             "Mean pairwise cosine and effective rank (exp of the entropy of the normalised singular values of the "

@@ -44,17 +44,20 @@ from learn_features.retrieval import rank_scores
 from learn_features.run import RunDir
 from learn_features.trained_run import TrainedRun
 from training.config import PipelineConfig
-from training.evaluation import MethodRankings, metrics_markdown, per_user_frame, protocol_metrics, user_tables
+from training.evaluation import MethodRankings, metrics_markdown, per_user_frame, protocol_metrics, target_subsets, user_tables
 from training.methods import Content, get_methods
+from training.published import PublishedRow, published_path, read_published
 from training.trainer import TrainJob, TrainResult, train_towers
 
 @dataclass
 class Prepared:
-    """Validated data and its split under every configured protocol: the start of every stage."""
+    """Validated data and its split under every configured protocol, and the figures published
+    on that data (``training.published``): the start of every stage."""
 
     config: PipelineConfig
     dataset: Dataset
     splits: dict[str, Split]
+    published: list[PublishedRow]
 
     @property
     def run_dir(self) -> Path:
@@ -120,7 +123,7 @@ def prepare(config: PipelineConfig) -> Prepared:
             "have no timestamps; remove it from eval.methods"
         )
     splits = {p: split_dataset(dataset.interactions, dataset.catalog, config.split, p) for p in config.split.protocols}
-    return Prepared(config, dataset, splits)
+    return Prepared(config, dataset, splits, read_published(published_path(data)))
 
 
 def record(prep: Prepared) -> None:
@@ -333,7 +336,8 @@ def embed(prep: Prepared) -> dict[str, Path]:
 
 
 def evaluate(prep: Prepared, progress: bool = True, on: str = "test") -> dict[str, dict]:
-    """Retrieval metrics of every method on each protocol's test users, overall and on cold items.
+    """Retrieval metrics of every method on each protocol's test users, on every target subset
+    (``training.evaluation.target_subsets``), paired against each of ``eval.references``.
 
     ``on="validation"`` scores the validation users instead, into ``metrics-validation.*``: the
     table to compare settings on, since choosing by the test table would tune on test users.
@@ -346,7 +350,6 @@ def evaluate(prep: Prepared, progress: bool = True, on: str = "test") -> dict[st
     trained = training_results(prep, progress)
     for protocol, split in prep.splits.items():
         test = split.test if on == "test" else split.val
-        cold_targets = [t[~split.warm_items[t]] for t in test.targets]
         rankings = []
         for method in tqdm(get_methods(config.eval.methods), desc=f"evaluating ({protocol})", disable=not progress):
             runs = seeds if method.trained else seeds[:1]
@@ -358,18 +361,22 @@ def evaluate(prep: Prepared, progress: bool = True, on: str = "test") -> dict[st
                 diagnostics = scored.diagnostics
             training = [_training_summary(trained[f"{protocol}/{method.name}/seed{seed}"]) for seed in runs] if method.trained else []
             rankings.append(MethodRankings(method.name, ranked, diagnostics, training))
-        subsets = {"all": test.targets, "cold_items": cold_targets}
+        subsets = target_subsets(split, test, config.eval.tail_share)
         tables = user_tables(rankings, subsets, config.eval.ks)
         results[protocol] = {
             "split": split.summary(),
             "users": len(test),
             "seeds": seeds,
-            "methods": protocol_metrics(rankings, tables, config.eval.ks, config.eval.bootstrap_rounds),
+            "references": config.eval.references,
+            "tail_share": config.eval.tail_share,
+            "methods": protocol_metrics(rankings, tables, config.eval.ks, config.eval.bootstrap_rounds, config.eval.references),
         }
         per_user.append(per_user_frame(protocol, rankings, tables, test.user_ids, subsets, seeds))
     document = {"evaluated_users": on, "protocols": results}
     write_json_atomic(run.metrics_json(on), document)
-    write_text_atomic(run.metrics_md(on), metrics_markdown(results, config.eval.ks, on))
+    # Published figures are test figures: the validation table has nothing to set them against.
+    published = prep.published if on == "test" else []
+    write_text_atomic(run.metrics_md(on), metrics_markdown(results, config.eval.ks, on, published))
     with atomic_path(run.per_user(on)) as tmp:
         pq.write_table(pa.Table.from_pandas(pd.concat(per_user, ignore_index=True), preserve_index=False), tmp)
     from training.curves import training_curves_png  # matplotlib: only evaluation draws

@@ -173,6 +173,14 @@ def run_nan_user_id(w: World, tmp: Path):
 
 
 @case
+def run_malformed_published_figures(w: World, tmp: Path):
+    shutil.copy(w.interactions, data := tmp / "interactions.csv")
+    bad = write(tmp / "published.csv", "method,split,ndcg@10,recall@10,ndcg@50,recall@50,source\n"
+                "VQ-Rec,same,0.0643,0.1211,,,README\nSASRec,theirs,0.0797,0.1305,,,README\n")
+    return with_data("run", w, "interactions", data), [str(bad), "row 2", "'split'", "'theirs'"]
+
+
+@case
 def extract_item_missing_from_catalog(w: World, tmp: Path):
     df = interactions(w)
     df.loc[0, "item_id"] = "no-such-sku"
@@ -262,6 +270,8 @@ def extract_files_source_without_paths(w: World, tmp: Path):
 OVERRIDES = [
     ("unknown-method", "evaluate", 'eval.methods=["learn_v9"]', ["{config}", "eval.methods", "learn_v9"]),
     ("no-methods", "run", "eval.methods=[]", ["{config}", "eval.methods is empty"]),
+    ("reference-not-evaluated", "evaluate", 'eval.methods=["popularity"]', ["{config}", "eval.references", "['learn_v1'] not evaluated"]),
+    ("tail-share-above-1", "evaluate", "eval.tail_share=1.5", ["{config}", "eval.tail_share", "1.5"]),
     ("duplicate-ks", "evaluate", "eval.ks=[10, 10]", ["{config}", "eval.ks", "[10, 10]"]),
     ("zero-k", "evaluate", "eval.ks=[0, 50]", ["{config}", "eval.ks", "[0, 50]"]),
     ("unknown-select-metric", "train", 'train.select_metric="auc@50"', ["{config}", "train.select_metric", "auc@50"]),

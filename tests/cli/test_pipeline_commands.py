@@ -47,14 +47,19 @@ def test_run_evaluates_every_method_under_both_protocols(finished_run):
             for key in ("recall@50", "ndcg@50", "hit@10", "recall@200"):
                 assert 0.0 <= values[key] <= 1.0, (protocol, name, key)
             assert values["users"] > 0
-            assert "cold_items" in values and "recall@50" in values["cold_items"]
+            for subset in ("warm_items", "tail_items", "cold_items"):
+                assert subset in values and "recall@50" in values[subset]
+            assert set(values["paired"]) == {"learn_v1"} - {name}  # paired against the reference, never itself
             if name != "learn_v1":
-                assert set(values["paired"]) >= {"recall@50", "ndcg@50"}
+                assert set(values["paired"]["learn_v1"]) >= {"recall@50", "ndcg@50"}
         for name in ("learn_v1", "id_baseline", "llm_frozen"):
             diagnostics = methods[name]["diagnostics"]
             assert 0 < diagnostics["item_effective_rank"] <= diagnostics["dim"]
         assert methods["learn_v1"]["training"][0]["final_loss"] < methods["learn_v1"]["training"][0]["final_chance_loss"] * 1.5
         assert f"## Protocol: {protocol}" in table
+        assert block["references"] == ["learn_v1"] and block["tail_share"] == 0.2
+    for heading in ("All target items", "Warm target items", "Tail target items", "Cold-start target items"):
+        assert f"### {heading}" in table and f"### {heading.replace('All target items', 'Paired difference')}" in table
     assert all(f"| {name} |" in table for name in METHODS)
     curves = root / "run" / "training_curves.png"
     assert curves.read_bytes().startswith(b"\x89PNG") and "`training_curves.png`" in table
@@ -77,8 +82,11 @@ def test_per_user_scores_recompute_the_paired_differences(finished_run):
     mine = rows[rows["method"] == "popularity"].set_index("user_id")["recall@50"]
     reference = rows[rows["method"] == "learn_v1"].set_index("user_id")["recall@50"]
     assert mine.index.equals(reference.index)
-    assert (mine - reference).mean() == pytest.approx(metrics["popularity"]["paired"]["recall@50"]["delta"])
+    assert (mine - reference).mean() == pytest.approx(metrics["popularity"]["paired"]["learn_v1"]["recall@50"]["delta"])
     assert mine.mean() == pytest.approx(metrics["popularity"]["recall@50"])
+    assert {"all", "warm_items", "tail_items"} <= set(per_user["subset"])
+    tail = per_user[(per_user["protocol"] == "temporal") & (per_user["subset"] == "tail_items") & (per_user["method"] == "popularity")]
+    assert tail["recall@50"].mean() == pytest.approx(metrics["popularity"]["tail_items"]["recall@50"])
 
 
 def test_published_embeddings_follow_the_contract(finished_run):

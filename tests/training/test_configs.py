@@ -1,9 +1,11 @@
 """The shipped pipeline configs: the default job (`make run`) is a subset of the full comparison
 (`make benchmark`), with every setting that shapes a row the same, so that the default job's rows
-are rows of the benchmark (same method, protocol and seed)."""
+are rows of the benchmark (same method, protocol and seed); the Amazon benchmark is the
+published protocol on the shipped Amazon data."""
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,7 +13,8 @@ from learn_features.config import load_config
 from training.config import PipelineConfig
 from training.methods import METHODS
 
-CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "training" / "configs"
 #: What may differ: where the run goes, and which rows (methods, protocols, seeds) it computes.
 ROW_SELECTION = {("run_dir",), ("split", "protocols"), ("eval", "methods"), ("eval", "seeds")}
 
@@ -46,3 +49,30 @@ def test_the_default_job_trains_learn_v1_once_beside_the_baselines_a_claim_needs
     trained = [m for m in default.eval.methods if METHODS[m].trained]
     assert trained == ["learn_v1", "id_baseline"]
     assert {"popularity", "item_knn", "llm_frozen"} <= set(default.eval.methods)
+
+
+def test_the_amazon_benchmark_is_the_published_protocol_on_the_shipped_data() -> None:
+    """Leave-one-out with histories cut to 50, ordered by the (fake, per-user) dates, every
+    method but popularity_recent (whose window reads dates), and the MovieLens benchmark's
+    model and training settings until they are tuned."""
+    amazon = load_config(PipelineConfig, CONFIGS / "amazon-scientific.toml")
+    benchmark = load_config(PipelineConfig, CONFIGS / "movielens-benchmark.toml")
+    data = ROOT / "data" / "amazon-scientific"
+    assert amazon.data.source == "files" and amazon.data.order == "timestamp" and amazon.data.positive is None
+    assert Path(str(amazon.data.interactions)).resolve() == data / "interactions.csv"
+    assert Path(str(amazon.data.catalog)).resolve() == data / "catalog.csv"
+    assert Path(amazon.run_dir).resolve() == ROOT / "runs" / "amazon-scientific"
+    assert amazon.split.protocols == ["leave_one_out"] and amazon.split.history_len == 50
+    assert amazon.eval.methods == [m for m in METHODS if m != "popularity_recent"]
+    assert amazon.eval.seeds == 3 and amazon.eval.ks == [10, 20, 50]
+    assert amazon.eval.references == ["learn_v1"] and amazon.eval.tail_share == 0.2
+    assert asdict(amazon.model) == asdict(benchmark.model) and asdict(amazon.train) == asdict(benchmark.train)
+    assert asdict(amazon.llm) == asdict(benchmark.llm) and asdict(amazon.text_encoder) == asdict(benchmark.text_encoder)
+
+
+def test_the_amazon_config_names_its_two_data_files_as_the_lines_to_change() -> None:
+    """Another Amazon category is these two lines (the header says so): they must stay explicit."""
+    text = (CONFIGS / "amazon-scientific.toml").read_text(encoding="utf-8")
+    assert {"interactions", "catalog"} <= set(tomllib.loads(text)["data"])
+    header = "".join(line for line in text.splitlines() if line.startswith("#"))
+    assert "data.interactions" in header and "data.catalog" in header
