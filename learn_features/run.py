@@ -7,6 +7,7 @@
     models/<protocol>/<method>/seed<k>/{best,last}.pt  trained towers, resumable
     embeddings/{user,item}_embeddings.parquet        the published vectors (``embed``)
     embeddings/manifest.json                         what produced them (``read_manifest``)
+    embeddings/id_part_items.parquet                 hybrid towers: the items whose vectors carry an ID part
     metrics[-validation].{json,md}, per_user[-validation].parquet, training_curves[-validation].png
     feast_replay/                                    the replay Feast repo (``publish --replay``)
     report/                                          the ranking report
@@ -80,6 +81,13 @@ class RunDir:
     @property
     def manifest(self) -> Path:
         return self.embeddings / MANIFEST_FILE
+
+    @property
+    def id_part_items(self) -> Path:
+        """One ``item_id`` column: the published items whose vectors carry a learned ID part (the
+        manifest's ``id_part``); every other item's vector is its content alone, and so is that of
+        any item ``embed-items`` is given that is not on this list."""
+        return self.embeddings / "id_part_items.parquet"
 
     @staticmethod
     def _suffix(on: str) -> str:

@@ -55,7 +55,7 @@ class TrainedRun:
     def of_checkpoint(cls, path: Path, inputs: ItemInputs, item_ids: list[str], device: torch.device) -> TrainedRun:
         """A model the pipeline trained (``best.pt``), over the item inputs it was trained on."""
         payload = checkpoint.load_payload(path)
-        _require_content_dim(payload, inputs, str(path))
+        _require_inputs(payload, inputs, str(path))
         return cls(payload, checkpoint.build_model(payload, device), inputs, item_ids)
 
     @classmethod
@@ -92,7 +92,7 @@ class TrainedRun:
         else:
             item_ids = catalog["item_id"].tolist()
             inputs, torch_device = _new_item_inputs(payload, manifest, catalog, device, where, progress)
-        _require_content_dim(payload, inputs, str(where))
+        _require_inputs(payload, inputs, str(where))
         return cls(payload, checkpoint.build_model(payload, torch_device), inputs, item_ids, manifest)
 
     @property
@@ -108,17 +108,22 @@ class TrainedRun:
         return item_vectors(self.model, self.inputs, np.arange(len(self.item_ids)))
 
 
-def _require_content_dim(payload: dict[str, Any], inputs: ItemInputs, where: str) -> None:
+def _require_inputs(payload: dict[str, Any], inputs: ItemInputs, where: str) -> None:
+    """The item inputs are the kind the checkpoint's towers read: content of their dimension, ID slots, or both."""
     if payload["content_dim"] != inputs.content_dim:
         raise LearnFeaturesError(
             f"{where}: the checkpoint was trained on {payload['content_dim']}-d content, its item inputs have "
             f"{inputs.content_dim}; retrain or re-extract with the run's encoder"
         )
+    if (payload["trained_item_ids"] is None) != (inputs.id_slots is None):
+        reads, given = ("no item ID slots", "have them") if payload["trained_item_ids"] is None else ("item ID slots", "have none")
+        raise LearnFeaturesError(f"{where}: the checkpoint's towers read {reads}, its item inputs {given}")
 
 
 def _run_inputs(payload: dict[str, Any], manifest: dict[str, Any], item_ids: list[str], device: torch.device, where: Path) -> ItemInputs:
-    """The inputs of the run's own catalog: ID slots, or the content store the manifest names."""
-    if payload["trained_item_ids"] is not None:
+    """The inputs of the run's own catalog: ID slots, the content store the manifest names, or
+    both (hybrid)."""
+    if payload["content_dim"] is None:
         return checkpoint.id_inputs_for(payload, item_ids, device)
     store_dir = Path(manifest["content_store"])
     if not store_dir.is_dir():
@@ -126,23 +131,26 @@ def _run_inputs(payload: dict[str, Any], manifest: dict[str, Any], item_ids: lis
     store = ContentStore(store_dir)
     if store.items_sha256 != items_digest(item_ids):
         raise LearnFeaturesError(f"{where}: the content store {store_dir} holds another catalog than the run's item embeddings")
-    return ItemInputs(store=store)
+    return checkpoint.content_inputs_for(payload, ItemInputs(store=store), item_ids)
 
 
 def _new_item_inputs(payload: dict[str, Any], manifest: dict[str, Any], catalog: pd.DataFrame, device: str, where: Path,
                      progress: bool) -> tuple[ItemInputs, torch.device]:
     """The inputs of new catalog rows: ID slots (unknown items share slot 0), or their text
     through the run's encoder and cache, rounded as the run's fp16 content store rounds it, so
-    that a pushed vector equals the published one for the same text."""
+    that a pushed vector equals the published one for the same text. A hybrid adds the ID slot
+    of each row the model trained on; a brand-new item has none (slot 0): content alone."""
     try:
         encoder = from_dict(EncoderConfig, {**manifest["encoder"], "device": device}, "encoder")
     except LearnFeaturesError as exc:
         raise LearnFeaturesError(f"{where}: {exc}") from None
     extractor = ContentExtractor(encoder, manifest["cache_dir"])
-    if payload["trained_item_ids"] is not None:
-        return checkpoint.id_inputs_for(payload, catalog["item_id"].tolist(), extractor.device), extractor.device
+    item_ids = catalog["item_id"].tolist()
+    if payload["content_dim"] is None:
+        return checkpoint.id_inputs_for(payload, item_ids, extractor.device), extractor.device
     content = extractor.embed_texts(render_prompts(catalog, encoder.prompt_template), progress)
-    return ItemInputs.from_content(content.astype(np.float16).astype(np.float32), extractor.device), extractor.device
+    inputs = ItemInputs.from_content(content.astype(np.float16).astype(np.float32), extractor.device)
+    return checkpoint.content_inputs_for(payload, inputs, item_ids), extractor.device
 
 
 def embed_catalog_items(run_dir: str | Path, catalog: pd.DataFrame, device: str = "auto", progress: bool = True) -> EmbeddingTable:

@@ -36,6 +36,7 @@ def test_run_dir_names_every_path(tmp_path: Path) -> None:
     assert run.embedding_table("user") == tmp_path / "embeddings" / "user_embeddings.parquet"
     assert run.embedding_table("item") == tmp_path / "embeddings" / "item_embeddings.parquet"
     assert run.manifest == tmp_path / "embeddings" / "manifest.json"
+    assert run.id_part_items == tmp_path / "embeddings" / "id_part_items.parquet"
     assert [p.name for p in (run.metrics_json(), run.metrics_md(), run.per_user(), run.training_curves())] == [
         "metrics.json", "metrics.md", "per_user.parquet", "training_curves.png"]
     assert [p.name for p in (run.metrics_json("validation"), run.per_user("validation"))] == [
@@ -118,3 +119,17 @@ def test_of_checkpoint_refuses_inputs_of_another_content_dimension(tmp_path: Pat
     inputs = ItemInputs.from_content(np.zeros((len(ITEMS), CONTENT_DIM + 1)), CPU)
     with pytest.raises(LearnFeaturesError, match=f"trained on {CONTENT_DIM}-d content"):
         TrainedRun.of_checkpoint(run.best("temporal", "learn_v1", 0), inputs, ITEMS, CPU)
+
+
+def test_of_checkpoint_refuses_inputs_with_or_without_id_slots_other_than_its_towers(tmp_path: Path) -> None:
+    run = published_run(tmp_path)
+    content = ItemInputs.from_content(np.zeros((len(ITEMS), CONTENT_DIM)), CPU)
+    hybrid = content.with_id_part(ItemInputs.from_training_items(len(ITEMS), np.arange(4), CPU))
+    with pytest.raises(LearnFeaturesError, match="the checkpoint's towers read no item ID slots, its item inputs have them"):
+        TrainedRun.of_checkpoint(run.best("temporal", "learn_v1", 0), hybrid, ITEMS, CPU)
+    path = tmp_path / "hybrid.pt"
+    model = PCH(tiny_pch_config(), content_dim=CONTENT_DIM, num_items=4)
+    checkpoint.save(path, checkpoint.model_payload(model, CONTENT_DIM, ITEMS[:4], {"method": "learn_hybrid"}))
+    with pytest.raises(LearnFeaturesError, match="the checkpoint's towers read item ID slots, its item inputs have none"):
+        TrainedRun.of_checkpoint(path, content, ITEMS, CPU)
+    assert TrainedRun.of_checkpoint(path, hybrid, ITEMS, CPU).item_vectors().shape == (len(ITEMS), tiny_pch_config().d_out)

@@ -1,6 +1,9 @@
 """The retrieval methods compared side by side in one run, and the one protocol they share.
 
 - ``learn_v1/v2/v3``: LLM content embeddings through the PCH towers, item-tower variants 1-3.
+- ``learn_hybrid``: ``learn_v1`` plus a learned ID residual on the item input of every item with
+  a training event, dropped at random in training (``model.id_dropout``) so the content path
+  alone stays trained; cold items are served from content alone (``learn_features.pch.model.HybridInput``).
 - ``text_encoder``: the same towers (variant 1) over a small sentence encoder (MiniLM) instead of the LLM.
 - ``id_baseline``: the same towers (variant 1) with learned item-ID embeddings instead of content;
   every item with a training event owns an id, the rest share one "unknown" slot.
@@ -70,10 +73,16 @@ class Method:
     model: type[RetrievalModel]
     content: Content | None = None  # what the towers (or the content mean) read
     variant: int | None = None  # item-tower variant of trained towers
+    id_part: bool = False  # the towers add a learned ID residual to the content of items with a training event
 
     @property
     def trained(self) -> bool:
         return self.model.trained
+
+    @property
+    def learns_ids(self) -> bool:
+        """Whether the towers learn an ID slot per item with a training event (the ID baseline, the hybrid)."""
+        return self.content == "ids" or self.id_part
 
     def fit(self, prep: Prepared, split: Split) -> RetrievalModel:
         return self.model(self, prep, split)
@@ -141,14 +150,14 @@ class FrozenContent(VectorModel):
 
 
 class Towers(VectorModel):
-    """Trained PCH towers (``best.pt`` of each seed) over the method's content or item ids."""
+    """Trained PCH towers (``best.pt`` of each seed) over the method's content, item ids, or both."""
 
     trained = True
 
     def vectors(self, users: EvalUsers, seed: int) -> tuple[np.ndarray, np.ndarray]:
         prep, split = self.prep, self.split
         device = pick_device(prep.config.train.device)
-        inputs = prep.item_inputs(split, self.method.content, device)
+        inputs = prep.item_inputs(split, self.method, device)
         tower = TrainedRun.of_checkpoint(prep.run.best(split.protocol, self.method.name, seed), inputs, split.item_ids, device)
         return tower.user_vectors(users.histories), tower.item_vectors()
 
@@ -159,6 +168,7 @@ METHODS: dict[str, Method] = {
         Method("learn_v1", Towers, "llm", 1),
         Method("learn_v2", Towers, "llm", 2),
         Method("learn_v3", Towers, "llm", 3),
+        Method("learn_hybrid", Towers, "llm", 1, id_part=True),
         Method("text_encoder", Towers, "text_encoder", 1),
         Method("id_baseline", Towers, "ids", 1),
         Method("llm_frozen", FrozenContent, "llm"),

@@ -45,7 +45,7 @@ from learn_features.run import RunDir
 from learn_features.trained_run import TrainedRun
 from training.config import PipelineConfig
 from training.evaluation import MethodRankings, metrics_markdown, per_user_frame, protocol_metrics, target_subsets, user_tables
-from training.methods import Content, get_methods
+from training.methods import Method, get_methods
 from training.published import PublishedRow, published_path, read_published
 from training.trainer import TrainJob, TrainResult, train_towers
 
@@ -97,11 +97,13 @@ class Prepared:
             raise LearnFeaturesError(f"{directory}: items differ from the current catalog; re-run `learn-features extract`")
         return store
 
-    def item_inputs(self, split: Split, content: Content, device: torch.device) -> ItemInputs:
-        """What towers over ``content`` read per item: an ID slot per item with a training event, or the content store."""
-        if content == "ids":
-            return ItemInputs.from_training_items(len(split.item_ids), np.flatnonzero(split.warm_items), device)
-        return ItemInputs(store=self.content_store(content))
+    def item_inputs(self, split: Split, method: Method, device: torch.device) -> ItemInputs:
+        """What ``method``'s towers read per item: an ID slot per item with a training event, the
+        content store, or both (the hybrid)."""
+        if not method.learns_ids:
+            return ItemInputs(store=self.content_store(method.content))
+        ids = ItemInputs.from_training_items(len(split.item_ids), np.flatnonzero(split.warm_items), device)
+        return ids if method.content == "ids" else ItemInputs(store=self.content_store(method.content)).with_id_part(ids)
 
 
 def prepare(config: PipelineConfig) -> Prepared:
@@ -218,7 +220,7 @@ def train(prep: Prepared, only: list[str] | None = None, progress: bool = True) 
     config = prep.config
     device = pick_device(config.train.device)
     methods = [m for m in get_methods(only or config.eval.methods) if m.trained]
-    jobs = [(split, m, prep.item_inputs(split, m.content, device)) for split in prep.splits.values() for m in methods]
+    jobs = [(split, m, prep.item_inputs(split, m, device)) for split in prep.splits.values() for m in methods]
     for split, method, _ in jobs:  # a resume checkpoint that cannot be read safely is refused before any work
         for seed in seeds_of(config):
             last = prep.run.last(split.protocol, method.name, seed)
@@ -245,7 +247,7 @@ def train_job(prep: Prepared, protocol: str, method_name: str, seed: int, inputs
         config.split.history_len,
         config.split.target_len,
         method.name,
-        training_item_ids(split) if method.content == "ids" else None,
+        training_item_ids(split) if method.learns_ids else None,
     )
 
 
@@ -261,7 +263,7 @@ def training_results(prep: Prepared, progress: bool = True) -> dict[str, TrainRe
     results: dict[str, TrainResult | None] = {}
     for split in prep.splits.values():
         for method in (m for m in get_methods(config.eval.methods) if m.trained):
-            inputs = prep.item_inputs(split, method.content, device)
+            inputs = prep.item_inputs(split, method, device)
             for seed in seeds_of(config):
                 results[f"{split.protocol}/{method.name}/seed{seed}"] = train_job(prep, split.protocol, method.name, seed, inputs).finished()
     missing = list(dict.fromkeys(key.split("/")[1] for key, result in results.items() if result is None))
@@ -292,7 +294,7 @@ def _train_job(config: PipelineConfig, protocol: str, method_name: str, seed: in
     torch.set_num_threads(1)
     prep = prepare(config)
     method = get_methods([method_name])[0]
-    inputs = prep.item_inputs(prep.splits[protocol], method.content, pick_device(config.train.device))
+    inputs = prep.item_inputs(prep.splits[protocol], method, pick_device(config.train.device))
     return train_towers(train_job(prep, protocol, method_name, seed, inputs), False)
 
 
@@ -303,7 +305,7 @@ def embed(prep: Prepared) -> dict[str, Path]:
     encoder = encoder_for(config, method.content)
     best_path = run.best(split.protocol, method.name, config.train.seed)
     device = pick_device(config.train.device)
-    tower = TrainedRun.of_checkpoint(best_path, prep.item_inputs(split, method.content, device), split.item_ids, device)
+    tower = TrainedRun.of_checkpoint(best_path, prep.item_inputs(split, method, device), split.item_ids, device)
     record(prep)
     version = checkpoint.model_version(tower.payload, method.name, tower.inputs.identity)
     user_ids = sorted(split.profiles)
@@ -313,6 +315,7 @@ def embed(prep: Prepared) -> dict[str, Path]:
         "user": write_table(EmbeddingTable("user", user_ids, users, as_of, version), run.embedding_table("user")),
         "item": write_table(EmbeddingTable("item", split.item_ids, items, as_of, version), run.embedding_table("item")),
     }
+    id_part = _write_id_part_items(run, tower.payload["trained_item_ids"] if method.id_part else None)
     write_json_atomic(
         run.manifest,
         {
@@ -330,9 +333,22 @@ def embed(prep: Prepared) -> dict[str, Path]:
             "history_len": config.split.history_len,
             "users": len(user_ids),
             "items": len(split.item_ids),
+            "id_part": id_part,
         },
     )
+    if id_part is None:  # a previous embed of a hybrid must not leave its list beside other vectors
+        run.id_part_items.unlink(missing_ok=True)
     return paths
+
+
+def _write_id_part_items(run: RunDir, item_ids: list[str] | None) -> dict | None:
+    """The published items whose vectors carry an ID part, for the manifest's ``id_part``
+    (None for towers without one): every other item's vector is its content alone."""
+    if item_ids is None:
+        return None
+    with atomic_path(run.id_part_items) as tmp:
+        pq.write_table(pa.table({"item_id": pa.array(item_ids, pa.string())}), tmp)
+    return {"items": len(item_ids), "file": str(run.id_part_items.resolve())}
 
 
 def evaluate(prep: Prepared, progress: bool = True, on: str = "test") -> dict[str, dict]:

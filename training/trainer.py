@@ -222,15 +222,16 @@ class TrainJob:
     history_len: int
     target_len: int
     method: str
-    trained_item_ids: list[str] | None = None  # ID towers: the items that own a slot, saved with the model
+    trained_item_ids: list[str] | None = None  # ID and hybrid towers: the items that own a slot, saved with the model
 
     def fingerprint(self, device: torch.device) -> str:
         config = self.train
         math_config = {k: v for k, v in asdict(config).items() if k not in RUNTIME_ONLY}
         math_config.update(bf16=config.bf16 and device.type == "cuda", fused=config.fused and device.type == "cuda")
-        return _fingerprint(
-            asdict(self.model), math_config, self.split.summary(), self.method, self.history_len, self.target_len, self.inputs.identity
-        )
+        model = asdict(self.model)
+        if not self.inputs.id_part:  # only a hybrid has an ID part to drop: other towers resume whatever id_dropout says
+            del model["id_dropout"]
+        return _fingerprint(model, math_config, self.split.summary(), self.method, self.history_len, self.target_len, self.inputs.identity)
 
     def resumable(self, fingerprint: str) -> dict[str, Any] | None:
         """``last.pt`` when it was written by this very job (same fingerprint), else None."""

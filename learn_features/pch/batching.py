@@ -41,7 +41,7 @@ class Batch:
     targets: torch.Tensor  # (B, M) long
     target_lengths: torch.Tensor  # (B,)
     target_items: torch.Tensor  # (B, M) long: the targets' catalog indices (-1 padding), for the loss's corrections
-    rows: torch.Tensor | None = None  # (R, content_dim) float16
+    rows: torch.Tensor | None = None  # (R, content_dim) float16, or (R, content_dim + 1) float32 for the hybrid
     extra: torch.Tensor | None = None  # (U,) long: extra negatives (catalog indices, or row indices with ``rows``)
     extra_items: torch.Tensor | None = None  # (U,) long: their catalog indices
 

@@ -1,7 +1,8 @@
 """Saving and loading trained towers, with what is needed to rebuild them without the run.
 
-A checkpoint carries the model config and its input kind (content dimension, or the ordered
-item ids that own an ID slot), so serving code can rebuild the exact model from one file.
+A checkpoint carries the model config and its input kind (content dimension, the ordered item
+ids that own an ID slot, or both for the hybrid), so serving code can rebuild the exact model
+from one file.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def model_payload(
 
 
 def build_model(payload: dict[str, Any], device: torch.device) -> PCH:
+    """The checkpoint's towers, in eval mode: LEARN, the ID baseline, or the hybrid when it has both inputs."""
     config = PCHConfig(**payload["model_config"])
     ids = payload["trained_item_ids"]
     model = PCH(config, content_dim=payload["content_dim"], num_items=None if ids is None else len(ids))
@@ -81,6 +83,15 @@ def id_inputs_for(payload: dict[str, Any], item_ids: list[str], device: torch.de
     slot_of = {item: slot for slot, item in enumerate(payload["trained_item_ids"], start=1)}
     slots = np.array([slot_of.get(item, 0) for item in item_ids], dtype=np.int64)
     return ItemInputs(id_slots=torch.as_tensor(slots, device=device))
+
+
+def content_inputs_for(payload: dict[str, Any], content: ItemInputs, item_ids: list[str]) -> ItemInputs:
+    """Content inputs of ``item_ids`` as the checkpoint's content towers read them: as they are
+    (LEARN), or with each item's ID slot (hybrid), slot 0 and so content alone for an item the
+    model never trained on."""
+    if payload["trained_item_ids"] is None:
+        return content
+    return content.with_id_part(id_inputs_for(payload, item_ids, torch.device("cpu")))
 
 
 def model_version(payload: dict[str, Any], method: str, inputs_identity: str) -> str:

@@ -2,8 +2,11 @@
 
 input projection -> learned positions -> causal transformer -> linear head -> L2 normalise.
 
-The input is either frozen content embeddings (LEARN) projected to ``d_model``, or learned
-item-ID embeddings (the ID baseline: same towers, ids instead of content).
+The input is frozen content embeddings (LEARN) projected to ``d_model``, learned item-ID
+embeddings (the ID baseline: same towers, ids instead of content), or both (the hybrid,
+``HybridInput``): the content projection plus a learned ID residual for items with a training
+event, dropped at random in training so that the content path alone stays a trained model, the
+one every cold item is served from.
 
 Item-tower variants:
 1. the user tower's weights run over the target sequence (causal, chronological);
@@ -46,6 +49,11 @@ class PCHConfig:
     variant: int = 1
     temperature: float = 0.05
     max_len: int = 128  # longest history or target sequence
+    # Hybrid towers only: the probability, per item occurrence in training, that its ID residual
+    # is dropped. Cold items are served from content alone, so the towers must keep meeting
+    # content alone in training; with no dropout the residual would carry the warm items and
+    # the content path would be trained only as its base, never as a model on its own.
+    id_dropout: float = 0.5
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -54,19 +62,62 @@ class PCHConfig:
             raise LearnFeaturesError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
         if self.temperature <= 0:
             raise LearnFeaturesError(f"model.temperature must be positive, got {self.temperature}")
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise LearnFeaturesError(f"model.id_dropout must be in [0, 1) (1 would never train the ID part), got {self.id_dropout}")
+
+
+class HybridInput(nn.Module):
+    """The hybrid's item input: the content projection plus a learned ID residual.
+
+    Its input is the content vector with the item's ID slot appended as one float channel
+    (``ItemInputs`` builds it; slot 0 = no ID part). The output is
+    ``LayerNorm(Linear(content)) + E[slot]`` where the item has a slot and is kept, else the
+    content projection alone:
+
+    - a cold item (slot 0) takes no value from the table: the residual is selected away with
+      ``torch.where``, not multiplied by a mask, so that not even a non-finite row 0 reaches it
+      and no gradient reaches the table from it. Its vector is the content model's.
+    - in training each occurrence keeps its residual with probability ``1 - id_dropout``; a
+      dropped occurrence is exactly a cold item. The kept residual is not rescaled by
+      ``1 / (1 - id_dropout)`` as in ordinary dropout: training then sees exactly the two inputs
+      serving sees (warm: content + E, cold: content alone), nothing in between.
+    - ``E`` starts at zero, so the hybrid starts as the pure content model and the residual
+      grows only where the ids add something.
+    """
+
+    def __init__(self, content_dim: int, num_items: int, d_model: int, id_dropout: float):
+        super().__init__()
+        self.content = nn.Sequential(nn.Linear(content_dim, d_model), nn.LayerNorm(d_model))
+        self.ids = nn.Embedding(num_items + 1, d_model)  # row 0 is never used: slot 0 means "no ID part"
+        nn.init.zeros_(self.ids.weight)
+        self.id_dropout = id_dropout
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """(..., content_dim + 1): content then the ID slot -> (..., d_model)."""
+        slots = items[..., -1].long()
+        use = slots > 0
+        if self.training and self.id_dropout > 0:
+            use = use & (torch.rand(slots.shape, device=slots.device) >= self.id_dropout)
+        content = self.content(items[..., :-1])
+        return torch.where(use.unsqueeze(-1), content + self.ids(slots), content)
 
 
 class PCH(nn.Module):
-    """Twin towers over item sequences; ``content_dim`` None means the ID baseline."""
+    """Twin towers over item sequences: ``content_dim`` alone is LEARN, ``num_items`` alone the
+    ID baseline, both the hybrid (content plus an ID residual for ``num_items`` slots)."""
 
     def __init__(self, config: PCHConfig, content_dim: int | None = None, num_items: int | None = None):
         super().__init__()
-        if (content_dim is None) == (num_items is None):
-            raise ValueError("give exactly one of content_dim (LEARN) or num_items (ID baseline)")
-        if content_dim is None and config.variant == 3:
-            raise LearnFeaturesError("variant 3 uses raw content embeddings; the ID baseline cannot use it")
+        if content_dim is None and num_items is None:
+            raise ValueError("give content_dim (LEARN), num_items (ID baseline) or both (hybrid)")
+        if config.variant == 3 and num_items is not None:
+            kind = "the ID baseline cannot use it" if content_dim is None else "the hybrid's ID part would bypass it"
+            raise LearnFeaturesError(f"variant 3 uses raw content embeddings; {kind}")
         self.config = config
-        if content_dim is not None:
+        self.input: nn.Module
+        if content_dim is not None and num_items is not None:
+            self.input = HybridInput(content_dim, num_items, config.d_model, config.id_dropout)
+        elif content_dim is not None:
             self.input = nn.Sequential(nn.Linear(content_dim, config.d_model), nn.LayerNorm(config.d_model))
         else:
             # index 0 is the shared "unknown item": every item without a trained id lands there.
@@ -82,7 +133,8 @@ class PCH(nn.Module):
         self.raw_item_head = nn.Linear(content_dim, config.d_out) if config.variant == 3 else None
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
-        """(B, L, content_dim) floats or (B, L) ids -> (B, L, d_out) unit vectors, causally.
+        """(B, L, content_dim) floats, (B, L) ids or (B, L, content_dim + 1) hybrid inputs ->
+        (B, L, d_out) unit vectors, causally.
 
         Sequences are left-aligned with padding at the end; under the causal mask no real
         position attends to a later (padded) one, so padding needs no key mask. Passing
@@ -124,7 +176,7 @@ class PCH(nn.Module):
         return self.item_embeddings(targets.flatten(0, 1)).unflatten(0, targets.shape[:2])
 
     def item_embeddings(self, items: torch.Tensor) -> torch.Tensor:
-        """Serving path: (K, content_dim) or (K,) ids -> (K, d_out), each item alone."""
+        """Serving path: (K, ...) item inputs (see ``encode``) -> (K, d_out), each item alone."""
         if self.raw_item_head is not None:
             return F.normalize(self.raw_item_head(items), dim=-1)
         return self.encode(items.unsqueeze(1)).squeeze(1)

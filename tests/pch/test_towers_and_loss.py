@@ -361,8 +361,10 @@ def test_variant2_and_3_targets_are_items_alone(variant: int) -> None:
 def test_variant3_with_ids_is_refused() -> None:
     with pytest.raises(LearnFeaturesError, match="variant 3"):
         PCH(tiny_pch_config(variant=3), num_items=10)
-    with pytest.raises(ValueError, match="exactly one"):
-        PCH(tiny_pch_config(), content_dim=4, num_items=4)
+    with pytest.raises(LearnFeaturesError, match="variant 3 uses raw content embeddings; the hybrid's ID part would bypass it"):
+        PCH(tiny_pch_config(variant=3), content_dim=4, num_items=4)
+    with pytest.raises(ValueError, match="give content_dim"):
+        PCH(tiny_pch_config())
     with pytest.raises(LearnFeaturesError, match="model.variant"):
         tiny_pch_config(variant=4)
     with pytest.raises(LearnFeaturesError, match="divisible"):
@@ -397,12 +399,18 @@ def test_id_inputs_for_new_catalog_map_unknown_ids_to_slot_zero() -> None:
 # --- checkpoints -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["v1", "v3", "ids"])
+@pytest.mark.parametrize("kind", ["v1", "v3", "ids", "hybrid"])
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path, kind: str) -> None:
     if kind == "ids":
         model, ids = id_model(num_items=6, seed=3), [f"i{k}" for k in range(6)]
         inputs = ItemInputs(id_slots=torch.arange(8) % 7)
         payload = checkpoint.model_payload(model, None, ids, {"method": "id_baseline"})
+    elif kind == "hybrid":  # the weight noise below also moves its ID table off zero
+        torch.manual_seed(3)
+        model, ids = PCH(tiny_pch_config(), content_dim=CONTENT_DIM, num_items=6).eval(), [f"i{k}" for k in range(6)]
+        content = ItemInputs.from_content(np.random.default_rng(0).normal(size=(8, CONTENT_DIM)), CPU)
+        inputs = content.with_id_part(ItemInputs(id_slots=torch.arange(8) % 7))
+        payload = checkpoint.model_payload(model, CONTENT_DIM, ids, {"method": "learn_hybrid"})
     else:
         model = content_model(int(kind[1]), seed=3)
         inputs = ItemInputs.from_content(np.random.default_rng(0).normal(size=(8, CONTENT_DIM)), CPU)

@@ -38,6 +38,7 @@ from training import trainer
 from training.collectives import World
 from training.config import PipelineConfig
 from training.loader import prefetch
+from training.methods import METHODS
 from training.trainer import LAST, StepParts, TrainConfig, build_optimizer, host_batches, step_module, train_step
 
 REPO = Path(__file__).resolve().parents[2]
@@ -354,7 +355,7 @@ def test_extract_assembles_the_store_once_from_the_cache(extracted_job, monkeypa
     extractor = ContentExtractor(prep.config.llm, prep.config.cache_dir)
     expected = extractor.embed_texts(render_prompts(prep.dataset.catalog, prep.config.llm.prompt_template), progress=False)
     np.testing.assert_array_equal(store.take(np.arange(len(store))), expected.astype(np.float16))
-    inputs = prep.item_inputs(prep.split, "llm", CPU)
+    inputs = prep.item_inputs(prep.split, METHODS["learn_v1"], CPU)
     assert inputs.store is not None and inputs.content is None
 
     shard = root / "run" / "content" / "llm" / "shard-00000.npy"

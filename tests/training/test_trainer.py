@@ -236,6 +236,43 @@ def test_id_baseline_checkpoint_carries_its_item_ids(data, tmp_path: Path, singl
     assert model.input.num_embeddings == len(ids) + 1
 
 
+def hybrid_inputs(data) -> tuple[ItemInputs, list[str]]:
+    split, content = data
+    trained = np.flatnonzero(split.warm_items)
+    ids = ItemInputs.from_training_items(len(split.item_ids), trained, torch.device("cpu"))
+    return content.with_id_part(ids), [split.item_ids[i] for i in trained]
+
+
+def test_hybrid_training_is_seeded_and_its_checkpoint_carries_content_and_ids(data, tmp_path: Path, single_thread) -> None:
+    """The ID dropout draws from the seeded torch generator: two runs give the same weights."""
+    split, _ = data
+    inputs, ids = hybrid_inputs(data)
+    one_epoch = dataclasses.replace(TRAIN, epochs=1)
+    results = [
+        train_towers(TrainJob(tmp_path / name, MODEL, one_epoch, split, inputs, HISTORY_LEN, TARGET_LEN, "learn_hybrid", ids), progress=False)
+        for name in ("a", "b")
+    ]
+    assert_same_weights(results[0].best_checkpoint, results[1].best_checkpoint)
+    payload = checkpoint.load_payload(results[0].best_checkpoint)
+    assert payload["trained_item_ids"] == ids and payload["content_dim"] == inputs.content_dim
+    table = checkpoint.build_model(payload, torch.device("cpu")).input.ids.weight
+    assert table.shape[0] == len(ids) + 1 and table[1:].abs().sum() > 0 and not table[0].any()
+
+
+def test_id_dropout_is_in_the_fingerprint_of_hybrid_towers_only(data) -> None:
+    """Changing model.id_dropout retrains the hybrid, never towers it cannot affect."""
+    split, content = data
+    hybrid, _ = hybrid_inputs(data)
+    ids = ItemInputs(id_slots=hybrid.id_slots)
+
+    def fingerprint(inputs: ItemInputs, id_dropout: float) -> str:
+        model = dataclasses.replace(MODEL, id_dropout=id_dropout)
+        return TrainJob(Path("unused"), model, TRAIN, split, inputs, HISTORY_LEN, TARGET_LEN, "m").fingerprint(torch.device("cpu"))
+
+    assert fingerprint(hybrid, 0.5) != fingerprint(hybrid, 0.2)
+    assert fingerprint(content, 0.5) == fingerprint(content, 0.2) and fingerprint(ids, 0.5) == fingerprint(ids, 0.2)
+
+
 def test_sample_epoch_draws_windows_in_proportion_to_length(data) -> None:
     """A user gives max(1, round(coverage x (events - 1) / M)) windows: the last N events before a
     cut and the positives among the next M, contiguous in their sequence."""
