@@ -228,6 +228,8 @@ class TrainJob:
         config = self.train
         math_config = {k: v for k, v in asdict(config).items() if k not in RUNTIME_ONLY}
         math_config.update(bf16=config.bf16 and device.type == "cuda", fused=config.fused and device.type == "cuda")
+        if config.softmax == "sampled":  # the objective of every run before train.softmax existed: they still resume
+            del math_config["softmax"]
         model = asdict(self.model)
         if not self.inputs.id_part:  # only a hybrid has an ID part to drop: other towers resume whatever id_dropout says
             del model["id_dropout"]

@@ -149,6 +149,15 @@ def test_changed_configuration_retrains_from_scratch(reference, data, tmp_path: 
     assert len(loss_calls) > 0 and checkpoint.load_payload(tmp_path / LAST)["state"]["epoch"] == 0
 
 
+def test_the_two_softmaxes_never_resume_each_other(data) -> None:
+    """A sampled-softmax last.pt is no resume point for a full-softmax job, nor the reverse."""
+    split, inputs = data
+    job = TrainJob(Path("unused"), MODEL, TRAIN, split, inputs, HISTORY_LEN, TARGET_LEN, "learn_v1")
+    full = dataclasses.replace(job, train=dataclasses.replace(TRAIN, softmax="full"))
+    cpu = torch.device("cpu")
+    assert job.fingerprint(cpu) != full.fingerprint(cpu)
+
+
 def test_changed_content_retrains_from_scratch(reference, data, tmp_path: Path, loss_calls, single_thread) -> None:
     """A finished last.pt trained on other content (e.g. a new prompt template) is not reused."""
     ref_dir, _ = reference
