@@ -110,11 +110,19 @@ def dense_all_action_infonce(
     first_col = torch.cumsum(target_lengths, 0) - target_lengths  # (G,)
     own_cols = (first_col[own_row].unsqueeze(1) + torch.arange(m, device=device)).clamp_max(max(logits.shape[1] - 1, 0))
     own = logits.gather(1, own_cols[row_user]) if logits.shape[1] else logits.new_zeros(len(row_user), m)  # (R, M): s_bij
-    valid = own_valid[row_user]
-    per_pair = F.softplus(lse_negative.unsqueeze(1) - own) * valid  # -inf negatives (batch of 1) give 0
-    per_position = per_pair.sum(1) / target_lengths[own_row][row_user].clamp_min(1)  # (R,)
+    per_pair = F.softplus(lse_negative.unsqueeze(1) - own) * own_valid[row_user]  # -inf negatives (batch of 1) give 0
+    return _batch_loss(per_pair, target_lengths[own_row], history_lengths, history_valid, row_user, alpha, beta, global_batch)
+
+
+def _batch_loss(per_pair: torch.Tensor, target_counts: torch.Tensor, history_lengths: torch.Tensor, history_valid: torch.Tensor,
+                row_user: torch.Tensor, alpha: float, beta: float, global_batch: int | None) -> torch.Tensor:
+    """From the (R, M) pair losses of the real history positions (zero off the real targets) to
+    the batch loss: mean over each user's targets, recency-weighted sum over their positions,
+    mean over users (or this rank's share of it, with ``global_batch``). Both objectives end here."""
+    batch, n = history_valid.shape
+    per_position = per_pair.sum(1) / target_counts[row_user].clamp_min(1)  # (R,)
     weights = recency_weights(history_lengths, n, alpha, beta)[history_valid]
-    per_user = torch.zeros(batch, device=device).index_add(0, row_user, weights * per_position)
+    per_user = torch.zeros(batch, device=per_pair.device).index_add(0, row_user, weights * per_position)
     return per_user.mean() if global_batch is None else per_user.sum() / global_batch
 
 
@@ -156,7 +164,4 @@ def full_softmax_infonce(
     lse_negative = logits.masked_fill(own[row_user], float("-inf")).logsumexp(dim=1)  # (R,)
     positive = logits.gather(1, safe_targets[row_user])  # (R, M): s_bij
     per_pair = F.softplus(lse_negative.unsqueeze(1) - positive) * target_valid[row_user]
-    per_position = per_pair.sum(1) / target_lengths[row_user].clamp_min(1)  # (R,)
-    weights = recency_weights(history_lengths, n, alpha, beta)[history_valid]
-    per_user = torch.zeros(batch, device=device).index_add(0, row_user, weights * per_position)
-    return per_user.mean() if global_batch is None else per_user.sum() / global_batch
+    return _batch_loss(per_pair, target_lengths, history_lengths, history_valid, row_user, alpha, beta, global_batch)
