@@ -90,23 +90,26 @@ def test_sequence_longer_than_max_len_is_refused() -> None:
 # --- loss ------------------------------------------------------------------------------
 
 
+def dot(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b))
+
+
+def reference_weights(n_b: int, alpha: float, beta: float) -> list[float]:
+    """The docstring's recency weights of a user's n_b real positions, normalised to sum to one."""
+    weights = [1.0] if n_b == 1 else [math.log(alpha + i * (beta - alpha) / (n_b - 1)) for i in range(n_b)]
+    return [w / sum(weights) for w in weights]
+
+
 def reference_loss(users, items, history_lengths, target_lengths, temperature, alpha, beta) -> float:
     """The docstring's formula, term by term in plain Python floats."""
     u, v = users.tolist(), items.tolist()
     hl, tl = history_lengths.tolist(), target_lengths.tolist()
     batch = len(u)
 
-    def dot(a: list[float], b: list[float]) -> float:
-        return sum(x * y for x, y in zip(a, b))
-
     total = 0.0
     for b in range(batch):
         n_b = hl[b]
-        if n_b == 1:
-            weights = [1.0]
-        else:
-            weights = [math.log(alpha + i * (beta - alpha) / (n_b - 1)) for i in range(n_b)]
-        weights = [w / sum(weights) for w in weights]
+        weights = reference_weights(n_b, alpha, beta)
         user_loss = 0.0
         for i in range(n_b):
             negatives = [
@@ -154,15 +157,11 @@ def corrected_reference_loss(users, items, hl, tl, ids, log_q, extra, extra_ids,
     hl, tl, ids, log_q = hl.tolist(), tl.tolist(), ids.tolist(), log_q.tolist()
     extra_ids, extra_log_q = extra_ids.tolist(), extra_log_q.tolist()
 
-    def dot(a: list[float], b: list[float]) -> float:
-        return sum(x * y for x, y in zip(a, b))
-
     total = 0.0
     for b in range(len(u)):
         own = set(ids[b][: tl[b]])
         n_b = hl[b]
-        weights = [1.0] if n_b == 1 else [math.log(alpha + i * (beta - alpha) / (n_b - 1)) for i in range(n_b)]
-        weights = [w / sum(weights) for w in weights]
+        weights = reference_weights(n_b, alpha, beta)
         user_loss = 0.0
         for i in range(n_b):
             negatives = [
@@ -203,15 +202,11 @@ def full_softmax_reference_loss(users, pool, hl, targets, tl, temperature, alpha
     u, p = users.tolist(), pool.tolist()
     hl, tl, targets = hl.tolist(), tl.tolist(), targets.tolist()
 
-    def dot(a: list[float], b: list[float]) -> float:
-        return sum(x * y for x, y in zip(a, b))
-
     total = 0.0
     for b in range(len(u)):
         own = set(targets[b][: tl[b]])
         n_b = hl[b]
-        weights = [1.0] if n_b == 1 else [math.log(alpha + i * (beta - alpha) / (n_b - 1)) for i in range(n_b)]
-        weights = [w / sum(weights) for w in weights]
+        weights = reference_weights(n_b, alpha, beta)
         user_loss = 0.0
         for i in range(n_b):
             negatives = sum(math.exp(dot(u[b][i], p[k]) / temperature) for k in range(len(p)) if k not in own)
