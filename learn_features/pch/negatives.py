@@ -30,12 +30,13 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-Softmax = Literal["sampled", "full"]
-
 import numpy as np
 import torch
 
 from learn_features.data.split import Split
+
+#: ``train.softmax``: sampled candidates (in-batch and uniform extras), or every pool item.
+Softmax = Literal["sampled", "full"]
 
 
 @dataclass
