@@ -3,6 +3,7 @@
     .venv/bin/python bench/train.py                      # --preset paper: 12 layers, d=768, history 80, target 40, batch 512
     .venv/bin/python bench/train.py --compile --json out.json
     .venv/bin/python bench/train.py --preset tiny        # seconds on a CPU: a smoke test, not a measurement
+    .venv/bin/python bench/train.py --preset movielens   # the CPU default towers (make run's), with the CPU's peak
 
 Both configurations run the trainer's own code (``build_optimizer``, ``step_module``,
 ``host_batches``, ``prefetch``, ``to_device_ahead``, ``train_step``) over the same batches:
@@ -19,6 +20,12 @@ own: ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak RSS on a C
 bf16 autocast and the fused optimizer do not apply (the trainer uses them on CUDA only).
 ``host batch s`` is the time to build one batch on the host; prefetch hides it only while it
 stays below the step time.
+
+Achieved FLOP/s: one extra, untimed step runs under ``torch.utils.flop_counter.FlopCounterMode``
+(forward and backward, every matmul and attention kernel, as torch itself counts them), and
+that count over the timed seconds per step is the rate. On a CPU it is also given as a share
+of this machine's fp32 GEMM peak, measured at the start by ``bench/cpu_peak.py``; the
+optimiser update and the batch gather are time without counted FLOPs.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from learn_features.device import pick_device
 from learn_features.pch.batching import make_batch
@@ -47,6 +55,9 @@ from learn_features.pch.model import PCH, PCHConfig
 from training.collectives import World
 from training.loader import prefetch, to_device_ahead
 from training.trainer import StepParts, TrainConfig, build_optimizer, host_batches, step_module, train_step
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_peak import measure_peak  # noqa: E402
 
 Pair = tuple[np.ndarray, np.ndarray]
 
@@ -66,6 +77,8 @@ class Preset:
 PRESETS = {
     # The paper's towers (BERT-base sized) over a 4096-d LLM (Baichuan2-7B's hidden size).
     "paper": Preset(PCHConfig(d_model=768, n_layers=12, n_heads=12, d_ff=3072, d_out=64, max_len=80), 4096, 50_000, 80, 40, 512, 20, 3),
+    # make run's towers (training/configs/movielens.toml) over SmolLM2's 576-d content, MovieLens-sized
+    "movielens": Preset(PCHConfig(d_model=64, n_layers=2, n_heads=4, d_ff=128, d_out=64, max_len=80), 576, 9742, 80, 40, 64, 30, 3),
     "tiny": Preset(PCHConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, d_out=16, max_len=8), 48, 500, 8, 4, 16, 4, 1),
 }
 CONFIGS = {
@@ -131,14 +144,20 @@ def measure(preset: Preset, options: dict[str, Any], store_dir: str, device_name
                     started = time.perf_counter()
                 loss, _ = train_step(parts, batch, len(batches[step]))
         _sync(device)
+        elapsed = time.perf_counter() - started
+        counter = FlopCounterMode(display=False)
+        with counter:  # one more step, untimed: what a step computes
+            train_step(parts, make_batch(batches[0], inputs).to(device), len(batches[0]))
     except torch.cuda.OutOfMemoryError:
         return {"error": "CUDA out of memory (try --batch-size)", "options": options}
-    elapsed = time.perf_counter() - started
     peak, unit = _peak_memory(device)
     return {
         "options": options,
         "users_per_s": preset.steps * preset.batch_size / elapsed,
         "step_s": elapsed / preset.steps,
+        "steps_per_s": preset.steps / elapsed,
+        "gflop_per_step": counter.get_total_flops() / 1e9,
+        "gflop_per_s": counter.get_total_flops() / 1e9 * preset.steps / elapsed,
         "host_batch_s": host_batch_s,
         "peak_memory": peak,
         "memory_unit": unit,
@@ -152,12 +171,13 @@ def run_isolated(preset: Preset, options: dict[str, Any], store_dir: str, device
         return pool.submit(measure, preset, options, store_dir, device, seed).result()
 
 
-def report(preset_name: str, device: str, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def report(preset_name: str, device: str, results: dict[str, dict[str, Any]], cpu_peak_gflops: float | None) -> dict[str, Any]:
     naive, optimised = results["naive"], results["optimised"]
     both = "error" not in naive and "error" not in optimised
     return {
         "preset": preset_name,
         "device": device,
+        "cpu_fp32_peak_gflops": cpu_peak_gflops,
         "data": "synthetic (random fp16 content store, random full-length sequences)",
         "results": results,
         "speedup_users_per_s": optimised["users_per_s"] / naive["users_per_s"] if both else None,
@@ -166,13 +186,18 @@ def report(preset_name: str, device: str, results: dict[str, dict[str, Any]]) ->
 
 
 def print_report(summary: dict[str, Any]) -> None:
-    print(f"preset {summary['preset']} on {summary['device']}; data: {summary['data']}")
-    print(f"{'config':<10} {'users/s':>10} {'step s':>9} {'host batch s':>13} {'peak memory':>12}  options")
+    peak = summary["cpu_fp32_peak_gflops"]
+    print(f"preset {summary['preset']} on {summary['device']}; data: {summary['data']}"
+          + (f"; CPU fp32 GEMM peak {peak:.1f} GFLOP/s ({torch.get_num_threads()} threads)" if peak else ""))
+    print(f"{'config':<10} {'users/s':>10} {'steps/s':>8} {'step s':>9} {'GFLOP/step':>11} {'GFLOP/s':>8} {'of peak':>8} "
+          f"{'host batch s':>13} {'peak memory':>12}  options")
     for name, result in summary["results"].items():
         if "error" in result:
             print(f"{name:<10} {result['error']}")
             continue
-        print(f"{name:<10} {result['users_per_s']:>10.1f} {result['step_s']:>9.4f} {result['host_batch_s']:>13.4f} "
+        share = f"{result['gflop_per_s'] / peak:.1%}" if peak else "n/a"
+        print(f"{name:<10} {result['users_per_s']:>10.1f} {result['steps_per_s']:>8.2f} {result['step_s']:>9.4f} "
+              f"{result['gflop_per_step']:>11.3f} {result['gflop_per_s']:>8.1f} {share:>8} {result['host_batch_s']:>13.4f} "
               f"{result['peak_memory']:>8.2f} GiB  {result['options']} ({result['memory_unit']})")
     if summary["speedup_users_per_s"] is not None:
         print(f"optimised / naive: users/s x{summary['speedup_users_per_s']:.2f}, peak memory x{summary['peak_memory_ratio']:.2f}")
@@ -196,11 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     preset = replace(preset, batch_size=args.batch_size or preset.batch_size, steps=args.steps or preset.steps)
     device = str(pick_device(args.device))
     configs = {**CONFIGS, "optimised": {**CONFIGS["optimised"], "compile": args.compile}}
+    cpu_peak = measure_peak("float32").gflops if device == "cpu" else None
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         store_dir = Path(tmp) / "content"
         write_synthetic_store(store_dir, preset, args.seed)
         results = {name: run_isolated(preset, options, str(store_dir), device, args.seed) for name, options in configs.items()}
-    summary = report(args.preset, device, results) | {"preset_config": asdict(preset)}
+    summary = report(args.preset, device, results, cpu_peak) | {"preset_config": asdict(preset)}
     print_report(summary)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2, default=str) + "\n")

@@ -60,6 +60,11 @@ def _check_scalar(value: Any, tp: Any, where: str) -> Any:
             raise LearnFeaturesError(f"{where}: expected a list, got {value!r}")
         (item_type, *_) = typing.get_args(tp) or (Any,)
         return [_check_scalar(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise LearnFeaturesError(f"{where}: expected a table, got {value!r}")
+        _, value_type = typing.get_args(tp) or (str, Any)
+        return {k: _check_scalar(v, value_type, f"{where}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from learn_features.cex.extractor import EncoderConfig
-from learn_features.config import PATH
+from learn_features.config import PATH, from_dict
 from learn_features.data.config import DataConfig
 from learn_features.data.split import SplitConfig
 from learn_features.errors import LearnFeaturesError
@@ -15,6 +16,10 @@ from learn_features.data.sources import data_source
 from learn_features.data.tables import ORDER_BY_TIME
 from training.methods import METHODS, get_methods
 from training.trainer import TrainConfig
+
+#: Training settings every method shares: seeds are numbered from train.seed, one device and
+#: worker pool serves the run, and one validation metric makes the methods' selections comparable.
+SHARED_TRAIN_KEYS = ("seed", "device", "workers", "select_metric")
 
 @dataclass
 class EvalConfig:
@@ -65,8 +70,18 @@ class PipelineConfig:
     model: PCHConfig = field(default_factory=PCHConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # One trained method's own training settings over [train], e.g. [train_by_method.id_baseline]
+    # objective = "next_item": a fair table tunes each method on validation, not only LEARN.
+    train_by_method: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name, settings in self.train_by_method.items():
+            if name not in METHODS or not METHODS[name].trained:
+                raise LearnFeaturesError(f"train_by_method.{name}: not a trained method; choose from {[m for m in METHODS if METHODS[m].trained]}")
+            shared = sorted(set(settings) & set(SHARED_TRAIN_KEYS))
+            if shared:
+                raise LearnFeaturesError(f"train_by_method.{name}: {shared} are shared by every method; set them in [train]")
+            self.train_for(name)  # unknown keys, wrong types and bad values fail now, naming the table
         if data_source(self.data.source).paths(self.data)[1] is None:
             raise LearnFeaturesError(f"data.source = {self.data.source!r} needs data.interactions and data.catalog paths: LEARN embeds the catalog")
         if "temporal" in self.split.protocols and self.data.order != ORDER_BY_TIME:
@@ -79,3 +94,10 @@ class PipelineConfig:
             raise LearnFeaturesError(
                 f"model.max_len ({self.model.max_len}) must cover split.history_len and split.target_len ({longest})"
             )
+
+    def train_for(self, method: str) -> TrainConfig:
+        """The training settings of ``method``: [train], then its [train_by_method] table."""
+        settings = self.train_by_method.get(method)
+        if not settings:
+            return self.train
+        return from_dict(TrainConfig, {**asdict(self.train), **settings}, f"train_by_method.{method}")

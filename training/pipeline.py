@@ -241,7 +241,7 @@ def train_job(prep: Prepared, protocol: str, method_name: str, seed: int, inputs
     return TrainJob(
         prep.run.model(protocol, method.name, seed),
         replace(config.model, variant=method.variant),
-        replace(config.train, seed=seed),
+        replace(config.train_for(method.name), seed=seed),
         split,
         inputs,
         config.split.history_len,

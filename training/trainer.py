@@ -15,6 +15,10 @@ items' share of training positives, false-negative masking), and for variant 1 t
 over the targets embedded alone, the path serving uses. With ``softmax = "full"`` the sampled
 negatives give way to every item of the pool at every step (``full_softmax_infonce``), the
 objective of a well-trained SASRec; which one a data set wants is chosen on validation users.
+With ``objective = "next_item"`` (full softmax only) the windows give way to whole sequences,
+cut into consecutive chunks of ``history_len + 1`` events, and every history position is scored
+against the event right after it (``next_item_softmax``): SASRec's training, every event a
+target once per epoch in one forward pass per chunk.
 
 A finished model is never rebuilt: ``TrainJob.finished`` reads its result (best epoch, score,
 history) from ``last.pt``, which is all ``evaluate`` needs of it.
@@ -57,7 +61,7 @@ from learn_features.pch import checkpoint
 from learn_features.pch.batching import Batch, make_batch
 from learn_features.pch.inference import item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
-from learn_features.pch.loss import dense_all_action_infonce, full_softmax_infonce
+from learn_features.pch.loss import dense_all_action_infonce, full_softmax_infonce, next_item_chance, next_item_softmax
 from learn_features.pch.model import PCH, PCHConfig
 from learn_features.pch.negatives import Negatives, Softmax
 from learn_features.retrieval import rank_items, rank_scores, score_rankings
@@ -67,6 +71,8 @@ from training.loader import prefetch, to_device_ahead
 
 # Execution choices that leave the training math unchanged: toggling them still resumes last.pt.
 RUNTIME_ONLY = ("prefetch", "compile", "device", "workers")  # the device counts only through the bf16/fused it allows
+#: ``train.objective``: the paper's dense all-action windows, or SASRec's next event at every position.
+Objective = Literal["all_action", "next_item"]
 SELECT_METRIC = re.compile(r"(hit|recall|ndcg)@\d+")  # what retrieval.per_user_scores computes per K
 
 
@@ -101,6 +107,10 @@ class TrainConfig:
     # "sampled": in-batch (+ uniform) negatives, corrected by log-q; "full": every item of the
     # uniform_from pool is a candidate at every step (no sampling, so no log-q or extras)
     softmax: Softmax = "sampled"
+    # "all_action": windows cut at random, every history position against the next target_len
+    # events' positives (the paper's); "next_item": whole sequences, each position against the
+    # one event after it (SASRec's), full softmax only
+    objective: Objective = "all_action"
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 2 or self.coverage <= 0:
@@ -115,6 +125,10 @@ class TrainConfig:
             raise LearnFeaturesError(f"train.prefetch must be >= 0 (batches built ahead), got {self.prefetch}")
         if self.softmax == "full" and self.uniform_negatives:
             raise LearnFeaturesError("train.uniform_negatives samples extra negatives; train.softmax = \"full\" already scores every item, set it to 0")
+        if self.objective == "next_item" and self.softmax != "full":
+            raise LearnFeaturesError('train.objective = "next_item" scores each position against the whole pool: it needs train.softmax = "full"')
+        if self.objective not in OBJECTIVE_SAMPLERS:
+            raise LearnFeaturesError(f"train.objective must be one of {list(OBJECTIVE_SAMPLERS)}, got {self.objective!r}")
         if not SELECT_METRIC.fullmatch(self.select_metric) or int(self.select_metric.split("@")[1]) < 1:
             raise LearnFeaturesError(
                 f"train.select_metric must be hit@K, recall@K or ndcg@K with K >= 1 (e.g. recall@50), got {self.select_metric!r}"
@@ -136,6 +150,11 @@ def windows_per_user(events: int, target_len: int, coverage: float) -> int:
 
 
 def sample_epoch(train: dict[str, TrainSequence], config: TrainConfig, history_len: int, target_len: int, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The epoch's (history, targets) pairs for the configured objective, shuffled (seeded by epoch)."""
+    return OBJECTIVE_SAMPLERS[config.objective](train, config, history_len, target_len, epoch)
+
+
+def sample_windows(train: dict[str, TrainSequence], config: TrainConfig, history_len: int, target_len: int, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(history, targets) windows: a cut c, the last N events before it, the positives among the next M.
 
     Cuts are drawn among the positions whose next M events hold a positive, so every window
@@ -154,6 +173,37 @@ def sample_epoch(train: dict[str, TrainSequence], config: TrainConfig, history_l
             window = slice(cut, cut + target_len)
             samples.append((seq.items[max(0, cut - history_len) : cut], seq.items[window][seq.positive[window]]))
     return [samples[i] for i in rng.permutation(len(samples))]
+
+
+def sample_sequences(train: dict[str, TrainSequence], config: TrainConfig, history_len: int, target_len: int, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(history, next events) chunks for ``next_item``: every sequence cut from its end into
+    consecutive chunks of ``history_len + 1`` events that overlap by one, so that every event
+    but a user's first is the next event of exactly one history position. The pair's second
+    array holds, per history position, the event after it, or -1 where that is no positive.
+    Chunks without a positive are left out; only their order is random."""
+    rng = np.random.default_rng([config.seed, epoch])
+    samples = []
+    for user in sorted(train):
+        seq = train[user]
+        for end in range(len(seq), 1, -history_len):
+            chunk = slice(max(0, end - history_len - 1), end)
+            items, positive = seq.items[chunk], seq.positive[chunk]
+            if positive[1:].any():
+                samples.append((items[:-1], np.where(positive[1:], items[1:], -1)))
+    return [samples[i] for i in rng.permutation(len(samples))]
+
+
+#: How each ``train.objective`` draws an epoch's (history, targets) pairs.
+OBJECTIVE_SAMPLERS = {"all_action": sample_windows, "next_item": sample_sequences}
+
+
+def epoch_pairs(train: dict[str, TrainSequence], config: TrainConfig, history_len: int, target_len: int) -> int:
+    """How many pairs an epoch draws, which sizes the learning-rate schedule: the windows of
+    ``windows_per_user`` (as every all-action run has counted them), or the chunk count, which
+    is the same every epoch."""
+    if config.objective == "all_action":
+        return sum(windows_per_user(len(seq), target_len, config.coverage) for seq in train.values())
+    return len(sample_epoch(train, config, history_len, target_len, 0))
 
 
 def validation_score(model: PCH, inputs: ItemInputs, users: EvalUsers, n_items: int, metric: str) -> float:
@@ -230,6 +280,8 @@ class TrainJob:
         math_config.update(bf16=config.bf16 and device.type == "cuda", fused=config.fused and device.type == "cuda")
         if config.softmax == "sampled":  # the objective of every run before train.softmax existed: they still resume
             del math_config["softmax"]
+        if config.objective == "all_action":  # likewise for runs from before train.objective
+            del math_config["objective"]
         model = asdict(self.model)
         if not self.inputs.id_part:  # only a hybrid has an ID part to drop: other towers resume whatever id_dropout says
             del model["id_dropout"]
@@ -308,14 +360,20 @@ def train_step(parts: StepParts, batch: Batch, global_size: int) -> tuple[float,
 
 def _full_softmax_step(parts: StepParts, batch: Batch, pool_inputs: torch.Tensor, global_size: int) -> tuple[float, float]:
     """``train_step`` under the full softmax: every pool item (the batch's extras) against every
-    history position. Each rank embeds the whole pool itself, so nothing is gathered."""
+    history position, for the window's targets (all-action) or the one next event (next-item).
+    Each rank embeds the whole pool itself, so nothing is gathered."""
     world, model, config = parts.world, parts.model, parts.config
     with parts.autocast:
         users, _, _, pool = parts.module(parts.inputs.lookup(batch.history, batch.rows), None, pool_inputs)
+    global_batch = None if world.size == 1 else global_size
+    if config.objective == "next_item":
+        next_positions = parts.negatives.pool_positions(batch.target_items)
+        loss = next_item_softmax(users.float(), pool.float(), batch.history_lengths, next_positions, model.config.temperature, global_batch)
+        return _update(parts, loss, next_item_chance(pool.shape[0], users.shape[0], global_batch))
     loss_of = partial(
-        full_softmax_infonce, history_lengths=batch.history_lengths, target_positions=parts.negatives.pool_position[batch.target_items],
+        full_softmax_infonce, history_lengths=batch.history_lengths, target_positions=parts.negatives.pool_positions(batch.target_items),
         target_lengths=batch.target_lengths, temperature=model.config.temperature, alpha=config.alpha, beta=config.beta,
-        global_batch=None if world.size == 1 else global_size,
+        global_batch=global_batch,
     )
     loss = loss_of(users.float(), pool.float())
     with torch.no_grad():
@@ -353,8 +411,7 @@ def build_parts(job: TrainJob, device: torch.device, world: World) -> StepParts:
         logq_correction=config.logq_correction, mask_false_negatives=config.mask_false_negatives, device=device,
         softmax=config.softmax,
     )
-    windows = sum(windows_per_user(len(seq), job.target_len, config.coverage) for seq in job.split.train.values())
-    total_steps = math.ceil(windows / config.batch_size) * config.epochs
+    total_steps = math.ceil(epoch_pairs(job.split.train, config, job.history_len, job.target_len) / config.batch_size) * config.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
     # the full softmax scores targets through the serving path already

@@ -37,9 +37,17 @@ items with a training event, or the whole catalog) as the candidates of every pa
 the batch's sampled ones: the full softmax that makes SASRec a strong ID baseline (cross-entropy
 over the catalog; Klenitskiy and Vasilev, RecSys 2023). Every candidate is present once, so no
 log-q correction applies, and a user's other targets are never negatives.
+
+``next_item_softmax`` is SASRec's own objective over the same pool: each history position is
+scored against the one event right after it (cross-entropy over the pool, every position of a
+user weighted alike), not against the window's targets after the cut. A sequence of n events
+then gives n - 1 pairs in one forward pass, where the all-action windows need a window per
+target; which objective a data set wants is chosen on validation users (``train.objective``).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -165,3 +173,37 @@ def full_softmax_infonce(
     positive = logits.gather(1, safe_targets[row_user])  # (R, M): s_bij
     per_pair = F.softplus(lse_negative.unsqueeze(1) - positive) * target_valid[row_user]
     return _batch_loss(per_pair, target_lengths, history_lengths, history_valid, row_user, alpha, beta, global_batch)
+
+
+def next_item_softmax(
+    users: torch.Tensor,
+    pool: torch.Tensor,
+    history_lengths: torch.Tensor,
+    next_positions: torch.Tensor,
+    temperature: float,
+    global_batch: int | None = None,
+) -> torch.Tensor:
+    """users (B, N, D) and the pool's item embeddings (P, D), both L2-normalised.
+
+    ``next_positions`` (B, N) is, for each history position, the pool row of the event right
+    after it, or -1 where that event is no target (not a positive, or padding). Each real
+    position with a target pays the cross-entropy of that row over the whole pool; a user's
+    loss is the mean over their positions, the batch loss the mean over users (or this rank's
+    share of it, with ``global_batch``), as in ``_batch_loss``.
+    """
+    batch, n, _ = users.shape
+    device = users.device
+    real = torch.arange(n, device=device).unsqueeze(0) < history_lengths.unsqueeze(1)
+    valid = real & (next_positions[:, :n] >= 0)  # (B, N)
+    row_user = torch.arange(batch, device=device).unsqueeze(1).expand(batch, n)[valid]  # (R,)
+    logits = (users[valid] @ pool.T / temperature).float()  # (R, P)
+    per_position = F.cross_entropy(logits, next_positions[:, :n][valid], reduction="none")  # (R,)
+    counts = valid.sum(1).clamp_min(1).float()
+    per_user = torch.zeros(batch, device=device).index_add(0, row_user, per_position) / counts
+    return per_user.mean() if global_batch is None else per_user.sum() / global_batch
+
+
+def next_item_chance(pool_size: int, users: int, global_batch: int | None = None) -> torch.Tensor:
+    """``next_item_softmax`` of a model that scores every pool item alike: log(P) per user with a
+    target (every sampled sequence has one), as this rank's share with ``global_batch``."""
+    return torch.tensor(math.log(pool_size) * (1.0 if global_batch is None else users / global_batch))

@@ -91,6 +91,10 @@ class Negatives:
         """Whether every pool item is a candidate at every step (the full softmax)."""
         return self.pool_position is not None
 
+    def pool_positions(self, items: torch.Tensor) -> torch.Tensor:
+        """Full softmax: the pool rows of catalog indices ``items``, -1 (padding, no target) kept."""
+        return torch.where(items >= 0, self.pool_position[items.clamp_min(0)], -1)  # type: ignore[index]
+
     def epoch_extras(self, epoch: int, batches: int) -> list[np.ndarray] | None:
         """Each batch's extras for ``epoch``: uniformly drawn (seeded, the same on every rank),
         the whole pool under the full softmax, or None."""

@@ -16,7 +16,7 @@ from learn_features.pch import checkpoint
 from learn_features.pch.batching import PAD, pad_array
 from learn_features.pch.inference import item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
-from learn_features.pch.loss import dense_all_action_infonce, full_softmax_infonce, recency_weights
+from learn_features.pch.loss import dense_all_action_infonce, full_softmax_infonce, next_item_chance, next_item_softmax, recency_weights
 from learn_features.pch.negatives import Candidates
 from learn_features.pch.model import PCH
 from learn_features.retrieval import rank_items
@@ -233,6 +233,41 @@ def test_full_softmax_equals_reference_loop(seed: int, temperature: float) -> No
     halves = [full_softmax_infonce(users[s].float(), pool.float(), hl[s], targets[s], tl[s], temperature, 10.0, 100.0, global_batch=4)
               for s in (slice(0, 2), slice(2, 4))]
     assert (halves[0] + halves[1]).item() == pytest.approx(got.item(), rel=1e-5)  # ranks' shares add up
+
+
+def next_item_reference_loss(users, pool, hl, next_rows, temperature) -> float:
+    """SASRec's objective, term by term: each real position with a next event pays
+    -log softmax over the pool of that event; a user's positions are averaged, then users."""
+    u, p, hl, next_rows = users.tolist(), pool.tolist(), hl.tolist(), next_rows.tolist()
+    per_user = []
+    for b in range(len(u)):
+        terms = []
+        for i in range(hl[b]):
+            if next_rows[b][i] < 0:
+                continue
+            scores = [dot(u[b][i], p[k]) / temperature for k in range(len(p))]
+            terms.append(math.log(sum(math.exp(s) for s in scores)) - scores[next_rows[b][i]])
+        per_user.append(sum(terms) / len(terms))
+    return sum(per_user) / len(per_user)
+
+
+@pytest.mark.parametrize("seed, temperature", [(0, 0.5), (1, 0.1)])
+def test_next_item_softmax_equals_reference_loop(seed: int, temperature: float) -> None:
+    """The next-event objective == a slow reference: holes (-1: the next event is no positive)
+    and padded positions (garbage rows past the history, out-of-range pool rows) pay nothing."""
+    users, _, hl, _ = random_batch(seed)
+    gen = torch.Generator().manual_seed(seed + 20)
+    pool = torch.nn.functional.normalize(torch.randn(9, 6, generator=gen, dtype=torch.float64), dim=-1)
+    next_rows = torch.tensor([[1, -1, 3, 3, 8], [2, 7, 99, 99, 99], [0, 99, 99, 99, 99], [-1, 4, 5, 6, 99]])
+    got = next_item_softmax(users.float(), pool.float(), hl, next_rows.where(next_rows < 9, -1), temperature)
+    expected = next_item_reference_loss(users, pool, hl, next_rows, temperature)
+    assert got.item() == pytest.approx(expected, rel=1e-4)
+    halves = [next_item_softmax(users[s].float(), pool.float(), hl[s], next_rows[s].where(next_rows[s] < 9, -1), temperature, global_batch=4)
+              for s in (slice(0, 2), slice(2, 4))]
+    assert (halves[0] + halves[1]).item() == pytest.approx(got.item(), rel=1e-5)  # ranks' shares add up
+    flat = next_item_softmax(torch.zeros_like(users[:, :, :1]).float(), torch.zeros(9, 1), hl, next_rows.where(next_rows < 9, -1), temperature)
+    assert flat.item() == pytest.approx(next_item_chance(9, 4).item()) == pytest.approx(math.log(9))
+    assert sum(next_item_chance(9, 2, global_batch=4).item() for _ in range(2)) == pytest.approx(math.log(9))
 
 
 def test_false_negative_masking_removes_shared_targets() -> None:

@@ -6,12 +6,19 @@ published protocol on the shipped Amazon data."""
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+
 from learn_features.config import load_config
+from learn_features.errors import LearnFeaturesError
+from learn_features.pch.inputs import ItemInputs
 from training.config import PipelineConfig
 from training.methods import METHODS
+from training.pipeline import prepare, train_job
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "training" / "configs"
@@ -54,8 +61,9 @@ def test_the_default_job_trains_learn_v1_once_beside_the_baselines_a_claim_needs
 def test_the_amazon_benchmark_is_the_published_protocol_on_the_shipped_data() -> None:
     """Leave-one-out with histories cut to 50, ordered by the (fake, per-user) dates, every
     method but popularity_recent (whose window reads dates), paired against both LEARN
-    defaults, the full softmax chosen on validation, and the MovieLens benchmark's towers and
-    encoders."""
+    defaults, the full softmax chosen on validation (the ID baseline with SASRec's next-item
+    objective, also chosen there), and the MovieLens benchmark's towers and encoders (the LLM
+    in fp32, the content its README table was computed on)."""
     amazon = load_config(PipelineConfig, CONFIGS / "amazon-scientific.toml")
     benchmark = load_config(PipelineConfig, CONFIGS / "movielens-benchmark.toml")
     data = ROOT / "data" / "amazon-scientific"
@@ -68,8 +76,9 @@ def test_the_amazon_benchmark_is_the_published_protocol_on_the_shipped_data() ->
     assert amazon.eval.seeds == 3 and amazon.eval.ks == [10, 20, 50]
     assert amazon.eval.references == ["learn_v1", "learn_hybrid"] and amazon.eval.tail_share == 0.2
     assert amazon.train.softmax == "full" and amazon.train.uniform_negatives == 0 and amazon.train.select_metric == "recall@10"
+    assert list(amazon.train_by_method) == ["id_baseline"] and amazon.train_for("id_baseline").objective == "next_item"
     assert asdict(amazon.model) == {**asdict(benchmark.model), "max_len": 50}
-    assert asdict(amazon.llm) == asdict(benchmark.llm) and asdict(amazon.text_encoder) == asdict(benchmark.text_encoder)
+    assert asdict(amazon.llm) == {**asdict(benchmark.llm), "dtype": "float32"} and asdict(amazon.text_encoder) == asdict(benchmark.text_encoder)
 
 
 def test_the_amazon_config_names_its_two_data_files_as_the_lines_to_change() -> None:
@@ -78,3 +87,39 @@ def test_the_amazon_config_names_its_two_data_files_as_the_lines_to_change() -> 
     assert {"interactions", "catalog"} <= set(tomllib.loads(text)["data"])
     header = "".join(line for line in text.splitlines() if line.startswith("#"))
     assert "data.interactions" in header and "data.catalog" in header
+
+
+NEXT_ITEM_ID_BASELINE = ['train_by_method.id_baseline.softmax="full"', 'train_by_method.id_baseline.objective="next_item"',
+                         "train_by_method.id_baseline.uniform_negatives=0", "train_by_method.id_baseline.batch_size=32"]
+
+
+def test_a_trained_method_can_have_its_own_training_settings() -> None:
+    """[train_by_method.<method>] is laid over [train] for that method's jobs only (their
+    fingerprint included); every other method trains with [train] as it is."""
+    config = load_config(PipelineConfig, CONFIGS / "movielens.toml", NEXT_ITEM_ID_BASELINE)
+    own = config.train_for("id_baseline")
+    assert (own.objective, own.softmax, own.uniform_negatives, own.batch_size) == ("next_item", "full", 0, 32)
+    assert asdict(own) == {**asdict(config.train), "objective": "next_item", "softmax": "full", "uniform_negatives": 0, "batch_size": 32}
+    assert config.train_for("learn_v1") == config.train
+    prep = prepare(config)
+    inputs = ItemInputs.from_training_items(len(prep.splits["temporal"].item_ids), np.arange(3), torch.device("cpu"))
+    jobs = {m: train_job(prep, "temporal", m, 1, inputs) for m in ("id_baseline", "learn_v1")}
+    assert (jobs["id_baseline"].train.objective, jobs["id_baseline"].train.seed) == ("next_item", 1)
+    assert jobs["learn_v1"].train == replace(config.train, seed=1)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train_by_method.popularity.lr=1e-3", "train_by_method.popularity: not a trained method"),
+        ("train_by_method.sasrec.lr=1e-3", "train_by_method.sasrec: not a trained method"),
+        ("train_by_method.id_baseline.seed=3", r"train_by_method.id_baseline: \['seed'\] are shared by every method"),
+        ("train_by_method.id_baseline.learning_rate=1e-3", r"train_by_method.id_baseline: unknown key\(s\) \['learning_rate'\]"),
+        ('train_by_method.id_baseline.epochs="many"', "train_by_method.id_baseline.epochs: expected int"),
+        ('train_by_method.id_baseline.objective="next_item"', "train.objective = \"next_item\" .* needs train.softmax = \"full\""),
+        ("train_by_method.id_baseline=3", "train_by_method.id_baseline: expected a table"),
+    ],
+)
+def test_bad_per_method_training_settings_are_refused_naming_the_table(override: str, message: str) -> None:
+    with pytest.raises(LearnFeaturesError, match=message):
+        load_config(PipelineConfig, CONFIGS / "movielens.toml", [override])

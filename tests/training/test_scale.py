@@ -434,6 +434,8 @@ def test_train_bench_tiny_preset_runs_both_configurations(tmp_path: Path) -> Non
     assert set(summary["results"]) == {"naive", "optimised"} and summary["data"].startswith("synthetic")
     for result in summary["results"].values():
         assert result["users_per_s"] > 0 and result["peak_memory"] > 0 and np.isfinite(result["final_loss"])
+        assert result["gflop_per_step"] > 0 and result["gflop_per_s"] == pytest.approx(result["gflop_per_step"] * result["steps_per_s"])
+    assert summary["device"] != "cpu" or summary["cpu_fp32_peak_gflops"] > 0
     assert summary["results"]["naive"]["options"]["prefetch"] == 0 and summary["results"]["optimised"]["options"]["optimizer"] == "adamw"
     assert summary["speedup_users_per_s"] > 0 and "optimised / naive: users/s x" in done.stdout
 

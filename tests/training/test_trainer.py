@@ -149,13 +149,15 @@ def test_changed_configuration_retrains_from_scratch(reference, data, tmp_path: 
     assert len(loss_calls) > 0 and checkpoint.load_payload(tmp_path / LAST)["state"]["epoch"] == 0
 
 
-def test_the_two_softmaxes_never_resume_each_other(data) -> None:
-    """A sampled-softmax last.pt is no resume point for a full-softmax job, nor the reverse."""
+def test_the_objectives_never_resume_each_other(data) -> None:
+    """A sampled-softmax last.pt is no resume point for a full-softmax job, nor an all-action
+    one for a next-item one, nor the reverse."""
     split, inputs = data
     job = TrainJob(Path("unused"), MODEL, TRAIN, split, inputs, HISTORY_LEN, TARGET_LEN, "learn_v1")
     full = dataclasses.replace(job, train=dataclasses.replace(TRAIN, softmax="full"))
+    next_item = dataclasses.replace(job, train=dataclasses.replace(TRAIN, softmax="full", objective="next_item"))
     cpu = torch.device("cpu")
-    assert job.fingerprint(cpu) != full.fingerprint(cpu)
+    assert len({job.fingerprint(cpu), full.fingerprint(cpu), next_item.fingerprint(cpu)}) == 3
 
 
 def test_changed_content_retrains_from_scratch(reference, data, tmp_path: Path, loss_calls, single_thread) -> None:
@@ -185,15 +187,18 @@ def test_validation_score_improves_over_random_init(reference, data) -> None:
     assert all(h["loss"] < h["chance_loss"] for h in result.history[1:]), result.history
 
 
+@pytest.mark.parametrize("objective", ["all_action", "next_item"])
 @pytest.mark.parametrize("kind", ["content", "ids"])
-def test_full_softmax_learns(data, tmp_path: Path, kind: str, single_thread) -> None:
+def test_full_softmax_learns(data, tmp_path: Path, kind: str, objective: str, single_thread) -> None:
     """train.softmax = "full" (every warm item a candidate at every step) trains content and ID
-    towers: the loss falls below chance and the selected model beats the untrained towers."""
+    towers under both objectives: the loss falls below chance and the selected model beats the
+    untrained towers."""
     split, content = data
     trained = np.flatnonzero(split.warm_items)
     inputs = content if kind == "content" else ItemInputs.from_training_items(len(split.item_ids), trained, torch.device("cpu"))
     ids = None if kind == "content" else [split.item_ids[i] for i in trained]
-    config = dataclasses.replace(TRAIN, softmax="full", epochs=4)
+    # a short sequence is one chunk, about a quarter of the windows coverage 2 draws: 3x the epochs
+    config = dataclasses.replace(TRAIN, softmax="full", objective=objective, epochs=4 if objective == "all_action" else 12, patience=12)
     result = train_towers(TrainJob(tmp_path, MODEL, config, split, inputs, HISTORY_LEN, TARGET_LEN, "learn_v1", ids), progress=False)
     torch.manual_seed(0)
     untrained = PCH(MODEL, content_dim=inputs.content_dim, num_items=inputs.num_id_slots)
@@ -315,10 +320,42 @@ def test_sample_epoch_targets_are_positives_only() -> None:
     assert {len(history) for history, _ in samples} <= {4}  # cuts at 6, 7 or 8: four events of history
 
 
+def test_next_item_chunks_make_every_later_event_the_next_event_of_one_position(data) -> None:
+    """objective = "next_item": each sequence is cut from its end into chunks of history_len + 1
+    consecutive events; the history is a chunk's first history_len, and each position's next
+    event is the event after it, -1 where that is no positive. Over a user's chunks every
+    positive but the first event is a next event exactly once, after the event it follows;
+    only the order varies by epoch."""
+    split, _ = data
+    config = dataclasses.replace(TRAIN, softmax="full", objective="next_item")
+    samples = sample_epoch(split.train, config, HISTORY_LEN, TARGET_LEN, epoch=0)
+    seen: dict[tuple[int, int], int] = {}  # (item, item before it) -> how often it was a next event
+    for history, following in samples:
+        assert 1 <= len(history) <= HISTORY_LEN and len(following) == len(history) and (following >= 0).any()
+        for position, item in enumerate(following.tolist()):
+            if item >= 0:
+                seen[(item, int(history[position]))] = seen.get((item, int(history[position])), 0) + 1
+    expected: dict[tuple[int, int], int] = {}
+    for s in split.train.values():
+        for i in range(1, len(s.items)):
+            if s.positive[i]:
+                expected[(int(s.items[i]), int(s.items[i - 1]))] = expected.get((int(s.items[i]), int(s.items[i - 1])), 0) + 1
+    assert seen == expected
+    items = np.arange(11)
+    positive = np.array([1, 0, 1, 1, 0, 0, 0, 0, 1, 0, 1], dtype=bool)
+    chunks = sample_epoch({"u": TrainSequence(items, positive, np.arange(11))}, config, 4, 1, epoch=0)
+    assert sorted((h.tolist(), f.tolist()) for h, f in chunks) == [  # chunks [0..2], [2..6], [6..10]
+        ([0, 1], [-1, 2]), ([2, 3, 4, 5], [3, -1, -1, -1]), ([6, 7, 8, 9], [-1, 8, -1, 10]),
+    ]
+    other = sample_epoch(split.train, config, HISTORY_LEN, TARGET_LEN, epoch=1)
+    assert sorted(map(lambda p: p[0].tolist(), other)) == sorted(map(lambda p: p[0].tolist(), samples))
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"batch_size": 1}, {"lr": 0.0}, {"epochs": 0}, {"warmup_ratio": 1.0}, {"coverage": 0.0}, {"select_metric": "recall"},
-     {"select_metric": "mrr@10"}, {"uniform_negatives": -1}, {"softmax": "full", "uniform_negatives": 8}],
+     {"select_metric": "mrr@10"}, {"uniform_negatives": -1}, {"softmax": "full", "uniform_negatives": 8},
+     {"objective": "next_item"}, {"softmax": "full", "objective": "next_items"}],
 )
 def test_train_config_validation(kwargs: dict) -> None:
     with pytest.raises(LearnFeaturesError):
