@@ -21,6 +21,7 @@ from training.trainer import TrainConfig
 #: worker pool serves the run, and one validation metric makes the methods' selections comparable.
 SHARED_TRAIN_KEYS = ("seed", "device", "workers", "select_metric")
 
+
 @dataclass
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: list(DEFAULT_KS))

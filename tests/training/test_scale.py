@@ -273,11 +273,34 @@ GLOBAL_BATCH = [  # 5 users over 2 ranks (3 + 2): uneven parts and uneven target
 ]
 
 
-def one_step(variant: int, world: World) -> dict:
-    """The trainer's own step (this rank's part of GLOBAL_BATCH) with lr 0: loss and gradients."""
+#: The same users for the next-item objective: each history position's next event, -1 where none.
+NEXT_ITEM_BATCH = [
+    (np.array([0, 1, 2, 3, 4, 5, 6]), np.array([1, 2, -1, 4, 5, 6, 7])),
+    (np.array([10]), np.array([11])),
+    (np.array([12, 13, 14]), np.array([13, -1, 15])),
+    (np.array([19, 20, 21, 22, 23, 24, 25, 26]), np.array([20, 21, 22, 23, 24, 25, 26, 27])),
+    (np.array([29, 3, 17]), np.array([3, 17, 5])),
+]
+
+
+def one_step(case: int | str, world: World) -> dict:
+    """The trainer's own step (this rank's part of GLOBAL_BATCH) with lr 0: loss and gradients.
+    ``case`` is the item-tower variant (sampled softmax), or "next_item" (variant 1, the full
+    softmax over all 30 items, NEXT_ITEM_BATCH)."""
     torch.manual_seed(0)
+    variant = 1 if case == "next_item" else int(case)
     model = PCH(tiny_pch_config(variant=variant, dropout=0.0, max_len=8), content_dim=12)
     inputs = ItemInputs.from_content(np.random.default_rng(3).normal(size=(30, 12)), CPU)
+    if case == "next_item":
+        config = TrainConfig(lr=1e-12, grad_clip=1e9, device="cpu", softmax="full", objective="next_item")
+        optimizer = build_optimizer(model, config, CPU)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        negatives = Negatives(np.arange(30), 30, 0, None, True, torch.arange(30))
+        batch = next(host_batches([NEXT_ITEM_BATCH], inputs, world, False, [np.arange(30)]))
+        parts = StepParts(step_module(model, config, CPU, world), model, inputs, optimizer, scheduler, config, world,
+                          torch.autocast("cpu", enabled=False), negatives)
+        loss, _ = train_step(parts, batch, len(NEXT_ITEM_BATCH))
+        return {"loss": loss, "local_users": int(batch.history.shape[0]), "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
     config = TrainConfig(lr=1e-12, grad_clip=1e9, device="cpu")
     optimizer = build_optimizer(model, config, CPU)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -299,7 +322,7 @@ def rank_worker(rank: int, world_size: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
-        results = {variant: one_step(variant, World.current()) for variant in (1, 3)}
+        results = {case: one_step(case, World.current()) for case in (1, 3, "next_item")}
         torch.save(results, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -314,17 +337,18 @@ def free_port() -> int:
 def test_two_ranks_give_the_loss_and_gradients_of_one_process(tmp_path: Path, single_thread) -> None:
     """2 gloo ranks x their part of a 5-user batch == 1 process x the whole batch, within 1e-5:
     the negatives gathered across ranks are the one-process negatives, and the gradient that
-    other ranks' users send to this rank's targets arrives through the gather's backward."""
+    other ranks' users send to this rank's targets arrives through the gather's backward. Under
+    the next-item objective each rank embeds the whole pool and its loss share adds up."""
     out = str(tmp_path / "rank")
     mp.spawn(rank_worker, args=(2, free_port(), out), nprocs=2, join=True)
     ranks = [torch.load(f"{out}.{r}", weights_only=False) for r in range(2)]
-    for variant in (1, 3):
-        single = one_step(variant, World())
-        assert [r[variant]["local_users"] for r in ranks] == [3, 2]
+    for case in (1, 3, "next_item"):
+        single = one_step(case, World())
+        assert [r[case]["local_users"] for r in ranks] == [3, 2]
         for result in ranks:
-            assert result[variant]["loss"] == pytest.approx(single["loss"], abs=1e-5)
+            assert result[case]["loss"] == pytest.approx(single["loss"], abs=1e-5)
             for name, grad in single["grads"].items():
-                torch.testing.assert_close(result[variant]["grads"][name], grad, atol=1e-5, rtol=0, msg=f"variant {variant}: {name}")
+                torch.testing.assert_close(result[case]["grads"][name], grad, atol=1e-5, rtol=0, msg=f"{case}: {name}")
 
 
 def test_world_parts_cover_the_batch() -> None:
