@@ -5,7 +5,7 @@ bf16 extraction is about twice as fast on a CPU with native bf16 (``bench/extrac
 it is a default only if the towers trained on its vectors score like the fp32 ones. For each
 method of both runs this prints, per metric, the mean over users of the seed-averaged score
 ± the SD of the seed means in each run, their difference with the paired 95% bootstrap
-interval over the same users (the evaluation's own ``paired_bootstrap_interval``), and whether
+interval over the same users (all three from the evaluation's own ``summarise``), and whether
 the difference is within the seed spread (|difference| <= the larger of the two seed SDs,
 the issue's criterion) and whether the paired interval holds 0.
 
@@ -22,22 +22,20 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from learn_features.retrieval import paired_bootstrap_interval  # noqa: E402
+from training.evaluation import headline_metrics, summarise  # noqa: E402
 
 METRICS = ("recall@10", "ndcg@10", "recall@50", "recall@100")
+KS = sorted({int(metric.split("@")[1]) for metric in METRICS})
 
 
-def seed_means(frame: pd.DataFrame, metric: str) -> tuple[pd.Series, float]:
-    """Per user, the mean over seeds; and the SD over seeds of the users' mean."""
-    by_user = frame.groupby("user_id")[metric].mean()
-    per_seed = frame.groupby("seed")[metric].mean()
-    return by_user, float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0
+def seed_table(frame: pd.DataFrame, users: pd.Index, metrics: list[str]) -> dict[str, object]:
+    """metric -> (seeds, users) per-user scores, users in the given order: ``summarise``'s input."""
+    return {metric: frame.pivot(index="seed", columns="user_id", values=metric)[users].to_numpy() for metric in metrics}
 
 
 def compare(a: pd.DataFrame, b: pd.DataFrame, rounds: int) -> list[str]:
@@ -48,19 +46,21 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, rounds: int) -> list[str]:
         part_b = b[(b.protocol == protocol) & (b.method == method) & (b.subset == subset)]
         if part_b.empty:
             continue
-        for metric in METRICS:
-            if metric not in part_a:
-                continue
-            users_a, sd_a = seed_means(part_a, metric)
-            users_b, sd_b = seed_means(part_b, metric)
-            shared = users_a.index.intersection(users_b.index)
-            difference = (users_b[shared] - users_a[shared]).to_numpy()
-            low, high = paired_bootstrap_interval(difference, rounds=rounds)
+        ks = [k for k in KS if f"recall@{k}" in part_a]  # the cut-offs both runs were evaluated at
+        metrics = headline_metrics(ks)
+        shared = pd.Index(sorted(set(part_a.user_id) & set(part_b.user_id)))
+        a_table = seed_table(part_a, shared, metrics)
+        summary_a = summarise(a_table, ks, rounds, {})
+        summary_b = summarise(seed_table(part_b, shared, metrics), ks, rounds, {"a": a_table})
+        for metric in (m for m in METRICS if m in metrics):
+            sd_a, sd_b = summary_a["seed_sd"][metric] or 0.0, summary_b["seed_sd"][metric] or 0.0  # None: one seed
+            paired = summary_b["paired"]["a"][metric]
+            difference, (low, high) = paired["delta"], paired["ci95"]
             spread = max(sd_a, sd_b)  # 0 for one seed or an untrained method: no spread to be within
-            within = "n/a" if spread == 0 else "yes" if abs(difference.mean()) <= spread else "NO"
+            within = "n/a" if spread == 0 else "yes" if abs(difference) <= spread else "NO"
             lines.append(
-                f"| {protocol} | {method} | {subset} | {metric} | {users_a.mean():.4f} ± {sd_a:.4f} | {users_b.mean():.4f} ± {sd_b:.4f} "
-                f"| {difference.mean():+.4f} [{low:+.4f}, {high:+.4f}] | {within} | {'yes' if low <= 0 <= high else 'NO'} |"
+                f"| {protocol} | {method} | {subset} | {metric} | {summary_a[metric]:.4f} ± {sd_a:.4f} | {summary_b[metric]:.4f} ± {sd_b:.4f} "
+                f"| {difference:+.4f} [{low:+.4f}, {high:+.4f}] | {within} | {'yes' if low <= 0 <= high else 'NO'} |"
             )
     return lines
 
