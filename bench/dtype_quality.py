@@ -46,7 +46,7 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, rounds: int) -> list[str]:
         part_b = b[(b.protocol == protocol) & (b.method == method) & (b.subset == subset)]
         if part_b.empty:
             continue
-        ks = [k for k in KS if f"recall@{k}" in part_a]  # the cut-offs both runs were evaluated at
+        ks = [k for k in KS if f"recall@{k}" in part_a]  # the cut-offs of METRICS that run A holds
         metrics = headline_metrics(ks)
         shared = pd.Index(sorted(set(part_a.user_id) & set(part_b.user_id)))
         a_table = seed_table(part_a, shared, metrics)
