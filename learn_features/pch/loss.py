@@ -86,13 +86,13 @@ def dense_all_action_infonce(
     its size at the paper's N = 80, M = 40, where windows are rarely full).
     """
     c = candidates or Candidates()
-    batch, n, dim = users.shape
-    gathered, m = items.shape[:2]
+    batch, n, _ = users.shape
+    m = items.shape[1]
     device = users.device
     history_valid = torch.arange(n, device=device).unsqueeze(0) < history_lengths.unsqueeze(1)  # (B, N)
     target_valid = torch.arange(m, device=device).unsqueeze(0) < target_lengths.unsqueeze(1)  # (G, M)
-    row_user = torch.arange(batch, device=device).unsqueeze(1).expand(batch, n)[history_valid]  # (R,)
-    col_owner = torch.arange(gathered, device=device).unsqueeze(1).expand(gathered, m)[target_valid]  # (K,)
+    row_user = _rows_of(history_valid)  # (R,)
+    col_owner = _rows_of(target_valid)  # (K,)
     logits = users[history_valid] @ items[target_valid].T / temperature  # (R, K)
     logits = logits.float()
     if c.target_log_q is not None:
@@ -134,6 +134,12 @@ def _batch_loss(per_pair: torch.Tensor, target_counts: torch.Tensor, history_len
     return per_user.mean() if global_batch is None else per_user.sum() / global_batch
 
 
+def _rows_of(mask: torch.Tensor) -> torch.Tensor:
+    """The row of each True entry of a 2-D mask, in the row-major order boolean indexing uses:
+    which user a selected history position, or a selected target, belongs to."""
+    return mask.nonzero(as_tuple=True)[0]
+
+
 def _is_own_target(own_ids: torch.Tensor, own_valid: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
     """(B, K): whether each candidate id is one of user b's own (valid) target ids."""
     hit = (own_ids[:, :, None] == candidate_ids[None, None, :]) & own_valid[:, :, None]
@@ -164,11 +170,11 @@ def full_softmax_infonce(
     device = users.device
     history_valid = torch.arange(n, device=device).unsqueeze(0) < history_lengths.unsqueeze(1)  # (B, N)
     target_valid = torch.arange(m, device=device).unsqueeze(0) < target_lengths.unsqueeze(1)  # (B, M)
-    row_user = torch.arange(batch, device=device).unsqueeze(1).expand(batch, n)[history_valid]  # (R,)
+    row_user = _rows_of(history_valid)  # (R,)
     logits = (users[history_valid] @ pool.T / temperature).float()  # (R, P)
     safe_targets = target_positions.clamp_min(0)
     own = torch.zeros(batch, pool.shape[0], dtype=torch.bool, device=device)
-    own[torch.arange(batch, device=device).unsqueeze(1).expand(batch, m)[target_valid], safe_targets[target_valid]] = True
+    own[_rows_of(target_valid), safe_targets[target_valid]] = True
     lse_negative = logits.masked_fill(own[row_user], float("-inf")).logsumexp(dim=1)  # (R,)
     positive = logits.gather(1, safe_targets[row_user])  # (R, M): s_bij
     per_pair = F.softplus(lse_negative.unsqueeze(1) - positive) * target_valid[row_user]
@@ -195,7 +201,7 @@ def next_item_softmax(
     device = users.device
     real = torch.arange(n, device=device).unsqueeze(0) < history_lengths.unsqueeze(1)
     valid = real & (next_positions[:, :n] >= 0)  # (B, N)
-    row_user = torch.arange(batch, device=device).unsqueeze(1).expand(batch, n)[valid]  # (R,)
+    row_user = _rows_of(valid)  # (R,)
     logits = (users[valid] @ pool.T / temperature).float()  # (R, P)
     per_position = F.cross_entropy(logits, next_positions[:, :n][valid], reduction="none")  # (R,)
     counts = valid.sum(1).clamp_min(1).float()
