@@ -1,13 +1,15 @@
 """Streamed user vectors: event -> served latency and users/s, previous implementation vs current.
 
 On a trained run (default ``runs/movielens``, after ``make run``), in one process, for each of
-two implementations of the stream's history table:
+two implementations of ``UserStream.ingest``'s two costliest steps:
 
-- **previous** (commit ``d6ada8b``): ``PreviousHistoryStore`` below, the history reads as they
-  were there (one query per user, a SQLite connection opened and closed on every call), and
-  every earlier publication read again at each batch's publication record;
-- **current**: ``learn_features.store.histories.HistoryStore``, and the stream's
-  ``PublishedRowsReader``, which reads each earlier publication once;
+- **previous** (commit ``636550f``): the user tower as it was there
+  (``previous_user_vectors`` below: every history position's content gathered and projected,
+  and every layer run at every position), and the ledger parsing every ``publication.json``
+  each time it is listed (four times a batch);
+- **current**: ``learn_features.pch.inference.user_vectors`` (each catalog item projected
+  once per process, the last layer at the one position retrieval reads) and the ledger's
+  parsed-record cache (``store.ledger.list_publications``);
 
 the same steps, each on its own throwaway copy of feature_repo/ (SQLite online store), the two
 interleaved event by event and batch by batch so that other load on the machine falls on both:
@@ -25,9 +27,9 @@ interleaved event by event and batch by batch so that other load on the machine 
 
 Then one batch (the first size) of the current implementation under cProfile, split by the
 step of ``ingest`` it was spent in (history write and read, tower, Feast push, publication
-record, ledger reads), and the tower alone over every user's whole history
-(``UserTower.embed``, as ``embed-users --as-of`` runs it, no publish): the bound that the
-tower sets on users/s whatever the rest costs.
+record, ledger reads), and the tower alone over every user's whole history, both
+implementations (``UserTower.embed``, as ``embed-users --as-of`` runs it, no publish): the
+bound that the tower sets on users/s whatever the rest costs.
 
     .venv/bin/python bench/stream_bench.py --run-dir runs/movielens --config training/configs/movielens.toml --threads 1
     .venv/bin/python bench/stream_bench.py --events 20 --batch 20 --batches 2   # smoke size
@@ -43,11 +45,10 @@ import cProfile
 import json
 import pstats
 import shutil
-import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,17 +57,22 @@ import pandas as pd
 import torch
 
 from learn_features.config import load_config
-from learn_features.store.histories import BUSY_TIMEOUT_S, HistoryStore
-from learn_features.store.ledger import list_publications
+from learn_features.errors import LearnFeaturesError
+from learn_features.pch.batching import pad_array
+from learn_features.pch.inputs import ItemInputs
+from learn_features.pch.model import PCH
+from learn_features.store import ledger
+from learn_features.store.ledger import Publication, list_publications
 from learn_features.store.publish import publish_run
 from learn_features.store.repo import USER, apply_repo, open_store
 from learn_features.store.serving import LearnFeatureClient
 from learn_features.store.stream import UserStream
+from learn_features.trained_run import TrainedRun
 from learn_features.user_vectors import UserTower, snapshot_histories
 from training import pipeline
 from training.config import PipelineConfig
 
-PREVIOUS_COMMIT = "d6ada8b"
+PREVIOUS_COMMIT = "636550f"
 REPO_SRC = Path(__file__).resolve().parents[1] / "feature_repo"
 REPO_FILES = (".feastignore", "feature_store.yaml", "learn_repo.py")
 
@@ -85,31 +91,42 @@ INGEST_STEPS = (
 )
 
 
-class PreviousHistoryStore(HistoryStore):
-    """The history table's reads as of ``d6ada8b``: a connection per call, one query per user."""
-
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            yield db
-
-    def histories(self, user_ids: Sequence[str]) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        with self._connection() as db:
-            for user in user_ids:
-                rows = db.execute("SELECT item_id FROM events WHERE user_id = ? ORDER BY ts, item_id", (str(user),)).fetchall()
-                if rows:
-                    out[str(user)] = [r[0] for r in rows]
-        return out
+@torch.inference_mode()
+def previous_user_vectors(model: PCH, inputs: ItemInputs, histories: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+    """``pch.inference.user_vectors`` as of ``636550f``: every position's content gathered and
+    projected, every layer at every position, the last position read."""
+    if any(len(h) == 0 for h in histories):
+        raise LearnFeaturesError("a user with an empty history has no LEARN user embedding")
+    device = next(model.parameters()).device
+    out = np.zeros((len(histories), model.config.d_out), np.float32)
+    for start in range(0, len(histories), batch_size):
+        chunk = list(histories[start : start + batch_size])
+        filled = chunk + [chunk[-1]] * (batch_size - len(chunk))
+        padded, lengths = pad_array(filled, model.config.max_len)
+        indices, lengths = torch.as_tensor(padded, device=device), torch.as_tensor(lengths, device=device)
+        vectors = model.last_position(model.user_embeddings(inputs.gather(indices)), lengths).float().cpu().numpy()
+        out[start : start + len(chunk)] = vectors[: len(chunk)]
+    return out
 
 
-#: name -> (history table, whether the stream keeps its reader of earlier publications)
-IMPLEMENTATIONS: dict[str, tuple[type[HistoryStore], bool]] = {
-    f"previous ({PREVIOUS_COMMIT})": (PreviousHistoryStore, False),
-    "current": (HistoryStore, True),
-}
+def use_previous_tower(trained: TrainedRun) -> None:
+    """Make ``trained`` (a stream's or a bench's tower) embed users as ``636550f`` did."""
+    trained.user_vectors = lambda histories, progress=False: previous_user_vectors(trained.model, trained.inputs, histories)  # type: ignore[method-assign]
+
+
+@contextmanager
+def previous_ledger() -> Iterator[None]:
+    """The ledger as of ``636550f`` while in the block: every listing parses every record."""
+    cached = ledger._read_record
+    ledger._read_record = lambda meta_path, mtime_ns: Publication.read(meta_path)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        ledger._read_record = cached
+
+
+#: name -> whether the implementation is the previous one
+IMPLEMENTATIONS: dict[str, bool] = {f"previous ({PREVIOUS_COMMIT})": True, "current": False}
 
 
 def throwaway_repo(repo: Path) -> Path:
@@ -145,6 +162,7 @@ class Subject:
     implementations get the same events) and what was measured on it."""
 
     name: str
+    previous: bool
     stream: UserStream
     client: LearnFeatureClient
     source: EventSource
@@ -154,18 +172,15 @@ class Subject:
     served_s: dict[tuple[str, int], list[float]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, name: str, implementation: tuple[type[HistoryStore], bool], run_dir: str, repo: Path, events: pd.DataFrame,
-              seed: int) -> Subject:
+    def build(cls, name: str, previous: bool, run_dir: str, repo: Path, events: pd.DataFrame, seed: int) -> Subject:
         publish_run(run_dir, repo)
         apply_repo(open_store(repo), repo)
         stream = UserStream(run_dir, repo)
-        store_type, keeps_published = implementation
-        stream.histories = store_type.in_repo(repo, stream.tower.history_len)
-        if not keeps_published:
-            stream.published = None  # every batch reads all earlier publications, as at PREVIOUS_COMMIT
+        if previous:
+            use_previous_tower(stream.tower.trained)
         started = time.perf_counter()
         stream.bootstrap(events)
-        subject = cls(name, stream, LearnFeatureClient(repo), EventSource(events, seed), time.perf_counter() - started)
+        subject = cls(name, previous, stream, LearnFeatureClient(repo), EventSource(events, seed), time.perf_counter() - started)
         subject.step(1)  # warm-up: the store connection and the push path
         return subject
 
@@ -173,7 +188,8 @@ class Subject:
         """One batch of ``users`` new events: (ingest seconds, event -> served seconds)."""
         batch = self.source.batch(users)
         started = time.perf_counter()
-        result = self.stream.ingest(batch)
+        with previous_ledger() if self.previous else nullcontext():
+            result = self.stream.ingest(batch)
         ingested = time.perf_counter() - started
         online = self.client.read(USER, result.user_ids)
         served = time.perf_counter() - started
@@ -211,6 +227,27 @@ def profile_one_batch(subject: Subject, users: int) -> dict:
     return {"users": users, "ms": total * 1000.0, "steps": steps}
 
 
+def tower_alone(run_dir: str, events: pd.DataFrame, repeats: int) -> dict:
+    """Both towers over every user's whole history, interleaved ``repeats`` times (best time
+    kept: the least disturbed by other load); the current tower's first call, which builds its
+    input table, timed on its own."""
+    towers = {name: UserTower.load(run_dir) for name in ("previous", "current")}
+    use_previous_tower(towers["previous"].trained)
+    rows = snapshot_histories(events, [events["timestamp"].max() + pd.Timedelta(days=1)], towers["current"].history_len, changed_only=False)
+    started = time.perf_counter()
+    towers["current"].embed(rows.user_ids[:1], rows.histories[:1])
+    first_call_s = time.perf_counter() - started
+    best = dict.fromkeys(towers, float("inf"))
+    for _ in range(repeats):
+        for name, tower in towers.items():
+            started = time.perf_counter()
+            tower.embed(rows.user_ids, rows.histories)
+            best[name] = min(best[name], time.perf_counter() - started)
+    out: dict = {name: {"users": len(rows), "seconds": s, "users_per_s": len(rows) / s} for name, s in best.items()}
+    out["current"]["first_call_with_input_table_s"] = first_call_s
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", default="runs/movielens")
@@ -220,6 +257,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[100, 600], help="users per batch, one throughput run per size (at most the run's users)")
     parser.add_argument("--batches", type=int, default=5, help="batches per throughput run")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes of each tower alone over every user")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice); the tower's speed depends on it")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
@@ -230,8 +268,8 @@ def main() -> None:
     events = pipeline.prepare(config).dataset.interactions
     with tempfile.TemporaryDirectory() as tmp:
         subjects = [
-            Subject.build(name, implementation, args.run_dir, throwaway_repo(Path(tmp) / str(k)), events, args.seed)
-            for k, (name, implementation) in enumerate(IMPLEMENTATIONS.items())
+            Subject.build(name, previous, args.run_dir, throwaway_repo(Path(tmp) / str(k)), events, args.seed)
+            for k, (name, previous) in enumerate(IMPLEMENTATIONS.items())
         ]
         # Interleaved, event by event and batch by batch, so that load from other processes on
         # a shared machine falls on both implementations alike. Throughput twice: on a fresh
@@ -251,11 +289,7 @@ def main() -> None:
         previous, current = (subject.report() for subject in subjects)
         current["profiled_batch"] = profile_one_batch(subjects[1], args.batch[0])
 
-    tower = UserTower.load(args.run_dir)
-    rows = snapshot_histories(events, [events["timestamp"].max() + pd.Timedelta(days=1)], tower.history_len, changed_only=False)
-    started = time.perf_counter()
-    full = tower.embed(rows.user_ids, rows.histories)
-    full_s = time.perf_counter() - started
+    tower_only = tower_alone(args.run_dir, events, args.repeats)
 
     ratio = {f"single_event_to_served_{q}": current["single_event_to_served_ms"][q] / previous["single_event_to_served_ms"][q] for q in ("p50", "p99")}
     for phase, sizes in current["throughput"].items():
@@ -263,6 +297,7 @@ def main() -> None:
             before = previous["throughput"][phase][size]
             ratio[f"users_per_s, {size}, {phase}"] = now["users_per_s"] / before["users_per_s"]
             ratio[f"event_to_served_p99, {size}, {phase}"] = now["event_to_served_ms"]["p99"] / before["event_to_served_ms"]["p99"]
+    ratio["tower_only_users_per_s"] = tower_only["current"]["users_per_s"] / tower_only["previous"]["users_per_s"]
     results = {
         "run_dir": args.run_dir,
         "previous_commit": PREVIOUS_COMMIT,
@@ -271,7 +306,7 @@ def main() -> None:
         "previous": previous,
         "current": current,
         "ratio_current_over_previous": ratio,
-        "tower_only_all_users": {"users": len(full.user_ids), "seconds": full_s, "users_per_s": len(full.user_ids) / full_s},
+        "tower_only_all_users": tower_only,
     }
     print(json.dumps(results, indent=2))
     if args.json:

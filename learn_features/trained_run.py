@@ -29,7 +29,7 @@ from learn_features.embeddings_io import EmbeddingTable, read_frame
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
 from learn_features.pch.content_store import ContentStore, items_digest
-from learn_features.pch.inference import item_vectors, user_vectors
+from learn_features.pch.inference import input_table, item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
 from learn_features.pch.model import PCH
 from learn_features.run import RunDir
@@ -50,6 +50,7 @@ class TrainedRun:
     inputs: ItemInputs
     item_ids: list[str]  # the items ``inputs`` covers, in index order
     manifest: dict[str, Any] = field(default_factory=dict)  # the run manifest; empty for a model not published yet
+    _input_table: torch.Tensor | None = field(default=None, init=False, repr=False)  # built on first use, kept for later calls
 
     @classmethod
     def of_checkpoint(cls, path: Path, inputs: ItemInputs, item_ids: list[str], device: torch.device) -> TrainedRun:
@@ -101,7 +102,9 @@ class TrainedRun:
 
     def user_vectors(self, histories: Sequence[np.ndarray], progress: bool = False) -> np.ndarray:
         """(U, d) vectors after each history (catalog indices of ``item_ids``)."""
-        return user_vectors(self.model, self.inputs, histories, progress=progress)
+        if self._input_table is None:
+            self._input_table = input_table(self.model, self.inputs)
+        return user_vectors(self.model, self.inputs, histories, progress=progress, table=self._input_table)
 
     def item_vectors(self) -> np.ndarray:
         """(len(item_ids), d) vectors, each item through the item tower alone."""

@@ -56,7 +56,7 @@ class ItemInputs:
         """
         if ids.id_slots is None or self.content_dim is None:
             raise ValueError("with_id_part joins content inputs and ID-slot inputs")
-        rows = len(self.store) if self.store is not None else int(self.content.shape[0])  # type: ignore[union-attr]
+        rows = len(self)
         if len(ids.id_slots) != rows:
             raise ValueError(f"{len(ids.id_slots)} ID slots for {rows} content rows")
         if ids.num_id_slots >= MAX_HYBRID_SLOTS:  # type: ignore[operator]
@@ -66,6 +66,12 @@ class ItemInputs:
             )
         device = torch.device("cpu") if self.store is not None else self.content.device  # type: ignore[union-attr]
         return replace(self, id_slots=ids.id_slots.to(device))
+
+    def __len__(self) -> int:
+        """How many catalog items these inputs cover."""
+        if self.store is not None:
+            return len(self.store)
+        return int(self.content.shape[0]) if self.content is not None else len(self.id_slots)  # type: ignore[arg-type]
 
     @property
     def content_dim(self) -> int | None:

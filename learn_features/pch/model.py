@@ -141,14 +141,42 @@ class PCH(nn.Module):
         ``is_causal=True`` with no key mask lets attention drop the explicit mask and call
         ``scaled_dot_product_attention(is_causal=True)``, which flash/memory-efficient kernels take.
         """
-        x = self.input(items)
+        x = self._positioned(self.input(items))
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device, dtype=x.dtype)
+        x = self.transformer(x, mask=mask, is_causal=True)
+        return F.normalize(self.head(self.final_norm(x)), dim=-1)
+
+    def last_output(self, projected: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, L, d_model) item inputs already through ``self.input``, (B,) real lengths ->
+        (B, d_out): ``last_position(encode(items), lengths)``, at serving cost.
+
+        Retrieval reads one output per history, the one after its last real event. Every layer
+        but the last still runs over all positions (later layers attend to them), but the last
+        layer runs for that one position alone: its query against the real positions' keys,
+        then its feed-forward. For the default two-layer towers this halves the transformer's
+        work. The inputs come projected so that a caller can project each catalog item once
+        (``pch.inference.input_table``) instead of once per history position.
+        """
+        x = self._positioned(projected)
+        *lower, last = self.transformer.layers
+        if lower:
+            mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device, dtype=x.dtype)
+            for layer in lower:
+                x = layer(x, src_mask=mask, is_causal=True)
+        rows = torch.arange(x.shape[0], device=x.device)
+        # ``last`` is a norm_first TransformerEncoderLayer (see __init__), evaluated at one position.
+        normed = last.norm1(x)
+        padding = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
+        attended = last.self_attn(normed[rows, lengths - 1].unsqueeze(1), normed, normed, key_padding_mask=padding, need_weights=False)[0]
+        h = x[rows, lengths - 1] + last.dropout1(attended.squeeze(1))
+        h = h + last.dropout2(last.linear2(last.dropout(last.activation(last.linear1(last.norm2(h))))))
+        return F.normalize(self.head(self.final_norm(h)), dim=-1)
+
+    def _positioned(self, x: torch.Tensor) -> torch.Tensor:
         length = x.shape[1]
         if length > self.config.max_len:
             raise LearnFeaturesError(f"sequence of length {length} exceeds model.max_len {self.config.max_len}")
-        x = x + self.positions(torch.arange(length, device=x.device))
-        mask = nn.Transformer.generate_square_subsequent_mask(length, device=x.device, dtype=x.dtype)
-        x = self.transformer(x, mask=mask, is_causal=True)
-        return F.normalize(self.head(self.final_norm(x)), dim=-1)
+        return x + self.positions(torch.arange(length, device=x.device))
 
     def forward(
         self, history: torch.Tensor, targets: torch.Tensor | None, extra: torch.Tensor | None = None, alone: bool = False

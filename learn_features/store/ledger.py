@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -104,8 +105,18 @@ class Publication:
 def list_publications(repo_path: str | Path) -> list[Publication]:
     """All committed publications, oldest first."""
     offline = Path(repo_path) / OFFLINE_DIR
-    pubs = [Publication.read(p) for p in offline.glob(f"*/{PUBLICATION_FILE}")]
+    pubs = [_read_record(p, p.stat().st_mtime_ns) for p in offline.glob(f"*/{PUBLICATION_FILE}")]
     return sorted(pubs, key=lambda p: (p.published_at, p.publication_id))
+
+
+@lru_cache(maxsize=1 << 16)
+def _read_record(meta_path: Path, mtime_ns: int) -> Publication:
+    """A publication record, parsed once per process. The ledger is listed several times per
+    streamed batch and gains a publication with each, so parsing every record every time made
+    a long-running stream slower by the hour. A committed record is never rewritten; the key
+    carries its mtime all the same, so a record replaced under the same path (a repo deleted
+    and built again) is read anew."""
+    return Publication.read(meta_path)
 
 
 def active_publication(repo_path: str | Path) -> Publication | None:

@@ -75,6 +75,36 @@ def test_user_vector_is_independent_of_batch_padding() -> None:
         user_vectors(model, inputs, [np.array([1]), np.array([], dtype=np.int64)])
 
 
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["content", "ids", "hybrid"])
+def test_serving_path_equals_the_last_position_of_the_full_tower(kind: str, n_layers: int) -> None:
+    """``user_vectors`` (each item projected once, the last layer at one position) gives the
+    training path's output after each history's last real event, for every input kind,
+    length and depth; and a perturbed later layer changes it (the shortcut skips no layer)."""
+    torch.manual_seed(n_layers)
+    n_items, config = 30, tiny_pch_config(n_layers=n_layers)
+    content = ItemInputs.from_content(np.random.default_rng(1).normal(size=(n_items, CONTENT_DIM)), CPU)
+    ids = ItemInputs.from_training_items(n_items, np.arange(20), CPU)  # items 20..29 are cold
+    model, inputs = {
+        "content": (lambda: PCH(config, content_dim=CONTENT_DIM), content),
+        "ids": (lambda: PCH(config, num_items=20), ids),
+        "hybrid": (lambda: PCH(config, content_dim=CONTENT_DIM, num_items=20), content.with_id_part(ids)),
+    }[kind]
+    model = model().eval()
+    if kind == "hybrid":
+        torch.nn.init.normal_(model.input.ids.weight)  # a trained residual, not the zero start
+    rng = np.random.default_rng(2)
+    histories = [rng.integers(0, n_items, length) for length in [1, 2, config.max_len, *rng.integers(1, config.max_len + 1, 40)]]
+    padded, lengths = pad_array(histories, config.max_len)
+    with torch.inference_mode():
+        full = model.last_position(model.encode(inputs.gather(torch.as_tensor(padded))), torch.as_tensor(lengths)).numpy()
+    served = user_vectors(model, inputs, histories)
+    np.testing.assert_allclose(served, full, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        model.transformer.layers[-1].linear2.weight.normal_()  # (a constant shift would vanish in the final LayerNorm)
+    assert not np.allclose(user_vectors(model, inputs, histories), served, atol=1e-3)
+
+
 def test_pad_array_layout() -> None:
     padded, lengths = pad_array([np.array([4, 5, 6]), np.array([7]), np.array([], dtype=np.int64)])
     assert padded.tolist() == [[4, 5, 6], [7, PAD, PAD], [PAD, PAD, PAD]] and lengths.tolist() == [3, 1, 0]

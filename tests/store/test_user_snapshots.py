@@ -189,7 +189,9 @@ def test_stream_benchmark_smoke(job, tmp_path: Path, single_thread, monkeypatch)
     runpy.run_path(str(Path(__file__).resolve().parents[2] / "bench" / "stream_bench.py"), run_name="__main__")
     results = json.loads(out.read_text())
     assert results["current"]["single_event_to_served_ms"]["n"] == 3 and results["previous"]["single_event_to_served_ms"]["p50"] > 0
-    assert results["tower_only_all_users"]["users"] == results["users"]
+    towers = results["tower_only_all_users"]
+    assert towers["previous"]["users"] == towers["current"]["users"] == results["users"]
+    assert results["ratio_current_over_previous"]["tower_only_users_per_s"] > 0
     for impl in ("previous", "current"):
         phases = results[impl]["throughput"]
         assert list(phases) == ["after 2 publications", "after 9 publications"]  # full + warm-up; then 2 x 2 batches and 3 events
