@@ -33,7 +33,7 @@ import pandas as pd
 from learn_features.atomic import write_json_atomic
 from learn_features.errors import LearnFeaturesError
 from learn_features.store.ledger import ONE_MICROSECOND, Publication, list_publications, publish_lock
-from learn_features.store.repo import FIELDS, open_applied_store, require_vector_dim, resolve_config, store_errors
+from learn_features.store.repo import FIELDS, open_applied_store, resolve_config, store_errors
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -123,8 +123,6 @@ def materialize_publications(
         pending = [p for p in publications if p.publication_id not in done and (end is None or p.published_at <= end)]
         if not pending:
             return MaterializeResult(key, [])
-        for pub in pending:
-            require_vector_dim(store, config_path, pub.dim, f"publication {pub.publication_id}")
         start = min(p.first_event_time for p in pending)
         stop = end if end is not None else max(pd.Timestamp.now(tz="UTC"), pending[-1].published_at + ONE_MICROSECOND)
         views = [fields.view for fields in FIELDS.values()]
