@@ -25,7 +25,8 @@ def input_table(model: PCH, inputs: ItemInputs, batch_size: int = 4096) -> torch
     each item alone, so a history's inputs are rows of this table: projecting each item once
     instead of once per history position saves most of the tower's work outside the
     transformer. It holds n_items x d_model floats, less than the content it is computed from
-    (content_dim >= d_model), computed in the model's eval mode.
+    (content_dim >= d_model). Call it on a model in eval mode, as every caller does: in
+    training the hybrid's input drops ID parts at random.
     """
     device = next(model.parameters()).device
     n_items = len(inputs)
