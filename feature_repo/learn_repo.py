@@ -27,6 +27,7 @@ from learn_features.store.repo import (
     EMBEDDING_TTL,
     ITEM,
     ITEM_PUSH_SOURCE,
+    ITEM_SEARCH_METRIC,
     RANKER_SERVICE,
     USER,
     USER_PUSH_SOURCE,
@@ -91,7 +92,10 @@ learn_user_embedding = FeatureView(
     ttl=EMBEDDING_TTL,
     schema=[
         Field(name=USER.join_key, dtype=String),
-        Field(name=USER.embedding, dtype=Array(Float32), description="LEARN user tower output."),
+        # Vector-indexed only because Feast's Milvus store (0.67) maps every float list to a
+        # vector column but writes an unindexed one as a string, which Milvus refuses.
+        Field(name=USER.embedding, dtype=Array(Float32), description="LEARN user tower output.",
+              vector_index=True, vector_search_metric=ITEM_SEARCH_METRIC),
         Field(name=USER.model_version, dtype=String, description="Model version that produced the vector."),
     ],
     source=learn_user_push,
@@ -106,7 +110,11 @@ learn_item_embedding = FeatureView(
     ttl=EMBEDDING_TTL,
     schema=[
         Field(name=ITEM.join_key, dtype=String),
-        Field(name=ITEM.embedding, dtype=Array(Float32), description="LEARN item tower output."),
+        # Vector-indexed for stores with vector search (Milvus: feature_store.milvus.yaml), by
+        # inner product, the score the ranker and `LearnFeatureClient.score` use; stores
+        # without it (SQLite, Redis, Postgres as configured here) ignore the index.
+        Field(name=ITEM.embedding, dtype=Array(Float32), description="LEARN item tower output.",
+              vector_index=True, vector_search_metric=ITEM_SEARCH_METRIC),
         Field(name=ITEM.model_version, dtype=String, description="Model version that produced the vector."),
     ],
     source=learn_item_push,

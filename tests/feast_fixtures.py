@@ -23,7 +23,8 @@ from learn_features.embeddings_io import ITEM_FILE, USER_FILE, EmbeddingTable, w
 
 REPO_SRC = Path(__file__).resolve().parents[1] / "feature_repo"
 REPO_FILES = (
-    ".feastignore", "feature_store.yaml", "feature_store.redis.yaml", "feature_store.postgres.yaml", "feature_store.ray.yaml", "learn_repo.py",
+    ".feastignore", "feature_store.yaml", "feature_store.redis.yaml", "feature_store.postgres.yaml", "feature_store.ray.yaml",
+    "feature_store.milvus.yaml", "learn_repo.py",
 )
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"

@@ -1,10 +1,13 @@
-"""Candidate retrieval: top-K items for a user vector with faiss.
+"""Candidate retrieval in process: top-K items for a user vector with faiss.
 
 The index is built from the published item embeddings of one model version (the active
 one by default), read straight from the offline Parquet rather than from the online
-store. Feast's SQLite vector search is not used: Feast enables sqlite-vec only on Python
-3.10, the Python ``sqlite3`` module here lacks ``enable_load_extension``, and when it was
-forced on, repeated queries failed and results came back misaligned. A flat
+store, so it works with any online store: the offline evaluation, batch jobs, and stores
+without vector search. Feast's SQLite vector search does not work here: Feast enables
+sqlite-vec only on Python 3.10, the Python ``sqlite3`` module here lacks
+``enable_load_extension``, and when it was forced on, repeated queries failed and results
+came back misaligned. With a Milvus online store, ``LearnFeatureClient.candidates``
+retrieves through Feast instead, and sees pushed items without a rebuild. A flat
 inner-product index (faiss ``IndexFlatIP``) over a catalog of up to a few million
 64-256-d vectors answers in milliseconds and is exact, so its results can be checked
 against brute force.

@@ -33,7 +33,7 @@ import pandas as pd
 from learn_features.atomic import write_json_atomic
 from learn_features.errors import LearnFeaturesError
 from learn_features.store.ledger import ONE_MICROSECOND, Publication, list_publications, publish_lock
-from learn_features.store.repo import FIELDS, open_applied_store, resolve_config, store_errors
+from learn_features.store.repo import FIELDS, open_applied_store, require_vector_dim, resolve_config, store_errors
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -90,6 +90,26 @@ def record_loaded(repo_path: str | Path, key: str, publications: list[Publicatio
     write_json_atomic(Path(repo_path) / LEDGER_FILE, ledger)
 
 
+def _prepare_ray_engine(store: FeatureStore) -> None:
+    """Start Feast's Ray engine, then keep its pandas batches Arrow-backed, or it writes nothing.
+
+    Feast 0.67 starts Ray with ``enable_arrow_backed_pandas_conversion = False``, so a batch
+    carries each vector as a numpy array, and Ray 2.58 turns a column of numpy arrays back
+    into its own tensor type between steps. Feast's vector-length check (run for the
+    vector-indexed embedding fields, ``store.repo`` and ``feature_repo/learn_repo.py``)
+    refuses that type, and the engine's write step only logs the error: every row is lost
+    and ``feast materialize`` exits 0. With the conversion on, the vectors stay Arrow lists
+    end to end. Ray's data context travels with each job to its workers, local or cluster.
+    """
+    if getattr(store.config.batch_engine, "type", None) != "ray.engine":
+        return
+    from feast.infra.ray_initializer import ensure_ray_initialized
+    from ray.data import DataContext
+
+    ensure_ray_initialized(store.config.batch_engine)
+    DataContext.get_current().enable_arrow_backed_pandas_conversion = True
+
+
 def materialize_publications(
     repo_path: str | Path,
     config: str | Path | None = None,
@@ -123,6 +143,8 @@ def materialize_publications(
         pending = [p for p in publications if p.publication_id not in done and (end is None or p.published_at <= end)]
         if not pending:
             return MaterializeResult(key, [])
+        for pub in pending:
+            require_vector_dim(store, config_path, pub.dim, f"publication {pub.publication_id}")
         start = min(p.first_event_time for p in pending)
         stop = end if end is not None else max(pd.Timestamp.now(tz="UTC"), pending[-1].published_at + ONE_MICROSECOND)
         views = [fields.view for fields in FIELDS.values()]
@@ -130,6 +152,7 @@ def materialize_publications(
         with store_errors("materializing into the online store", config_path), contextlib.ExitStack() as stack:
             for redirect in output:
                 stack.enter_context(redirect)
+            _prepare_ray_engine(store)
             store.materialize(start.to_pydatetime(), stop.to_pydatetime(), feature_views=views)
         record_loaded(repo_path, key, pending)
     return MaterializeResult(key, pending, start, stop)

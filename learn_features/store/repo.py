@@ -32,6 +32,9 @@ ITEM_VIEW = "learn_item_embedding"
 ITEM_PUSH_SOURCE = "learn_item_push"
 USER_PUSH_SOURCE = "learn_user_push"
 RANKER_SERVICE = "learn_ranker"
+# Feast's name for the item view's vector-search metric: inner product, the ranker's score.
+# LEARN vectors are unit length, so it orders items as cosine does.
+ITEM_SEARCH_METRIC = "IP"
 
 # Feast view TTL of the embeddings: 0, which Feast reads as "never expires". A LEARN vector
 # stays valid until a newer publication replaces it, and a TTL would silently null it in
@@ -185,7 +188,32 @@ def _store_error_types() -> tuple[type[BaseException], ...]:
         types.append(SQLAlchemyError)
     except ImportError:
         pass
+    try:
+        from pymilvus.exceptions import MilvusException
+
+        types.append(MilvusException)
+    except ImportError:
+        pass
     return tuple(types)
+
+
+def vector_search_dim(store: FeatureStore) -> int | None:
+    """The vector dimension the config's online store searches (Milvus: ``embedding_dim``), or
+    None for a store without vector search (SQLite, Redis and Postgres as configured here)."""
+    online = store.config.online_store
+    return getattr(online, "embedding_dim", None) if getattr(online, "vector_enabled", False) else None
+
+
+def require_vector_dim(store: FeatureStore, config_path: Path, dim: int, what: str) -> None:
+    """Refuse ``dim``-d vectors for a vector store configured for another dimension, before
+    the store itself refuses them half-way through a load."""
+    configured = vector_search_dim(store)
+    if configured is not None and configured != dim:
+        raise LearnFeaturesError(
+            f"{config_path}: online_store.embedding_dim is {configured}, but {what} has {dim}-d vectors; set "
+            f"embedding_dim: {dim}, then `feast -f {config_path.name} teardown` and `feast -f {config_path.name} apply` "
+            "(a vector collection's dimension is fixed when it is created)"
+        )
 
 
 @contextmanager

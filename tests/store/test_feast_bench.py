@@ -23,3 +23,21 @@ def test_bench_runs_tiny(capsys: pytest.CaptureFixture[str], monkeypatch: pytest
     assert all(r.rows == 300 and r.rows_per_s > 0 and r.p99_ms >= r.p50_ms > 0 for r in results)
     out = capsys.readouterr().out
     assert "redis/sqlite materialize throughput" in out and "dim 16/dim 8" in out
+    assert all(not r.candidates for r in results)  # no vector search in SQLite or Redis
+
+
+def test_bench_measures_candidates_on_milvus_lite(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the vector store, candidates() through Feast with the FLAT index finds exactly faiss's
+    top-k (recall 1), and each store/index is timed at each k."""
+    spec = importlib.util.spec_from_file_location("feast_bench", BENCH)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "feast_bench", bench)
+    spec.loader.exec_module(bench)
+    results = bench.main(["--rows", "400", "--users", "12", "--candidates", "20", "--reads", "3", "--dims", "8",
+                          "--stores", "sqlite,milvus,milvus-hnsw", "--ks", "10,50", "--queries", "6"])
+    by = {r.store: r for r in results}
+    assert not by["sqlite"].candidates
+    for store in ("milvus", "milvus-hnsw"):
+        assert [c.k for c in by[store].candidates] == [10, 50] and all(c.p99_ms >= c.p50_ms > 0 for c in by[store].candidates)
+    assert all(c.recall == 1.0 for c in by["milvus"].candidates)
