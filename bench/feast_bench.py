@@ -251,14 +251,14 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Result]:
         for store in args.stores:
             config, project = STORES[store](repo, args, dim)
             try:
-                apply_repo(open_store(repo, config), repo)
+                feast_store = open_store(repo, config)
+                apply_repo(feast_store, repo)
                 totals: dict[str, float] = {}
                 elapsed = _materialize(repo, config, ITEM_VIEW, totals)
                 _materialize(repo, config, USER_VIEW)
                 client = LearnFeatureClient(repo, config=config)
                 p50, p99 = _latency(client, catalog, args.candidates, args.reads)
-                searchable = vector_search_dim(client._store) is not None
-                retrieval = _retrieval(client, catalog, args.ks, args.queries) if searchable else []
+                retrieval = _retrieval(client, catalog, args.ks, args.queries) if vector_search_dim(feast_store) is not None else []
             finally:
                 if project is not None:
                     _drop_redis_project(args.redis, project)
