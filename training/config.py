@@ -20,6 +20,8 @@ from training.trainer import TrainConfig
 #: Training settings every method shares: seeds are numbered from train.seed, one device and
 #: worker pool serves the run, and one validation metric makes the methods' selections comparable.
 SHARED_TRAIN_KEYS = ("seed", "device", "workers", "select_metric")
+#: Tower settings a method does not take from [model_by_method]: its variant is the method's own.
+SHARED_MODEL_KEYS = ("variant",)
 
 
 @dataclass
@@ -74,15 +76,28 @@ class PipelineConfig:
     # One trained method's own training settings over [train], e.g. [train_by_method.id_baseline]
     # objective = "next_item": a fair table tunes each method on validation, not only LEARN.
     train_by_method: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The same for the towers over [model], e.g. [model_by_method.id_baseline] tied_output = true.
+    model_by_method: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name, settings in self.train_by_method.items():
-            if name not in METHODS or not METHODS[name].trained:
-                raise LearnFeaturesError(f"train_by_method.{name}: not a trained method; choose from {[m for m in METHODS if METHODS[m].trained]}")
-            shared = sorted(set(settings) & set(SHARED_TRAIN_KEYS))
-            if shared:
-                raise LearnFeaturesError(f"train_by_method.{name}: {shared} are shared by every method; set them in [train]")
-            self.train_for(name)  # unknown keys, wrong types and bad values fail now, naming the table
+        for table, by_method, shared_keys, why, settings_for in (
+            ("train_by_method", self.train_by_method, SHARED_TRAIN_KEYS, "shared by every method; set them in [train]", self.train_for),
+            ("model_by_method", self.model_by_method, SHARED_MODEL_KEYS, "the method's own", self.model_for),
+        ):
+            for name, settings in by_method.items():
+                if name not in METHODS or not METHODS[name].trained:
+                    raise LearnFeaturesError(f"{table}.{name}: not a trained method; choose from {[m for m in METHODS if METHODS[m].trained]}")
+                shared = sorted(set(settings) & set(shared_keys))
+                if shared:
+                    raise LearnFeaturesError(f"{table}.{name}: {shared} are {why}")
+                # unknown keys, wrong types and bad values fail now, naming the table
+                settings_for(name)
+        for method in get_methods(self.eval.methods):
+            if method.trained and method.content != "ids" and self.model_for(method.name).tied_output:
+                raise LearnFeaturesError(
+                    f"model.tied_output scores items by their ID rows; {method.name} reads content: set it for the ID baseline alone, "
+                    "in [model_by_method.id_baseline]"
+                )
         if data_source(self.data.source).paths(self.data)[1] is None:
             raise LearnFeaturesError(f"data.source = {self.data.source!r} needs data.interactions and data.catalog paths: LEARN embeds the catalog")
         if "temporal" in self.split.protocols and self.data.order != ORDER_BY_TIME:
@@ -91,14 +106,24 @@ class PipelineConfig:
                 "use split.protocols = [\"leave_one_out\"] for sequence-only data"
             )
         longest = max(self.split.history_len, self.split.target_len)
-        if self.model.max_len < longest:
-            raise LearnFeaturesError(
-                f"model.max_len ({self.model.max_len}) must cover split.history_len and split.target_len ({longest})"
-            )
+        for name in [None, *self.model_by_method]:
+            max_len = (self.model if name is None else self.model_for(name)).max_len
+            if max_len < longest:
+                where = "model.max_len" if name is None else f"model_by_method.{name}.max_len"
+                raise LearnFeaturesError(f"{where} ({max_len}) must cover split.history_len and split.target_len ({longest})")
 
     def train_for(self, method: str) -> TrainConfig:
         """The training settings of ``method``: [train], then its [train_by_method] table."""
-        settings = self.train_by_method.get(method)
-        if not settings:
-            return self.train
-        return from_dict(TrainConfig, {**asdict(self.train), **settings}, f"train_by_method.{method}")
+        return _overridden(self.train, self.train_by_method.get(method), f"train_by_method.{method}")
+
+    def model_for(self, method: str) -> PCHConfig:
+        """The towers of ``method`` (its variant still to be set by the method): [model], then
+        its [model_by_method] table."""
+        return _overridden(self.model, self.model_by_method.get(method), f"model_by_method.{method}")
+
+
+def _overridden(base: Any, settings: dict[str, Any] | None, table: str) -> Any:
+    """``base`` (a config dataclass) with one method's table of settings over it, checked as a whole."""
+    if not settings:
+        return base
+    return from_dict(type(base), {**asdict(base), **settings}, table)

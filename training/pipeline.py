@@ -240,7 +240,7 @@ def train_job(prep: Prepared, protocol: str, method_name: str, seed: int, inputs
     method = get_methods([method_name])[0]
     return TrainJob(
         prep.run.model(protocol, method.name, seed),
-        replace(config.model, variant=method.variant),
+        replace(config.model_for(method.name), variant=method.variant),
         replace(config.train_for(method.name), seed=seed),
         split,
         inputs,

@@ -33,7 +33,8 @@ ITEM_PUSH_SOURCE = "learn_item_push"
 USER_PUSH_SOURCE = "learn_user_push"
 RANKER_SERVICE = "learn_ranker"
 # Feast's name for the item view's vector-search metric: inner product, the ranker's score.
-# LEARN vectors are unit length, so it orders items as cosine does.
+# LEARN vectors are unit length, so it orders items as cosine does; an ID tower with SASRec's
+# tied output (model.tied_output) is served the raw dot product it was trained on.
 ITEM_SEARCH_METRIC = "IP"
 
 # Feast view TTL of the embeddings: 0, which Feast reads as "never expires". A LEARN vector

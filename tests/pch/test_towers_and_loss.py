@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -30,9 +32,10 @@ def content_model(variant: int = 1, seed: int = 0, **overrides) -> PCH:
     return PCH(tiny_pch_config(variant=variant, **overrides), content_dim=CONTENT_DIM).eval()
 
 
-def id_model(num_items: int = 10, seed: int = 0) -> PCH:
+def id_model(num_items: int = 10, seed: int = 0, tied: bool = False) -> PCH:
     torch.manual_seed(seed)
-    return PCH(tiny_pch_config(), num_items=num_items).eval()
+    config = tiny_pch_config(tied_output=True, d_out=32) if tied else tiny_pch_config()
+    return PCH(config, num_items=num_items).eval()
 
 
 # --- causality -------------------------------------------------------------------------
@@ -76,7 +79,7 @@ def test_user_vector_is_independent_of_batch_padding() -> None:
 
 
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
-@pytest.mark.parametrize("kind", ["content", "ids", "hybrid"])
+@pytest.mark.parametrize("kind", ["content", "ids", "tied", "hybrid"])
 def test_serving_path_equals_the_last_position_of_the_full_tower(kind: str, n_layers: int) -> None:
     """``user_vectors`` (each item projected once, the last layer at one position) gives the
     training path's output after each history's last real event, for every input kind,
@@ -88,6 +91,7 @@ def test_serving_path_equals_the_last_position_of_the_full_tower(kind: str, n_la
     model, inputs = {
         "content": (lambda: PCH(config, content_dim=CONTENT_DIM), content),
         "ids": (lambda: PCH(config, num_items=20), ids),
+        "tied": (lambda: PCH(replace(config, tied_output=True, d_out=config.d_model), num_items=20), ids),
         "hybrid": (lambda: PCH(config, content_dim=CONTENT_DIM, num_items=20), content.with_id_part(ids)),
     }[kind]
     model = model().eval()
@@ -449,6 +453,57 @@ def test_id_baseline_cold_items_share_the_unknown_embedding() -> None:
     assert (distances + np.eye(5, 6) * 10 > 1e-4).all()
 
 
+def test_tied_output_scores_items_by_their_rows_of_the_input_table() -> None:
+    """SASRec's output layer: an item's vector is its (unnormalised) row of the very table the
+    user tower reads, for targets and served items alike, so a row moved by training moves both
+    the item and every history holding it; users are unnormalised too."""
+    inputs = ItemInputs.from_training_items(10, np.array([1, 3, 5, 7, 8]), CPU)
+    model = id_model(num_items=inputs.num_id_slots, tied=True)
+    table = model.input.table.weight
+    slots = inputs.id_slots
+    items = torch.as_tensor(item_vectors(model, inputs, np.arange(10)))
+    torch.testing.assert_close(items, table[slots].detach())
+    targets = model.target_embeddings(slots[None, [1, 3, 5]])
+    torch.testing.assert_close(targets[0], table[slots[[1, 3, 5]]])
+    norms = items.norm(dim=-1)
+    assert 0.3 < norms.mean() < 3.0 and norms.std() > 0.01  # about unit rows at init, not normalised
+    history = [np.array([1, 3])]
+    users = user_vectors(model, inputs, history)
+    assert abs(np.linalg.norm(users[0]) - 1.0) > 1e-3
+    shift = torch.linspace(-1.0, 1.0, 32)  # (a constant shift would vanish in the towers' LayerNorms)
+    with torch.no_grad():
+        table[slots[3]] += shift
+    assert not np.allclose(user_vectors(model, inputs, history), users, atol=1e-4)
+    moved = torch.as_tensor(item_vectors(model, inputs, np.arange(10)))
+    torch.testing.assert_close(moved[3] - items[3], shift)
+    torch.testing.assert_close(moved[[0, 1, 5]], items[[0, 1, 5]])
+
+
+def test_input_dropout_acts_in_training_only() -> None:
+    """model.input_dropout zeroes coordinates of the towers' inputs while training; served
+    vectors (eval mode) are the exact towers."""
+    torch.manual_seed(0)
+    ids = torch.randint(1, 6, (4, 5))
+    plain = PCH(tiny_pch_config(dropout=0.0), num_items=5)
+    dropped = PCH(tiny_pch_config(dropout=0.0, input_dropout=0.5), num_items=5)
+    dropped.load_state_dict(plain.state_dict())
+    plain.eval(), dropped.eval()
+    torch.testing.assert_close(dropped.encode(ids), plain.encode(ids))
+    dropped.train()
+    assert not torch.allclose(dropped.encode(ids), plain.encode(ids), atol=1e-3)
+    with pytest.raises(LearnFeaturesError, match="model.input_dropout"):
+        tiny_pch_config(input_dropout=1.0)
+
+
+def test_tied_output_is_refused_where_it_cannot_apply() -> None:
+    with pytest.raises(LearnFeaturesError, match=r"model.d_out \(16\) must equal model.d_model \(32\)"):
+        tiny_pch_config(tied_output=True)
+    with pytest.raises(LearnFeaturesError, match="only the ID baseline"):
+        PCH(tiny_pch_config(tied_output=True, d_out=32), content_dim=CONTENT_DIM)
+    with pytest.raises(LearnFeaturesError, match="only the ID baseline"):
+        PCH(tiny_pch_config(tied_output=True, d_out=32), content_dim=CONTENT_DIM, num_items=5)
+
+
 def test_id_inputs_for_new_catalog_map_unknown_ids_to_slot_zero() -> None:
     model = id_model(num_items=3)
     payload = checkpoint.model_payload(model, None, ["a", "b", "c"], {})
@@ -459,10 +514,10 @@ def test_id_inputs_for_new_catalog_map_unknown_ids_to_slot_zero() -> None:
 # --- checkpoints -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["v1", "v3", "ids", "hybrid"])
+@pytest.mark.parametrize("kind", ["v1", "v3", "ids", "tied", "hybrid"])
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path, kind: str) -> None:
-    if kind == "ids":
-        model, ids = id_model(num_items=6, seed=3), [f"i{k}" for k in range(6)]
+    if kind in ("ids", "tied"):
+        model, ids = id_model(num_items=6, seed=3, tied=kind == "tied"), [f"i{k}" for k in range(6)]
         inputs = ItemInputs(id_slots=torch.arange(8) % 7)
         payload = checkpoint.model_payload(model, None, ids, {"method": "id_baseline"})
     elif kind == "hybrid":  # the weight noise below also moves its ID table off zero

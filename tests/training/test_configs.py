@@ -74,9 +74,12 @@ def test_the_amazon_benchmark_is_the_published_protocol_on_the_shipped_data() ->
     assert amazon.split.protocols == ["leave_one_out"] and amazon.split.history_len == 50
     assert amazon.eval.methods == [m for m in METHODS if m != "popularity_recent"]
     assert amazon.eval.seeds == 3 and amazon.eval.ks == [10, 20, 50]
-    assert amazon.eval.references == ["learn_v1", "learn_hybrid"] and amazon.eval.tail_share == 0.2
+    assert amazon.eval.references == ["learn_v1", "learn_hybrid", "text_encoder"] and amazon.eval.tail_share == 0.2
     assert amazon.train.softmax == "full" and amazon.train.uniform_negatives == 0 and amazon.train.select_metric == "recall@10"
     assert list(amazon.train_by_method) == ["id_baseline"] and amazon.train_for("id_baseline").objective == "next_item"
+    sasrec = amazon.model_for("id_baseline")  # SASRec's output layer and regularisers, on the ID baseline only
+    assert list(amazon.model_by_method) == ["id_baseline"] and sasrec.tied_output and sasrec.temperature == 1.0
+    assert sasrec.input_dropout > 0 and all(amazon.model_for(m) == amazon.model for m in METHODS if m != "id_baseline")
     assert asdict(amazon.model) == {**asdict(benchmark.model), "max_len": 50}
     assert asdict(amazon.llm) == {**asdict(benchmark.llm), "dtype": "float32"} and asdict(amazon.text_encoder) == asdict(benchmark.text_encoder)
 
@@ -123,3 +126,35 @@ def test_a_trained_method_can_have_its_own_training_settings() -> None:
 def test_bad_per_method_training_settings_are_refused_naming_the_table(override: str, message: str) -> None:
     with pytest.raises(LearnFeaturesError, match=message):
         load_config(PipelineConfig, CONFIGS / "movielens.toml", [override])
+
+
+def test_a_trained_method_can_have_its_own_towers() -> None:
+    """[model_by_method.<method>] is laid over [model] for that method's jobs only, under the
+    method's own variant; SASRec's tied output is the ID baseline's alone."""
+    tied = ["model_by_method.id_baseline.tied_output=true", "model_by_method.id_baseline.temperature=1.0",
+            f"model_by_method.id_baseline.d_out={load_config(PipelineConfig, CONFIGS / 'movielens.toml').model.d_model}"]
+    config = load_config(PipelineConfig, CONFIGS / "movielens.toml", tied)
+    assert config.model_for("id_baseline").tied_output and config.model_for("id_baseline").temperature == 1.0
+    assert config.model_for("learn_v1") == config.model
+    prep = prepare(config)
+    inputs = ItemInputs.from_training_items(len(prep.splits["temporal"].item_ids), np.arange(3), torch.device("cpu"))
+    jobs = {m: train_job(prep, "temporal", m, 0, inputs) for m in ("id_baseline", "learn_v1", "learn_v3")}
+    assert jobs["id_baseline"].model == replace(config.model_for("id_baseline"), variant=METHODS["id_baseline"].variant)
+    assert jobs["learn_v1"].model == replace(config.model, variant=1) and jobs["learn_v3"].model == replace(config.model, variant=3)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model_by_method.item_knn.d_model=32"], "model_by_method.item_knn: not a trained method"),
+        (["model_by_method.learn_v2.variant=1"], r"model_by_method.learn_v2: \['variant'\] are the method's own"),
+        (["model_by_method.id_baseline.width=3"], r"model_by_method.id_baseline: unknown key\(s\) \['width'\]"),
+        (["model_by_method.id_baseline.tied_output=true", "model_by_method.id_baseline.d_out=32"],
+         r"model.d_out \(32\) must equal model.d_model \(64\)"),
+        (["model_by_method.id_baseline.max_len=8"], r"model_by_method.id_baseline.max_len \(8\) must cover"),
+        (["model.tied_output=true"], "learn_v1 reads content: set it for the ID baseline alone"),
+    ],
+)
+def test_bad_per_method_towers_are_refused_naming_the_table(overrides: list[str], message: str) -> None:
+    with pytest.raises(LearnFeaturesError, match=message):
+        load_config(PipelineConfig, CONFIGS / "movielens.toml", overrides)

@@ -188,20 +188,22 @@ def test_validation_score_improves_over_random_init(reference, data) -> None:
 
 
 @pytest.mark.parametrize("objective", ["all_action", "next_item"])
-@pytest.mark.parametrize("kind", ["content", "ids"])
+@pytest.mark.parametrize("kind", ["content", "ids", "tied"])
 def test_full_softmax_learns(data, tmp_path: Path, kind: str, objective: str, single_thread) -> None:
     """train.softmax = "full" (every warm item a candidate at every step) trains content and ID
-    towers under both objectives: the loss falls below chance and the selected model beats the
-    untrained towers."""
+    towers, SASRec's tied output among them, under both objectives: the loss falls below chance
+    and the selected model beats the untrained towers."""
     split, content = data
     trained = np.flatnonzero(split.warm_items)
     inputs = content if kind == "content" else ItemInputs.from_training_items(len(split.item_ids), trained, torch.device("cpu"))
     ids = None if kind == "content" else [split.item_ids[i] for i in trained]
+    # raw dot products are SASRec's scores: temperature 1
+    model = dataclasses.replace(MODEL, tied_output=True, d_out=MODEL.d_model, temperature=1.0) if kind == "tied" else MODEL
     # a short sequence is one chunk, about a quarter of the windows coverage 2 draws: 3x the epochs
     config = dataclasses.replace(TRAIN, softmax="full", objective=objective, epochs=4 if objective == "all_action" else 12, patience=12)
-    result = train_towers(TrainJob(tmp_path, MODEL, config, split, inputs, HISTORY_LEN, TARGET_LEN, "learn_v1", ids), progress=False)
+    result = train_towers(TrainJob(tmp_path, model, config, split, inputs, HISTORY_LEN, TARGET_LEN, "learn_v1", ids), progress=False)
     torch.manual_seed(0)
-    untrained = PCH(MODEL, content_dim=inputs.content_dim, num_items=inputs.num_id_slots)
+    untrained = PCH(model, content_dim=inputs.content_dim, num_items=inputs.num_id_slots)
     initial = validation_score(untrained, inputs, split.val, len(split.item_ids), TRAIN.select_metric)
     assert result.best_score >= initial + 0.1, (result.best_score, initial)
     assert all(h["loss"] < h["chance_loss"] for h in result.history[1:]), result.history
@@ -285,6 +287,17 @@ def test_id_dropout_is_in_the_fingerprint_of_hybrid_towers_only(data) -> None:
 
     assert fingerprint(hybrid, 0.5) != fingerprint(hybrid, 0.2)
     assert fingerprint(content, 0.5) == fingerprint(content, 0.2) and fingerprint(ids, 0.5) == fingerprint(ids, 0.2)
+
+
+def test_tied_output_and_input_dropout_retrain(data) -> None:
+    """SASRec's tied output and the input dropout change the towers' math: a last.pt trained
+    without them (or with another rate) is no resume point."""
+    split, _ = data
+    ids = ItemInputs.from_training_items(len(split.item_ids), np.flatnonzero(split.warm_items), torch.device("cpu"))
+    tied = dataclasses.replace(MODEL, tied_output=True, d_out=MODEL.d_model)
+    models = [tied, dataclasses.replace(tied, tied_output=False), dataclasses.replace(tied, input_dropout=0.5), dataclasses.replace(tied, input_dropout=0.2)]
+    prints = {TrainJob(Path("unused"), m, TRAIN, split, ids, HISTORY_LEN, TARGET_LEN, "id_baseline").fingerprint(torch.device("cpu")) for m in models}
+    assert len(prints) == 4
 
 
 def test_sample_epoch_draws_windows_in_proportion_to_length(data) -> None:
