@@ -320,7 +320,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.stores) - set(STORES)
     if args.run_dir is not None:
         info = json.loads((args.run_dir / "embeddings" / "manifest.json").read_text())
-        args.dims, args.rows = [int(info["dim"])], len(Catalog.of_run(args.run_dir).item_ids)
+        args.dims, args.rows = [int(info["dim"])], int(info["items"])  # the manifest counts them: no second read of the vectors
     deepest = max(args.ks) if any(store.startswith("milvus") for store in args.stores) else 0  # k matters where there is search
     if unknown or args.rows < max(args.candidates, deepest) or args.rows <= 0:
         parser.error(f"bad --stores {sorted(unknown)} or --rows {args.rows} (< --candidates {args.candidates} or a --ks value)")

@@ -5,6 +5,9 @@
   a training event, dropped at random in training (``model.id_dropout``) so the content path
   alone stays trained; cold items are served from content alone (``learn_features.pch.model.HybridInput``).
 - ``text_encoder``: the same towers (variant 1) over a small sentence encoder (MiniLM) instead of the LLM.
+- ``text_hybrid``: ``learn_hybrid`` over the sentence encoder's content: where a small encoder
+  embeds the catalog's texts better than the LLM (Amazon Scientific), its content path plus
+  the ID residual.
 - ``id_baseline``: the same towers (variant 1) with learned item-ID embeddings instead of content;
   every item with a training event owns an id, the rest share one "unknown" slot.
 - ``llm_frozen``: the paper's Baseline-v1, no alignment: a user is the mean of their history's
@@ -170,6 +173,7 @@ METHODS: dict[str, Method] = {
         Method("learn_v3", Towers, "llm", 3),
         Method("learn_hybrid", Towers, "llm", 1, id_part=True),
         Method("text_encoder", Towers, "text_encoder", 1),
+        Method("text_hybrid", Towers, "text_encoder", 1, id_part=True),
         Method("id_baseline", Towers, "ids", 1),
         Method("llm_frozen", FrozenContent, "llm"),
         Method("item_knn", ItemKNN),

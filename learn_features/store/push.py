@@ -19,7 +19,7 @@ from learn_features.errors import LearnFeaturesError
 from learn_features.store.commit import EntityVectors, commit_publication
 from learn_features.store.ledger import Publication, active_publication, next_publish_time, publish_lock
 from learn_features.store.materialize import record_loaded, store_key
-from learn_features.store.repo import FIELDS, ITEM_PUSH_SOURCE, open_applied_store, resolve_config, store_errors
+from learn_features.store.repo import FIELDS, ITEM_PUSH_SOURCE, open_applied_store, require_vector_dim, resolve_config, store_errors
 
 
 def push_frame(table: EmbeddingTable, pushed_at: pd.Timestamp) -> pd.DataFrame:
@@ -87,6 +87,7 @@ def push_item_embeddings(
             )
         pushed_at = next_publish_time(repo_path)
         store = open_applied_store(repo_path, config_path)
+        require_vector_dim(store, config_path, table.dim, "this push")
         with store_errors("pushing items to the online store", config_path):
             from feast.data_source import PushMode
 

@@ -41,3 +41,17 @@ def test_bench_measures_candidates_on_milvus_lite(monkeypatch: pytest.MonkeyPatc
     for store in ("milvus", "milvus-hnsw"):
         assert [c.k for c in by[store].candidates] == [10, 50] and all(c.p99_ms >= c.p50_ms > 0 for c in by[store].candidates)
     assert all(c.recall == 1.0 for c in by["milvus"].candidates)
+
+
+def test_run_dir_sizes_come_from_its_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--run-dir takes the run's dim and item count from its embeddings manifest: the vectors
+    themselves are read once, when the bench publishes them (none exist here)."""
+    spec = importlib.util.spec_from_file_location("feast_bench", BENCH)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "feast_bench", bench)
+    spec.loader.exec_module(bench)
+    (tmp_path / "embeddings").mkdir()
+    (tmp_path / "embeddings" / "manifest.json").write_text('{"dim": 24, "items": 4385, "users": 10}')
+    args = bench.parse_args(["--run-dir", str(tmp_path), "--candidates", "20"])
+    assert (args.dims, args.rows) == ([24], 4385)

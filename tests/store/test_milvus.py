@@ -125,3 +125,6 @@ def test_clear_errors(movielens: tuple[Path, str, SyntheticRun], tmp_path: Path)
     apply_repo(open_store(repo32, config32), repo32)
     with pytest.raises(LearnFeaturesError, match="embedding_dim is 32, but publication .* has 16-d vectors"):
         materialize_publications(repo32, config32)
+    item = EmbeddingTable("item", ["new-item"], np.ones((1, 16), np.float32), pd.Timestamp.now(tz="UTC"), "v1")
+    with pytest.raises(LearnFeaturesError, match="embedding_dim is 32, but this push has 16-d vectors"):
+        push_item_embeddings(repo32, item, config32)

@@ -25,11 +25,13 @@ def test_lookup_keeps_the_table_order_and_names_unknown_methods() -> None:
     assert [m.name for m in get_methods(["popularity", "learn_v1", "item_knn", "learn_v1"])] == ["learn_v1", "item_knn", "popularity"]
     with pytest.raises(LearnFeaturesError, match=r"eval.methods: unknown method\(s\) \['bpr'\]; choose from \['learn_v1', "):
         get_methods(["learn_v1", "bpr"])
-    assert [m.name for m in METHODS.values() if m.trained] == ["learn_v1", "learn_v2", "learn_v3", "learn_hybrid", "text_encoder", "id_baseline"]
+    assert [m.name for m in METHODS.values() if m.trained] == ["learn_v1", "learn_v2", "learn_v3", "learn_hybrid", "text_encoder", "text_hybrid", "id_baseline"]
     assert (METHODS["id_baseline"].content, METHODS["learn_v3"].variant, METHODS["llm_frozen"].content) == ("ids", 3, "llm")
     hybrid = METHODS["learn_hybrid"]
     assert (hybrid.content, hybrid.variant, hybrid.id_part, hybrid.learns_ids) == ("llm", 1, True, True)
-    assert [m.name for m in METHODS.values() if m.learns_ids] == ["learn_hybrid", "id_baseline"]
+    text_hybrid = METHODS["text_hybrid"]  # the hybrid over the sentence encoder's content
+    assert (text_hybrid.content, text_hybrid.variant, text_hybrid.id_part) == ("text_encoder", 1, True)
+    assert [m.name for m in METHODS.values() if m.learns_ids] == ["learn_hybrid", "text_hybrid", "id_baseline"]
 
 
 def test_count_methods_score_every_user_against_the_whole_catalog() -> None:
