@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest

@@ -132,8 +132,8 @@ def test_bad_per_method_training_settings_are_refused_naming_the_table(override:
 def test_a_trained_method_can_have_its_own_towers() -> None:
     """[model_by_method.<method>] is laid over [model] for that method's jobs only, under the
     method's own variant; SASRec's tied output is the ID baseline's alone."""
-    tied = ["model_by_method.id_baseline.tied_output=true", "model_by_method.id_baseline.temperature=1.0",
-            f"model_by_method.id_baseline.d_out={load_config(PipelineConfig, CONFIGS / 'movielens.toml').model.d_model}"]
+    d_model = load_config(PipelineConfig, CONFIGS / "movielens.toml").model.d_model
+    tied = ["model_by_method.id_baseline.tied_output=true", "model_by_method.id_baseline.temperature=1.0", f"model_by_method.id_baseline.d_out={d_model}"]
     config = load_config(PipelineConfig, CONFIGS / "movielens.toml", tied)
     assert config.model_for("id_baseline").tied_output and config.model_for("id_baseline").temperature == 1.0
     assert config.model_for("learn_v1") == config.model
