@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from learn_features.atomic import atomic_path, write_json_atomic, write_text_atomic
-from learn_features.cex.extractor import ContentExtractor, EncoderConfig, ShardPass
+from learn_features.cex.extractor import ContentExtractor, EncoderConfig, ShardPass, content_keys
+from learn_features.cex.model_loading import resolve_model
 from learn_features.cex.prompt import render_prompts
 from learn_features.cex.sharding import local_device, resolve_shard
 from learn_features.data.split import Split, resolve_cut_time, split_dataset
@@ -87,14 +89,21 @@ class Prepared:
             raise LearnFeaturesError(f"{directory}: content embeddings not found; run `learn-features extract` first")
         store = ContentStore(directory)
         recorded = store.source.get("encoder") or {}
-        current = encoder_for(self.config, content).content_identity()
-        changed = [name for name, value in current.items() if recorded.get(name) != value]
+        encoder = encoder_for(self.config, content)
+        current = content_source(self, encoder, resolve_model(encoder.model, encoder.gguf_file).fingerprint)
+        changed = [name for name, value in current["encoder"].items() if recorded.get(name) != value]
         if changed:
             raise LearnFeaturesError(
                 f"{directory}: extracted with other {content} settings ({', '.join(changed)}); re-run `learn-features extract`"
             )
         if store.items_sha256 != items_digest(self.item_ids):
             raise LearnFeaturesError(f"{directory}: items differ from the current catalog; re-run `learn-features extract`")
+        if store.source.get("keys_sha256") != current["keys_sha256"]:  # a key holds the weights' fingerprint and the text
+            raise LearnFeaturesError(
+                f"{directory}: the item texts or the {content} weights differ from those the store was extracted from (the "
+                "catalog changed, or with MovieLens split.protocols did: tags count only before the temporal cut); "
+                "re-run `learn-features extract`"
+            )
         return store
 
     def item_inputs(self, split: Split, method: Method, device: torch.device) -> ItemInputs:
@@ -184,12 +193,21 @@ def extract(prep: Prepared, progress: bool = True, env: Mapping[str, str] | None
     return written
 
 
+def content_source(prep: Prepared, encoder: EncoderConfig, fingerprint: str, keys: list[str] | None = None) -> dict[str, Any]:
+    """What a content store is made from: encoder settings, weights and every item's cache key
+    (its prompt text included). ``extract`` records it; training, embedding and evaluation
+    refuse a store whose record differs, so towers never learn from texts the config no longer
+    produces (``run`` would then re-extract and retrain everything)."""
+    if keys is None:
+        keys = content_keys(encoder, fingerprint, render_prompts(prep.dataset.catalog, encoder.prompt_template))
+    return {"encoder": encoder.content_identity(), "model_fingerprint": fingerprint, "keys_sha256": items_digest(keys)}
+
+
 def assemble_store(prep: Prepared, content: str, extractor: ContentExtractor, keys: list[str], progress: bool) -> ContentStore:
     """The catalog's cached vectors as the run's fp16 content store, streamed one cache shard at
     a time (never the whole matrix in memory); kept as is when already built from the same keys."""
     directory = prep.run.content(content)
-    source = {"encoder": extractor.config.content_identity(), "model_fingerprint": extractor.fingerprint,
-              "keys_sha256": items_digest(keys)}
+    source = content_source(prep, extractor.config, extractor.fingerprint, keys)
     store = open_current(directory, source)
     if store is not None and store.items_sha256 == items_digest(prep.item_ids):
         return store

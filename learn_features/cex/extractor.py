@@ -72,6 +72,15 @@ class EncoderConfig:
         return {**{name: getattr(self, name) for name in CONTENT_FIELDS}, "dtype": dtype_name(self.compute_dtype())}
 
 
+def content_keys(config: EncoderConfig, fingerprint: str, texts: list[str]) -> list[str]:
+    """Each text's cache key: weights, template, settings and text. The settings part holds the
+    resolved dtype, so fp32 and bf16 vectors of the same text never share a key. A function of
+    the config alone, so a content store can be checked without building an extractor."""
+    c = config
+    settings = f"pool={c.pooling};max_len={c.max_length};special={c.add_special_tokens};dtype={dtype_name(c.compute_dtype())}"
+    return [cache_key(fingerprint, c.prompt_template, settings, t) for t in texts]
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
     """(B, L, H) hidden states to (B, H) float32, ignoring padded positions."""
     hidden = hidden.float()
@@ -155,14 +164,8 @@ class ContentExtractor:
         self._tokenizer = backbone.tokenizer if backbone is not None else None
         self._model = backbone.model if backbone is not None else None
 
-    @property
-    def settings(self) -> str:
-        """The key's settings part: fp32 and bf16 vectors of the same text never share a key."""
-        c = self.config
-        return f"pool={c.pooling};max_len={c.max_length};special={c.add_special_tokens};dtype={dtype_name(self.dtype)}"
-
     def keys(self, texts: list[str]) -> list[str]:
-        return [cache_key(self.fingerprint, self.config.prompt_template, self.settings, t) for t in texts]
+        return content_keys(self.config, self.fingerprint, texts)
 
     def _ensure_model(self) -> None:
         if self._model is None:

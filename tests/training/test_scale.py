@@ -397,6 +397,24 @@ def test_training_refuses_content_extracted_under_other_settings(extracted_job, 
     assert "extracted with other llm settings (prompt_template)" in capsys.readouterr().err
 
 
+def test_training_refuses_content_extracted_from_other_item_texts(extracted_job, tmp_path: Path, capsys) -> None:
+    """Same items, same encoder, one title changed (as MovieLens tags change with split.protocols):
+    the store holds vectors of texts the config no longer produces, so train, embed and evaluate
+    stop and say so; nothing is trained and the run's record is left as it was."""
+    import pandas as pd
+
+    root, config = extracted_job
+    catalog = pd.read_parquet(root / "catalog.parquet")
+    catalog.loc[3, "title"] = "A title written after the extraction"
+    edited = tmp_path / "catalog.parquet"
+    catalog.to_parquet(edited)
+    recorded = (root / "run" / "config.json").read_bytes()
+    for command in ("train", "embed", "evaluate"):
+        assert main([command, "--config", str(config), "--set", f'data.catalog="{edited}"', "--quiet"]) == 2
+        assert "the item texts or the llm weights differ from those the store was extracted from" in capsys.readouterr().err
+    assert (root / "run" / "config.json").read_bytes() == recorded
+
+
 def test_run_refuses_a_sharded_config(extracted_job, capsys) -> None:
     root, config = extracted_job
     assert main(["run", "--config", str(config), "--set", 'llm.shard="0/2"', "--quiet"]) == 2
