@@ -17,7 +17,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,9 @@ class Prepared:
     dataset: Dataset
     splits: dict[str, Split]
     published: list[PublishedRow]
+    # Stores already checked against the config: the check renders and hashes every item's
+    # prompt, once per encoder rather than once per method and protocol.
+    _checked_stores: dict[str, ContentStore] = field(default_factory=dict, repr=False)
 
     @property
     def run_dir(self) -> Path:
@@ -84,6 +87,8 @@ class Prepared:
         Refused, with the reason, when they were extracted under other encoder settings or for
         another catalog: new content must never meet towers or versions made for the old.
         """
+        if content in self._checked_stores:
+            return self._checked_stores[content]
         directory = self.run.content(content)
         if not (directory / INDEX).exists():
             raise LearnFeaturesError(f"{directory}: content embeddings not found; run `learn-features extract` first")
@@ -104,6 +109,7 @@ class Prepared:
                 "catalog changed, or with MovieLens split.protocols did: tags count only before the temporal cut); "
                 "re-run `learn-features extract`"
             )
+        self._checked_stores[content] = store
         return store
 
     def item_inputs(self, split: Split, method: Method, device: torch.device) -> ItemInputs:
