@@ -84,8 +84,9 @@ class Prepared:
     def content_store(self, content: str) -> ContentStore:
         """The run's content embeddings (fp16, memory-mapped), as ``extract`` assembled them.
 
-        Refused, with the reason, when they were extracted under other encoder settings or for
-        another catalog: new content must never meet towers or versions made for the old.
+        Refused, with the reason, when they were extracted under other encoder settings, for
+        another catalog or from other item texts or weights: new content must never meet towers
+        or versions made for the old.
         """
         if content in self._checked_stores:
             return self._checked_stores[content]
@@ -95,7 +96,9 @@ class Prepared:
         store = ContentStore(directory)
         recorded = store.source.get("encoder") or {}
         encoder = encoder_for(self.config, content)
-        current = content_source(self, encoder, resolve_model(encoder.model, encoder.gguf_file).fingerprint)
+        fingerprint = resolve_model(encoder.model, encoder.gguf_file).fingerprint
+        keys = content_keys(encoder, fingerprint, render_prompts(self.dataset.catalog, encoder.prompt_template))
+        current = content_source(encoder, fingerprint, keys)
         changed = [name for name, value in current["encoder"].items() if recorded.get(name) != value]
         if changed:
             raise LearnFeaturesError(
@@ -199,13 +202,11 @@ def extract(prep: Prepared, progress: bool = True, env: Mapping[str, str] | None
     return written
 
 
-def content_source(prep: Prepared, encoder: EncoderConfig, fingerprint: str, keys: list[str] | None = None) -> dict[str, Any]:
+def content_source(encoder: EncoderConfig, fingerprint: str, keys: list[str]) -> dict[str, Any]:
     """What a content store is made from: encoder settings, weights and every item's cache key
     (its prompt text included). ``extract`` records it; training, embedding and evaluation
     refuse a store whose record differs, so towers never learn from texts the config no longer
     produces (``run`` would then re-extract and retrain everything)."""
-    if keys is None:
-        keys = content_keys(encoder, fingerprint, render_prompts(prep.dataset.catalog, encoder.prompt_template))
     return {"encoder": encoder.content_identity(), "model_fingerprint": fingerprint, "keys_sha256": items_digest(keys)}
 
 
@@ -213,7 +214,7 @@ def assemble_store(prep: Prepared, content: str, extractor: ContentExtractor, ke
     """The catalog's cached vectors as the run's fp16 content store, streamed one cache shard at
     a time (never the whole matrix in memory); kept as is when already built from the same keys."""
     directory = prep.run.content(content)
-    source = content_source(prep, extractor.config, extractor.fingerprint, keys)
+    source = content_source(extractor.config, extractor.fingerprint, keys)
     store = open_current(directory, source)
     if store is not None and store.items_sha256 == items_digest(prep.item_ids):
         return store

@@ -15,6 +15,7 @@ from contextlib import closing
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
@@ -401,8 +402,6 @@ def test_training_refuses_content_extracted_from_other_item_texts(extracted_job,
     """Same items, same encoder, one title changed (as MovieLens tags change with split.protocols):
     the store holds vectors of texts the config no longer produces, so train, embed and evaluate
     stop and say so; nothing is trained and the run's record is left as it was."""
-    import pandas as pd
-
     root, config = extracted_job
     catalog = pd.read_parquet(root / "catalog.parquet")
     catalog.loc[3, "title"] = "A title written after the extraction"
