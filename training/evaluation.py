@@ -263,7 +263,8 @@ def metrics_markdown(protocols: dict[str, dict], ks: Sequence[int], on: str = "t
             f"Values are means over users (of the seed mean), ± the SD of the seed means where there are several seeds; "
             f"brackets on {headline}: 95% bootstrap interval over users. Each subset's table keeps the users with a "
             f"target in it, ranked against the full gallery. Paired differences: per user, 95% bootstrap over users; "
-            f"* = the interval excludes 0.",
+            f"* = the interval excludes 0."
+            + (" Items the user already has stay in the ranking (`eval.rank_seen`, as in RecBole's sequential evaluation)." if block.get("rank_seen") else ""),
             "",
         ]
         for subset, (heading, keeps) in SUBSETS.items():

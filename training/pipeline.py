@@ -391,6 +391,7 @@ def evaluate(prep: Prepared, progress: bool = True, on: str = "test") -> dict[st
     trained = training_results(prep, progress)
     for protocol, split in prep.splits.items():
         test = split.test if on == "test" else split.val
+        exclude = [np.zeros(0, np.int64)] * len(test) if config.eval.rank_seen else test.exclude
         rankings = []
         for method in tqdm(get_methods(config.eval.methods), desc=f"evaluating ({protocol})", disable=not progress):
             runs = seeds if method.trained else seeds[:1]
@@ -398,7 +399,7 @@ def evaluate(prep: Prepared, progress: bool = True, on: str = "test") -> dict[st
             ranked, diagnostics = [], {}
             for seed in runs:
                 scored = model.full_sort_predict(test, seed)
-                ranked.append(rank_scores(scored.scores, test.exclude, depth))
+                ranked.append(rank_scores(scored.scores, exclude, depth))
                 diagnostics = scored.diagnostics
             training = [_training_summary(trained[f"{protocol}/{method.name}/seed{seed}"]) for seed in runs] if method.trained else []
             rankings.append(MethodRankings(method.name, ranked, diagnostics, training))
@@ -410,6 +411,7 @@ def evaluate(prep: Prepared, progress: bool = True, on: str = "test") -> dict[st
             "seeds": seeds,
             "references": config.eval.references,
             "tail_share": config.eval.tail_share,
+            "rank_seen": config.eval.rank_seen,
             "methods": protocol_metrics(rankings, tables, config.eval.ks, config.eval.bootstrap_rounds, config.eval.references),
         }
         per_user.append(per_user_frame(protocol, rankings, tables, test.user_ids, subsets, seeds))

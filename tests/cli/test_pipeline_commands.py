@@ -175,6 +175,25 @@ def test_any_eval_ks_works_with_an_interval_for_each(finished_run, tmp_path):
     assert header == "| method | users | recall@5 | ndcg@5 | recall@20 | ndcg@20 |"
 
 
+def test_rank_seen_leaves_the_users_own_items_in_the_ranking(finished_run, tmp_path):
+    """eval.rank_seen scores as RecBole's sequential evaluation does: a user's own (popular)
+    items then take places in popularity's ranking, so no target ranks higher and some lower."""
+    root, config = finished_run
+    run = shutil.copytree(root / "run", tmp_path / "run")
+    methods = '--set=eval.methods=["learn_v1","popularity"]'
+    assert main(["evaluate", "--config", str(config), "--run-dir", str(run), methods, "--quiet"]) == 0
+    removed = json.loads((run / "metrics.json").read_text())["protocols"]
+    assert main(["evaluate", "--config", str(config), "--run-dir", str(run), methods, "--set", "eval.rank_seen=true", "--quiet"]) == 0
+    ranked = json.loads((run / "metrics.json").read_text())["protocols"]
+    for protocol, block in ranked.items():
+        assert block["rank_seen"] and not removed[protocol]["rank_seen"]
+        before, after = removed[protocol]["methods"]["popularity"], block["methods"]["popularity"]
+        recalls = [k for k in after if k.startswith("recall@")]
+        assert all(after[k] <= before[k] for k in recalls)
+        assert any(after[k] < before[k] for k in recalls)
+    assert "Items the user already has stay in the ranking" in (run / "metrics.md").read_text()
+
+
 def test_evaluate_reads_finished_models_and_trains_only_new_seeds(finished_run, tmp_path, monkeypatch):
     """evaluate builds no model, optimiser or negatives for a finished model: its history comes
     from last.pt. Adding a seed trains that seed's models only."""
