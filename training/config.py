@@ -34,11 +34,11 @@ class EvalConfig:
     recent_days: float = 365.0  # popularity_recent's trailing window
     references: list[str] = field(default_factory=lambda: ["learn_v1"])  # every method is paired against each
     tail_share: float = 0.2  # the tail_items subset: this share of the warm items, the least trained
-    # Leave the items each user already has in the test ranking, as RecBole's sequential
-    # evaluation does (the published Amazon figures): their scores then compete with the
-    # target. Off, they are removed (recommending what a user has is not the task). Users
-    # whose target repeats an item of theirs are not evaluated either way, and model
-    # selection on the validation users always removes them.
+    # Leave the items each user already has in the evaluated users' ranking, as RecBole's
+    # sequential evaluation does (the published Amazon figures): their scores then compete
+    # with the target. Off, they are removed (recommending what a user has is not the task).
+    # Users whose target repeats an item of theirs are not evaluated either way, and model
+    # selection during training always removes them.
     rank_seen: bool = False
 
     def __post_init__(self) -> None:
