@@ -68,6 +68,11 @@ class PCHConfig:
     # regulariser of the ID table (``dropout`` acts inside the layers only). 0 keeps the
     # input exact, as the content towers were tuned.
     input_dropout: float = 0.0
+    # Tied ID towers only: SASRec's input block as RecBole builds it. Rows and positions start
+    # small (std 0.02) and unscaled, and item plus position pass through a LayerNorm before the
+    # input dropout, so every input starts at unit scale whatever the rows' norms become. On
+    # the Amazon validation users it lifted the ID baseline from 0.0935 to 0.099 recall@10.
+    input_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -80,6 +85,8 @@ class PCHConfig:
             raise LearnFeaturesError(f"model.id_dropout must be in [0, 1) (1 would never train the ID part), got {self.id_dropout}")
         if not 0.0 <= self.input_dropout < 1.0:
             raise LearnFeaturesError(f"model.input_dropout must be in [0, 1), got {self.input_dropout}")
+        if self.input_norm and not self.tied_output:
+            raise LearnFeaturesError("model.input_norm is SASRec's input block over the tied ID table: it needs model.tied_output")
         if self.tied_output and self.d_out != self.d_model:
             raise LearnFeaturesError(
                 f"model.tied_output scores users against rows of the d_model-wide ID table: model.d_out ({self.d_out}) must equal model.d_model ({self.d_model})"
@@ -127,15 +134,17 @@ class TiedIds(nn.Module):
 
     Rows start at norm about 1 (std ``d_model**-0.5``), so that random user-item scores start
     near chance instead of spreading the softmax; the towers read them scaled by
-    ``sqrt(d_model)`` (as SASRec does), coordinates of the positions' unit scale.
+    ``sqrt(d_model)`` (as SASRec does), coordinates of the positions' unit scale. With
+    ``normed`` (``PCHConfig.input_norm``) rows start at std 0.02 and are read unscaled: the
+    LayerNorm after them sets the scale, as in RecBole's SASRec.
     Row 0 is the shared "unknown item", as in the untied ID tower.
     """
 
-    def __init__(self, num_items: int, d_model: int):
+    def __init__(self, num_items: int, d_model: int, normed: bool = False):
         super().__init__()
         self.table = nn.Embedding(num_items + 1, d_model)
-        nn.init.normal_(self.table.weight, std=d_model**-0.5)
-        self.scale = d_model**0.5
+        nn.init.normal_(self.table.weight, std=0.02 if normed else d_model**-0.5)
+        self.scale = 1.0 if normed else d_model**0.5
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """The towers' input for ``ids``."""
@@ -166,12 +175,15 @@ class PCH(nn.Module):
         elif content_dim is not None:
             self.input = nn.Sequential(nn.Linear(content_dim, config.d_model), nn.LayerNorm(config.d_model))
         elif config.tied_output:
-            self.input = TiedIds(num_items, config.d_model)
+            self.input = TiedIds(num_items, config.d_model, config.input_norm)
         else:
             # index 0 is the shared "unknown item": every item without a trained id lands there.
             self.input = nn.Embedding(num_items + 1, config.d_model)
         self.positions = nn.Embedding(config.max_len, config.d_model)
         self.input_dropout = nn.Dropout(config.input_dropout)
+        self.input_norm = nn.LayerNorm(config.d_model) if config.input_norm else None
+        if self.input_norm is not None:
+            nn.init.normal_(self.positions.weight, std=0.02)
         layer = nn.TransformerEncoderLayer(
             config.d_model, config.n_heads, config.d_ff, config.dropout,
             activation="gelu", batch_first=True, norm_first=True,
@@ -231,7 +243,8 @@ class PCH(nn.Module):
         length = x.shape[1]
         if length > self.config.max_len:
             raise LearnFeaturesError(f"sequence of length {length} exceeds model.max_len {self.config.max_len}")
-        return self.input_dropout(x + self.positions(torch.arange(length, device=x.device)))
+        x = x + self.positions(torch.arange(length, device=x.device))
+        return self.input_dropout(x if self.input_norm is None else self.input_norm(x))
 
     def forward(
         self, history: torch.Tensor, targets: torch.Tensor | None, extra: torch.Tensor | None = None, alone: bool = False

@@ -78,7 +78,7 @@ def test_user_vector_is_independent_of_batch_padding() -> None:
 
 
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
-@pytest.mark.parametrize("kind", ["content", "ids", "tied", "hybrid"])
+@pytest.mark.parametrize("kind", ["content", "ids", "tied", "tied_normed", "hybrid"])
 def test_serving_path_equals_the_last_position_of_the_full_tower(kind: str, n_layers: int) -> None:
     """``user_vectors`` (each item projected once, the last layer at one position) gives the
     training path's output after each history's last real event, for every input kind,
@@ -91,6 +91,7 @@ def test_serving_path_equals_the_last_position_of_the_full_tower(kind: str, n_la
         "content": (lambda: PCH(config, content_dim=CONTENT_DIM), content),
         "ids": (lambda: PCH(config, num_items=20), ids),
         "tied": (lambda: PCH(replace(config, tied_output=True, d_out=config.d_model), num_items=20), ids),
+        "tied_normed": (lambda: PCH(replace(config, tied_output=True, d_out=config.d_model, input_norm=True), num_items=20), ids),
         "hybrid": (lambda: PCH(config, content_dim=CONTENT_DIM, num_items=20), content.with_id_part(ids)),
     }[kind]
     model = model().eval()
@@ -492,6 +493,26 @@ def test_input_dropout_acts_in_training_only() -> None:
     assert not torch.allclose(dropped.encode(ids), plain.encode(ids), atol=1e-3)
     with pytest.raises(LearnFeaturesError, match="model.input_dropout"):
         tiny_pch_config(input_dropout=1.0)
+
+
+def test_input_norm_puts_every_input_at_unit_scale_whatever_the_rows() -> None:
+    """model.input_norm (RecBole's SASRec input block): small unscaled rows at init, and item
+    plus position normalised before the layers, so a row grown tenfold enters at the same scale."""
+    torch.manual_seed(0)
+    model = PCH(tiny_pch_config(tied_output=True, d_out=32, dropout=0.0, input_norm=True), num_items=5).eval()
+    assert model.input.table.weight.std() < 0.05 and model.input.scale == 1.0
+    ids = torch.randint(1, 6, (3, 4))
+    inputs = model._positioned(model.input(ids))
+    torch.testing.assert_close(inputs.mean(-1), torch.zeros(3, 4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(inputs.std(-1, unbiased=False), torch.ones(3, 4), atol=2e-2, rtol=0)  # (LayerNorm eps)
+    with torch.no_grad():
+        model.input.table.weight.mul_(10.0)
+    grown = model._positioned(model.input(ids))
+    torch.testing.assert_close(grown.std(-1, unbiased=False), torch.ones(3, 4), atol=1e-3, rtol=0)
+    plain = PCH(tiny_pch_config(tied_output=True, d_out=32), num_items=5)
+    assert plain.input_norm is None and plain.input.scale == 32**0.5
+    with pytest.raises(LearnFeaturesError, match="model.input_norm .* needs model.tied_output"):
+        tiny_pch_config(input_norm=True)
 
 
 def test_tied_output_is_refused_where_it_cannot_apply() -> None:

@@ -81,7 +81,7 @@ def test_the_amazon_benchmark_is_the_published_protocol_on_the_shipped_data() ->
     assert all(amazon.train_for(m).objective == "next_item" for m in METHODS if METHODS[m].trained)
     sasrec = amazon.model_for("id_baseline")  # SASRec's output layer and regularisers, on the ID baseline only
     assert list(amazon.model_by_method) == ["learn_hybrid", "text_hybrid", "id_baseline"] and sasrec.tied_output and sasrec.temperature == 1.0
-    assert sasrec.input_dropout > 0 and all(amazon.model_for(m) == amazon.model for m in METHODS if m not in amazon.model_by_method)
+    assert sasrec.input_dropout > 0 and sasrec.input_norm and all(amazon.model_for(m) == amazon.model for m in METHODS if m not in amazon.model_by_method)
     for hybrid in ("learn_hybrid", "text_hybrid"):  # chosen on validation
         assert asdict(amazon.model_for(hybrid)) == {**asdict(amazon.model), "id_dropout": 0.8}
     assert asdict(amazon.model) == {**asdict(benchmark.model), "max_len": 50, "dropout": 0.2}
