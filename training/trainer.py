@@ -285,7 +285,7 @@ class TrainJob:
         model = asdict(self.model)
         if not self.inputs.id_part:  # only a hybrid has an ID part to drop: other towers resume whatever id_dropout says
             del model["id_dropout"]
-        for key, before in (("tied_output", False), ("input_dropout", 0.0)):  # runs from before these settings still resume
+        for key, before in (("tied_output", False), ("input_dropout", 0.0), ("input_norm", False)):  # runs from before these settings still resume
             if model[key] == before:
                 del model[key]
         return _fingerprint(model, math_config, self.split.summary(), self.method, self.history_len, self.target_len, self.inputs.identity)

@@ -289,15 +289,16 @@ def test_id_dropout_is_in_the_fingerprint_of_hybrid_towers_only(data) -> None:
     assert fingerprint(content, 0.5) == fingerprint(content, 0.2) and fingerprint(ids, 0.5) == fingerprint(ids, 0.2)
 
 
-def test_tied_output_and_input_dropout_retrain(data) -> None:
-    """SASRec's tied output and the input dropout change the towers' math: a last.pt trained
-    without them (or with another rate) is no resume point."""
+def test_tied_output_input_dropout_and_input_norm_retrain(data) -> None:
+    """SASRec's tied output, the input dropout and the input block change the towers' math: a
+    last.pt trained without them (or with another rate) is no resume point."""
     split, _ = data
     ids = ItemInputs.from_training_items(len(split.item_ids), np.flatnonzero(split.warm_items), torch.device("cpu"))
     tied = dataclasses.replace(MODEL, tied_output=True, d_out=MODEL.d_model)
     models = [tied, dataclasses.replace(tied, tied_output=False), dataclasses.replace(tied, input_dropout=0.5), dataclasses.replace(tied, input_dropout=0.2)]
+    models.append(dataclasses.replace(tied, input_norm=True))
     prints = {TrainJob(Path("unused"), m, TRAIN, split, ids, HISTORY_LEN, TARGET_LEN, "id_baseline").fingerprint(torch.device("cpu")) for m in models}
-    assert len(prints) == 4
+    assert len(prints) == 5
 
 
 def test_sample_epoch_draws_windows_in_proportion_to_length(data) -> None:
