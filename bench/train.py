@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import resource
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -55,6 +53,7 @@ from learn_features.pch.model import PCH, PCHConfig
 from training.collectives import World
 from training.loader import prefetch, to_device_ahead
 from training.trainer import StepParts, TrainConfig, build_optimizer, host_batches, step_module, train_step
+from training.workers import spawn_pool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_peak import measure_peak  # noqa: E402
@@ -167,7 +166,7 @@ def measure(preset: Preset, options: dict[str, Any], store_dir: str, device_name
 
 def run_isolated(preset: Preset, options: dict[str, Any], store_dir: str, device: str, seed: int) -> dict[str, Any]:
     """A fresh spawned process per configuration: peak memory is then that configuration's own."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with spawn_pool(1) as pool:
         return pool.submit(measure, preset, options, store_dir, device, seed).result()
 
 

@@ -14,9 +14,8 @@ read from its last checkpoint, and outputs are rewritten with identical content.
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from training.evaluation import MethodRankings, metrics_markdown, per_user_frame
 from training.methods import Method, get_methods
 from training.published import PublishedRow, published_path, read_published
 from training.trainer import TrainJob, TrainResult, train_towers
+from training.workers import spawn_pool
 
 @dataclass
 class Prepared:
@@ -299,11 +299,8 @@ def training_results(prep: Prepared, progress: bool = True) -> dict[str, TrainRe
 
 
 def _train_in_workers(prep: Prepared, keys: list[tuple[str, str, int]], progress: bool) -> dict[str, TrainResult]:
-    # A process forked after OpenMP has started its threads hangs at its first OpenMP call
-    # (torch's CPU kernels): workers are spawned, never forked.
-    context = multiprocessing.get_context("spawn")
     results = {}
-    with ProcessPoolExecutor(max_workers=prep.config.train.workers, mp_context=context) as pool:
+    with spawn_pool(prep.config.train.workers) as pool:
         futures = {pool.submit(_train_job, prep.config, *key): key for key in keys}
         for future in tqdm(as_completed(futures), total=len(futures), desc="training", unit="model", disable=not progress):
             protocol, method, seed = futures[future]

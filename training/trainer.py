@@ -275,6 +275,19 @@ class TrainJob:
     trained_item_ids: list[str] | None = None  # ID and hybrid towers: the items that own a slot, saved with the model
 
     def fingerprint(self, device: torch.device) -> str:
+        """Who trained ``last.pt``: a hash of every setting and input that changes the towers' math.
+
+        A ``last.pt`` with another fingerprint is no resume point, so a run re-trains every
+        model whose fingerprint changes. A setting added later must therefore leave the
+        fingerprint alone at the value that reproduces the old math (``settings``), or every
+        user's finished models re-train once (tests/training/test_trainer.py pins the fields).
+        """
+        model, math_config = self.settings(device)
+        return _fingerprint(model, math_config, self.split.summary(), self.method, self.history_len, self.target_len, self.inputs.identity)
+
+    def settings(self, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The model and training settings that go into the fingerprint, without those that
+        only came after runs trained under their old default."""
         config = self.train
         math_config = {k: v for k, v in asdict(config).items() if k not in RUNTIME_ONLY}
         math_config.update(bf16=config.bf16 and device.type == "cuda", fused=config.fused and device.type == "cuda")
@@ -288,7 +301,7 @@ class TrainJob:
         for key, before in (("tied_output", False), ("input_dropout", 0.0), ("input_norm", False)):  # runs from before these settings still resume
             if model[key] == before:
                 del model[key]
-        return _fingerprint(model, math_config, self.split.summary(), self.method, self.history_len, self.target_len, self.inputs.identity)
+        return model, math_config
 
     def resumable(self, fingerprint: str) -> dict[str, Any] | None:
         """``last.pt`` when it was written by this very job (same fingerprint), else None."""

@@ -15,7 +15,7 @@ from learn_features.data.split import EvalUsers, Split, TrainSequence
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
 from learn_features.pch.inputs import ItemInputs
-from learn_features.pch.model import PCH
+from learn_features.pch.model import PCH, PCHConfig
 from training import trainer
 from training.trainer import BEST, LAST, TrainConfig, TrainJob, sample_epoch, train_towers, validation_score, windows_per_user
 
@@ -299,6 +299,27 @@ def test_tied_output_input_dropout_and_input_norm_retrain(data) -> None:
     models.append(dataclasses.replace(tied, input_norm=True))
     prints = {TrainJob(Path("unused"), m, TRAIN, split, ids, HISTORY_LEN, TARGET_LEN, "id_baseline").fingerprint(torch.device("cpu")) for m in models}
     assert len(prints) == 5
+
+
+# What the fingerprint of a run at the library's defaults is made of. Runs trained before a
+# setting existed must keep their fingerprint, or every finished model re-trains once (as
+# happened when model.input_norm was added): a new field of PCHConfig or TrainConfig belongs
+# in TrainJob.settings' list of settings dropped at their old default, or, when it really
+# changes the math of every old run, here, knowing that those runs re-train once.
+PINNED_MODEL_FIELDS = {"d_ff", "d_model", "d_out", "dropout", "max_len", "n_heads", "n_layers", "temperature", "variant"}
+PINNED_TRAIN_FIELDS = {
+    "alpha", "batch_size", "beta", "bf16", "coverage", "epochs", "fused", "grad_clip", "logq_correction", "lr",
+    "mask_false_negatives", "optimizer", "patience", "seed", "select_metric", "serving_loss_weight", "uniform_from",
+    "uniform_negatives", "warmup_ratio", "weight_decay",
+}
+
+
+def test_a_new_setting_at_its_default_leaves_old_runs_fingerprints_alone(data) -> None:
+    split, inputs = data
+    job = TrainJob(Path("unused"), PCHConfig(), TrainConfig(), split, inputs, HISTORY_LEN, TARGET_LEN, "learn_v1")
+    model, math_config = job.settings(torch.device("cpu"))
+    assert set(model) == PINNED_MODEL_FIELDS, "a model setting at its default changes every existing run's fingerprint"
+    assert set(math_config) == PINNED_TRAIN_FIELDS, "a training setting at its default changes every existing run's fingerprint"
 
 
 def test_sample_epoch_draws_windows_in_proportion_to_length(data) -> None:
