@@ -63,7 +63,13 @@ def init_process_group(device: str, timeout: timedelta) -> None:
         raise LearnFeaturesError("training.distributed must be started by torchrun (RANK is not set); for one process use `learn-features train`")
     use_cuda = device != "cpu" and torch.cuda.is_available()
     if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        local_rank, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+        if local_rank >= gpus:  # NCCL takes one GPU per rank; CUDA alone would say only "invalid device ordinal"
+            raise LearnFeaturesError(
+                f"local rank {local_rank} has no GPU of its own: this node has {gpus}; start at most {gpus} "
+                "processes per node (torchrun --nproc-per-node), or set train.device=cpu for gloo"
+            )
+        torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from contextlib import closing
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -458,6 +459,20 @@ def test_distributed_entry_point_refuses_a_fixed_gpu_and_a_missing_torchrun(
     assert "LOCAL_RANK picks each rank's GPU" in capsys.readouterr().err
     assert distributed.main(["--set", 'train.device="cpu"', "--run-dir", str(tmp_path)]) == 2
     assert "must be started by torchrun" in capsys.readouterr().err
+
+
+def test_more_ranks_than_gpus_is_refused_before_cuda_is_touched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two torchrun processes on a one-GPU node: the second rank would share the first's GPU,
+    which NCCL refuses; the message says what to change instead of CUDA's "invalid device ordinal"."""
+    from training import distributed
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: pytest.fail("set_device reached"))
+    with pytest.raises(LearnFeaturesError, match=r"local rank 1 has no GPU of its own: this node has 1; start at most 1"):
+        distributed.init_process_group("auto", timedelta(seconds=1))
 
 
 # --- benchmark smoke run ----------------------------------------------------------------------
