@@ -18,7 +18,8 @@ objective of a well-trained SASRec; which one a data set wants is chosen on vali
 With ``objective = "next_item"`` (full softmax only) the windows give way to whole sequences,
 cut into consecutive chunks of ``history_len + 1`` events, and every history position is scored
 against the event right after it (``next_item_softmax``): SASRec's training, every event a
-target once per epoch in one forward pass per chunk.
+target once per epoch in one forward pass per chunk. ``objective = "prefixes"`` scores the same
+pairs as RecBole trains SASRec, each prefix a sample of its own, scored at its last position.
 
 A finished model is never rebuilt: ``TrainJob.finished`` reads its result (best epoch, score,
 history) from ``last.pt``, which is all ``evaluate`` needs of it.
@@ -72,7 +73,7 @@ from training.loader import prefetch, to_device_ahead
 # Execution choices that leave the training math unchanged: toggling them still resumes last.pt.
 RUNTIME_ONLY = ("prefetch", "compile", "device", "workers")  # the device counts only through the bf16/fused it allows
 #: ``train.objective``: the paper's dense all-action windows, or SASRec's next event at every position.
-Objective = Literal["all_action", "next_item"]
+Objective = Literal["all_action", "next_item", "prefixes"]
 SELECT_METRIC = re.compile(r"(hit|recall|ndcg)@\d+")  # what retrieval.per_user_scores computes per K
 
 
@@ -109,7 +110,8 @@ class TrainConfig:
     softmax: Softmax = "sampled"
     # "all_action": windows cut at random, every history position against the next target_len
     # events' positives (the paper's); "next_item": whole sequences, each position against the
-    # one event after it (SASRec's), full softmax only
+    # one event after it (SASRec's); "prefixes": the same pairs, one sample per prefix (RecBole's
+    # SASRec); both full softmax only
     objective: Objective = "all_action"
 
     def __post_init__(self) -> None:
@@ -125,8 +127,8 @@ class TrainConfig:
             raise LearnFeaturesError(f"train.prefetch must be >= 0 (batches built ahead), got {self.prefetch}")
         if self.softmax == "full" and self.uniform_negatives:
             raise LearnFeaturesError("train.uniform_negatives samples extra negatives; train.softmax = \"full\" already scores every item, set it to 0")
-        if self.objective == "next_item" and self.softmax != "full":
-            raise LearnFeaturesError('train.objective = "next_item" scores each position against the whole pool: it needs train.softmax = "full"')
+        if self.objective in NEXT_EVENT_OBJECTIVES and self.softmax != "full":
+            raise LearnFeaturesError(f'train.objective = "{self.objective}" scores against the whole pool: it needs train.softmax = "full"')
         if self.objective not in OBJECTIVE_SAMPLERS:
             raise LearnFeaturesError(f"train.objective must be one of {list(OBJECTIVE_SAMPLERS)}, got {self.objective!r}")
         if not SELECT_METRIC.fullmatch(self.select_metric) or int(self.select_metric.split("@")[1]) < 1:
@@ -193,8 +195,27 @@ def sample_sequences(train: dict[str, TrainSequence], config: TrainConfig, histo
     return [samples[i] for i in rng.permutation(len(samples))]
 
 
+def sample_prefixes(train: dict[str, TrainSequence], config: TrainConfig, history_len: int, target_len: int, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(prefix, next event) pairs for ``prefixes``: every positive event after a user's first is
+    the target of one sample, the last ``history_len`` events before it, scored at its last
+    position only (the second array is -1 elsewhere). This is how RecBole trains SASRec: the
+    same (history, next event) pairs as ``next_item``, but each its own forward pass, so each
+    gets its own dropout masks where ``next_item`` shares one pass, and one set of masks, over
+    a whole chunk. On short sequences it costs about as much as ``next_item``."""
+    rng = np.random.default_rng([config.seed, epoch])
+    samples = []
+    for user in sorted(train):
+        seq = train[user]
+        for end in np.flatnonzero(seq.positive[1:]) + 1:
+            history = seq.items[max(0, end - history_len) : end]
+            samples.append((history, np.r_[np.full(len(history) - 1, -1, dtype=seq.items.dtype), seq.items[end]]))
+    return [samples[i] for i in rng.permutation(len(samples))]
+
+
 #: How each ``train.objective`` draws an epoch's (history, targets) pairs.
-OBJECTIVE_SAMPLERS = {"all_action": sample_windows, "next_item": sample_sequences}
+OBJECTIVE_SAMPLERS = {"all_action": sample_windows, "next_item": sample_sequences, "prefixes": sample_prefixes}
+#: The objectives whose pairs are (history, event after each position), scored by ``next_item_softmax``.
+NEXT_EVENT_OBJECTIVES = ("next_item", "prefixes")
 
 
 def epoch_pairs(train: dict[str, TrainSequence], config: TrainConfig, history_len: int, target_len: int) -> int:
@@ -382,7 +403,7 @@ def _full_softmax_step(parts: StepParts, batch: Batch, pool_inputs: torch.Tensor
     with parts.autocast:
         users, _, _, pool = parts.module(parts.inputs.lookup(batch.history, batch.rows), None, pool_inputs)
     global_batch = None if world.size == 1 else global_size
-    if config.objective == "next_item":
+    if config.objective in NEXT_EVENT_OBJECTIVES:
         next_positions = parts.negatives.pool_positions(batch.target_items)
         loss = next_item_softmax(users.float(), pool.float(), batch.history_lengths, next_positions, model.config.temperature, global_batch)
         return _update(parts, loss, next_item_chance(pool.shape[0], users.shape[0], global_batch))

@@ -156,8 +156,9 @@ def test_the_objectives_never_resume_each_other(data) -> None:
     job = TrainJob(Path("unused"), MODEL, TRAIN, split, inputs, HISTORY_LEN, TARGET_LEN, "learn_v1")
     full = dataclasses.replace(job, train=dataclasses.replace(TRAIN, softmax="full"))
     next_item = dataclasses.replace(job, train=dataclasses.replace(TRAIN, softmax="full", objective="next_item"))
+    prefixes = dataclasses.replace(job, train=dataclasses.replace(TRAIN, softmax="full", objective="prefixes"))
     cpu = torch.device("cpu")
-    assert len({job.fingerprint(cpu), full.fingerprint(cpu), next_item.fingerprint(cpu)}) == 3
+    assert len({job.fingerprint(cpu), full.fingerprint(cpu), next_item.fingerprint(cpu), prefixes.fingerprint(cpu)}) == 4
 
 
 def test_changed_content_retrains_from_scratch(reference, data, tmp_path: Path, loss_calls, single_thread) -> None:
@@ -187,7 +188,7 @@ def test_validation_score_improves_over_random_init(reference, data) -> None:
     assert all(h["loss"] < h["chance_loss"] for h in result.history[1:]), result.history
 
 
-@pytest.mark.parametrize("objective", ["all_action", "next_item"])
+@pytest.mark.parametrize("objective", ["all_action", "next_item", "prefixes"])
 @pytest.mark.parametrize("kind", ["content", "ids", "tied"])
 def test_full_softmax_learns(data, tmp_path: Path, kind: str, objective: str, single_thread) -> None:
     """train.softmax = "full" (every warm item a candidate at every step) trains content and ID
@@ -386,11 +387,32 @@ def test_next_item_chunks_make_every_later_event_the_next_event_of_one_position(
     assert sorted(map(lambda p: p[0].tolist(), other)) == sorted(map(lambda p: p[0].tolist(), samples))
 
 
+def test_prefixes_are_the_next_item_pairs_one_sample_each(data) -> None:
+    """objective = "prefixes" (RecBole's SASRec training): every positive event after a user's
+    first is the target of exactly one sample, scored at its last position after the
+    history_len events before it; the pairs are next_item's, one forward pass each."""
+    split, _ = data
+    config = dataclasses.replace(TRAIN, softmax="full", objective="prefixes")
+    samples = sample_epoch(split.train, config, HISTORY_LEN, TARGET_LEN, epoch=0)
+    chunks = sample_epoch(split.train, dataclasses.replace(config, objective="next_item"), HISTORY_LEN, TARGET_LEN, epoch=0)
+    pairs = lambda pairs_of: sorted((int(f[i]), int(h[i])) for h, f in pairs_of for i in np.flatnonzero(f >= 0))  # noqa: E731
+    assert pairs(samples) == pairs(chunks)
+    assert len(samples) == sum(int(s.positive[1:].sum()) for s in split.train.values())
+    for history, following in samples:
+        assert 1 <= len(history) <= HISTORY_LEN and (following[:-1] == -1).all() and following[-1] >= 0
+    items = np.arange(7)
+    positive = np.array([1, 1, 0, 1, 1, 0, 1], dtype=bool)
+    got = sample_epoch({"u": TrainSequence(items, positive, np.arange(7))}, config, 3, 1, epoch=0)
+    assert sorted((h.tolist(), f.tolist()) for h, f in got) == [
+        ([0], [1]), ([0, 1, 2], [-1, -1, 3]), ([1, 2, 3], [-1, -1, 4]), ([3, 4, 5], [-1, -1, 6]),
+    ]
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"batch_size": 1}, {"lr": 0.0}, {"epochs": 0}, {"warmup_ratio": 1.0}, {"coverage": 0.0}, {"select_metric": "recall"},
      {"select_metric": "mrr@10"}, {"uniform_negatives": -1}, {"softmax": "full", "uniform_negatives": 8},
-     {"objective": "next_item"}, {"softmax": "full", "objective": "next_items"}],
+     {"objective": "next_item"}, {"objective": "prefixes"}, {"softmax": "full", "objective": "next_items"}],
 )
 def test_train_config_validation(kwargs: dict) -> None:
     with pytest.raises(LearnFeaturesError):
