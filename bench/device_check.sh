@@ -63,7 +63,8 @@ bench_steps() {
 
 # MovieLens through the project's own commands: bf16 autocast, fused AdamW and the side-stream
 # prefetch in real training, then DDP. id_baseline reads no LLM content, so it runs without the
-# shipped SmolLM2; bench/README.md has its CPU figures to compare with.
+# shipped SmolLM2. The CPU figures to compare with come from the same two commands with
+# train.device=cpu (README's MovieLens seed table has id_baseline's, from an older commit).
 movielens_steps() {
     local config=training/configs/movielens-benchmark.toml run=runs/device-check-movielens
     local seeds=3 epochs=() ddp_epochs=2 device=cuda
