@@ -203,7 +203,8 @@ def sample_prefixes(train: dict[str, TrainSequence], config: TrainConfig, histor
     same (history, next event) pairs as ``next_item``, but each its own forward pass, so each
     gets its own dropout masks where ``next_item`` shares one pass, and one set of masks, over
     a whole chunk. It costs more: on Amazon (about 5 events a user) an epoch took about three
-    times ``next_item``'s, since every batch pads to its longest prefix."""
+    times ``next_item``'s for the ID towers and four times for the content towers, since every
+    batch pads to its longest prefix."""
     rng = np.random.default_rng([config.seed, epoch])
     samples = []
     for user in sorted(train):

@@ -62,9 +62,10 @@ def test_the_amazon_benchmark_is_the_published_protocol_on_the_shipped_data() ->
     """Leave-one-out with histories cut to 50, ordered by the (fake, per-user) dates, every
     method but popularity_recent (whose window reads dates), paired against both LEARN
     defaults, the full softmax and SASRec's next-item objective for every tower but the ID
-    baseline, which draws one sample per prefix as RecBole does (chosen on validation), and the MovieLens benchmark's towers but for dropout 0.2, both hybrids' ID
-    dropout 0.8 and the ID baseline's SASRec settings (also chosen there) and encoders (the
-    LLM in fp32, the content its README table was computed on)."""
+    baseline, which draws one sample per prefix as RecBole does (chosen on validation), and
+    the MovieLens benchmark's towers but for dropout 0.2, both hybrids' ID dropout 0.8 and the
+    ID baseline's SASRec settings (also chosen there) and encoders (the LLM in fp32, the
+    content its README table was computed on)."""
     amazon = load_config(PipelineConfig, CONFIGS / "amazon-scientific.toml")
     benchmark = load_config(PipelineConfig, CONFIGS / "movielens-benchmark.toml")
     data = ROOT / "data" / "amazon-scientific"
