@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from learn_features.data.incidence import incidence_matrix
 from learn_features.data.split import EvalUsers, Split, TrainSequence
 
 KNN_NEIGHBOURS = (20, 50, 100, 200)  # the validation grid of item_knn's k
@@ -80,9 +81,7 @@ def cooccurrence_cosine(train: dict[str, TrainSequence], n_items: int) -> sp.csr
     """(n_items, n_items) cosine similarity of items over training users, no self-loops.
 
     Built once per split: the validation grid of k (``top_k_neighbours``) only prunes it."""
-    rows = np.concatenate([np.full(len(np.unique(s.items)), u) for u, s in enumerate(train.values())])
-    cols = np.concatenate([np.unique(s.items) for s in train.values()])
-    x = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(train), n_items))
+    x = incidence_matrix([s.items for s in train.values()], n_items)
     norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
     co = (x.T @ x).tocsr().astype(np.float64)
     co.setdiag(0.0)
@@ -111,10 +110,7 @@ def top_k_neighbours(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
 
 def item_knn_scores(similarity: sp.csr_matrix, histories: Sequence[np.ndarray]) -> np.ndarray:
     """Summed similarity of every item to the items of each history (each item counted once)."""
-    n_items = similarity.shape[0]
-    rows = np.concatenate([np.full(len(np.unique(h)), u) for u, h in enumerate(histories)]) if histories else np.zeros(0, int)
-    cols = np.concatenate([np.unique(h) for h in histories]) if histories else np.zeros(0, int)
-    h = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(histories), n_items))
+    h = incidence_matrix(histories, similarity.shape[0])
     return np.asarray((h @ similarity.T).todense())
 
 

@@ -9,7 +9,8 @@ overlap say little; the paired one says whether the two methods differ. With sev
 table also gives the SD of the seed means, so a training-based lift can be set against the
 spread over seeds.
 
-Every table is given on each target subset of ``target_subsets`` (all, warm, tail, cold).
+Every table is given on each target subset of ``target_subsets`` (all, warm, tail, cold, and cold
+again ranked among the cold-start items alone).
 
 ``metrics.json``::
 
@@ -18,7 +19,7 @@ Every table is given on each target subset of ``target_subsets`` (all, warm, tai
                                "ci95": {"recall@50": [lo, hi], ..}, "seed_sd": {..},
                                "paired": {"learn_v1": {"recall@50": {"delta": .., "ci95": [lo, hi]}, ..}},
                                "warm_items": {... the same, warm targets only ...},
-                               "tail_items": {...}, "cold_items": {...},
+                               "tail_items": {...}, "cold_items": {...}, "cold_gallery": {...},
                                "diagnostics": {...}, "training": [...]}}}}}
 
 A method is not paired against itself: ``paired`` holds the other references only.
@@ -33,15 +34,18 @@ import numpy as np
 import pandas as pd
 
 from learn_features.data.split import EvalUsers, Split
-from learn_features.retrieval import bootstrap_interval, paired_bootstrap_interval, per_user_scores
+from learn_features.retrieval import bootstrap_interval, paired_bootstrap_interval, per_user_scores, rank_scores
 from training.published import PublishedRow, published_markdown
 
+#: The subset ranked over the cold-start items alone (``rank_among_cold``), not the full gallery.
+COLD_GALLERY = "cold_gallery"
 #: The target subsets of every table, in table order: (heading, what it keeps) (see ``target_subsets``).
 SUBSETS: dict[str, tuple[str, str]] = {
     "all": ("All target items", ""),
     "warm_items": ("Warm target items", "the item has a training event"),
     "tail_items": ("Tail target items", "the {share:.0%} of warm items with the fewest training positives"),
     "cold_items": ("Cold-start target items", "no training event"),
+    COLD_GALLERY: ("Cold-start target items among cold-start items", "ranked against the cold-start items alone"),
 }
 #: The paired tables' columns, where ``eval.ks`` has them (``paired_columns``).
 PAIRED_COLUMNS = ("recall@10", "ndcg@10", "recall@50")
@@ -57,6 +61,11 @@ def target_subsets(split: Split, users: EvalUsers, tail_share: float) -> dict[st
       positive training events (``split.positive_counts()``), ties broken by catalog index, and
       the first ``tail_share`` of them by count of items (rounded).
     - ``cold_items``: targets without a training event.
+    - ``cold_gallery``: the same targets, ranked against the cold-start items alone
+      (``rank_among_cold``). A model can order new items well among themselves and still put
+      every one below the warm items, which the full-gallery table cannot tell from knowing
+      nothing about them; this one can. It is the quality a separate candidate list of new
+      items would have.
 
     Why these: A-LLMRec (Table 4) reports all / warm / cold, the question being whether text
     carries items that behaviour cannot. On Amazon only 0.44% of the test targets are cold, too
@@ -74,7 +83,21 @@ def target_subsets(split: Split, users: EvalUsers, tail_share: float) -> dict[st
         "warm_items": [t[warm[t]] for t in users.targets],
         "tail_items": [t[tail[t]] for t in users.targets],
         "cold_items": [t[~warm[t]] for t in users.targets],
+        COLD_GALLERY: [t[~warm[t]] for t in users.targets],
     }
+
+
+def rank_among_cold(scores: np.ndarray, exclude: Sequence[np.ndarray], warm: np.ndarray, cold_targets: Sequence[np.ndarray],
+                    depth: int) -> np.ndarray:
+    """``rank_scores`` with every warm item left out, for the users with a cold target (the
+    other rows stay -1, no item: those users are not in the subset's table)."""
+    rows = [u for u, t in enumerate(cold_targets) if len(t)]
+    ranked = np.full((scores.shape[0], min(depth, scores.shape[1])), -1, dtype=np.int64)
+    if rows:
+        among_cold = scores[rows].astype(np.float64)  # a copy: the method's scores stay as they are
+        among_cold[:, warm] = -np.inf
+        ranked[rows] = rank_scores(among_cold, [exclude[u] for u in rows], depth)
+    return ranked
 
 
 @dataclass
@@ -262,8 +285,8 @@ def metrics_markdown(protocols: dict[str, dict], ks: Sequence[int], on: str = "t
             f"{split['train_users']} training users, {split['train_events']} training events; training seeds {seeds}. "
             f"Values are means over users (of the seed mean), ± the SD of the seed means where there are several seeds; "
             f"brackets on {headline}: 95% bootstrap interval over users. Each subset's table keeps the users with a "
-            f"target in it, ranked against the full gallery. Paired differences: per user, 95% bootstrap over users; "
-            f"* = the interval excludes 0."
+            f"target in it, ranked against the full gallery (the last: against the cold-start items alone). "
+            f"Paired differences: per user, 95% bootstrap over users; * = the interval excludes 0."
             + (" Items the user already has stay in the ranking (`eval.rank_seen`, as in RecBole's sequential evaluation)." if block.get("rank_seen") else ""),
             "",
         ]

@@ -45,7 +45,9 @@ from learn_features.retrieval import rank_scores
 from learn_features.run import RunDir
 from learn_features.trained_run import TrainedRun
 from training.config import PipelineConfig
-from training.evaluation import MethodRankings, metrics_markdown, per_user_frame, protocol_metrics, target_subsets, user_tables
+from training.evaluation import (
+    COLD_GALLERY, MethodRankings, metrics_markdown, per_user_frame, protocol_metrics, rank_among_cold, target_subsets, user_tables,
+)
 from training.methods import Method, get_methods
 from training.published import PublishedRow, published_path, read_published
 from training.trainer import TrainJob, TrainResult, train_towers
@@ -389,19 +391,22 @@ def evaluate(prep: Prepared, progress: bool = True, on: str = "test") -> dict[st
     for protocol, split in prep.splits.items():
         test = split.test if on == "test" else split.val
         exclude = [np.zeros(0, np.int64)] * len(test) if config.eval.rank_seen else test.exclude
-        rankings = []
+        subsets = target_subsets(split, test, config.eval.tail_share)
+        rankings, among_cold = [], []
         for method in tqdm(get_methods(config.eval.methods), desc=f"evaluating ({protocol})", disable=not progress):
             runs = seeds if method.trained else seeds[:1]
             model = method.fit(prep, split)
-            ranked, diagnostics = [], {}
+            ranked, ranked_among_cold, diagnostics = [], [], {}
             for seed in runs:
                 scored = model.full_sort_predict(test, seed)
                 ranked.append(rank_scores(scored.scores, exclude, depth))
+                ranked_among_cold.append(rank_among_cold(scored.scores, exclude, split.warm_items, subsets[COLD_GALLERY], depth))
                 diagnostics = scored.diagnostics
             training = [_training_summary(trained[f"{protocol}/{method.name}/seed{seed}"]) for seed in runs] if method.trained else []
             rankings.append(MethodRankings(method.name, ranked, diagnostics, training))
-        subsets = target_subsets(split, test, config.eval.tail_share)
-        tables = user_tables(rankings, subsets, config.eval.ks)
+            among_cold.append(MethodRankings(method.name, ranked_among_cold))
+        full_gallery = {subset: targets for subset, targets in subsets.items() if subset != COLD_GALLERY}
+        tables = user_tables(rankings, full_gallery, config.eval.ks) | user_tables(among_cold, {COLD_GALLERY: subsets[COLD_GALLERY]}, config.eval.ks)
         results[protocol] = {
             "split": split.summary(),
             "users": len(test),

@@ -60,10 +60,11 @@ from learn_features.device import pick_device
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
 from learn_features.pch.batching import Batch, make_batch
+from learn_features.pch.id_init import ID_INITS
 from learn_features.pch.inference import item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
 from learn_features.pch.loss import dense_all_action_infonce, full_softmax_infonce, next_item_chance, next_item_softmax
-from learn_features.pch.model import PCH, PCHConfig
+from learn_features.pch.model import PCH, HybridInput, PCHConfig
 from learn_features.pch.negatives import Negatives, Softmax
 from learn_features.retrieval import rank_items, rank_scores, score_rankings
 from learn_features.run import BEST, LAST
@@ -320,11 +321,11 @@ class TrainJob:
         if config.objective == "all_action":  # likewise for runs from before train.objective
             del math_config["objective"]
         model = asdict(self.model)
-        if not self.inputs.id_part:  # only a hybrid has an ID part to drop: other towers resume whatever id_dropout says
-            del model["id_dropout"]
-        for key, before in (("tied_output", False), ("input_dropout", 0.0), ("input_norm", False)):  # runs from before these settings still resume
-            if model[key] == before:
-                del model[key]
+        if not self.inputs.id_part:  # only a hybrid has an ID part: other towers resume whatever id_dropout and id_init say
+            del model["id_dropout"], model["id_init"]
+        for key, before in (("tied_output", False), ("input_dropout", 0.0), ("input_norm", False), ("id_init", "zeros")):  # runs from before these settings still resume
+            if model.get(key, before) == before:
+                model.pop(key, None)
         return model, math_config
 
     def resumable(self, fingerprint: str) -> dict[str, Any] | None:
@@ -445,6 +446,9 @@ def build_parts(job: TrainJob, device: torch.device, world: World) -> StepParts:
     config = job.train
     torch.manual_seed(config.seed)
     model = PCH(job.model, content_dim=job.inputs.content_dim, num_items=job.inputs.num_id_slots).to(device)
+    if isinstance(model.input, HybridInput):
+        histories = [sequence.items for sequence in job.split.train.values()]
+        ID_INITS[job.model.id_init](model.input.ids.weight, job.inputs.id_slots.cpu().numpy(), histories)
     optimizer = build_optimizer(model, config, device)
     negatives = Negatives.build(
         job.split, uniform_from=config.uniform_from, per_batch=config.uniform_negatives, seed=config.seed,

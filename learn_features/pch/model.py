@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from learn_features.errors import LearnFeaturesError
+from learn_features.pch.id_init import ID_INITS
 
 VARIANTS = (1, 2, 3)
 
@@ -60,6 +61,10 @@ class PCHConfig:
     # content alone in training; with no dropout the residual would carry the warm items and
     # the content path would be trained only as its base, never as a model on its own.
     id_dropout: float = 0.5
+    # Hybrid towers only: how the ID residual starts (``learn_features.pch.id_init``): "zeros",
+    # the pure content model, or "svd", each warm item's truncated-SVD factor of the training
+    # events, so the towers start from the co-occurrences a small data set teaches them slowly.
+    id_init: str = "zeros"
     # ID towers only: SASRec's tied output. Items are scored by the raw dot product of the
     # user's output with their row of the input ID table (no item tower, no L2 norm; the
     # variant is then moot), so d_out must equal d_model and temperature 1 is SASRec's own.
@@ -83,6 +88,8 @@ class PCHConfig:
             raise LearnFeaturesError(f"model.temperature must be positive, got {self.temperature}")
         if not 0.0 <= self.id_dropout < 1.0:
             raise LearnFeaturesError(f"model.id_dropout must be in [0, 1) (1 would never train the ID part), got {self.id_dropout}")
+        if self.id_init not in ID_INITS:
+            raise LearnFeaturesError(f"model.id_init must be one of {sorted(ID_INITS)}, got {self.id_init!r}")
         if not 0.0 <= self.input_dropout < 1.0:
             raise LearnFeaturesError(f"model.input_dropout must be in [0, 1), got {self.input_dropout}")
         if self.input_norm and not self.tied_output:
@@ -109,7 +116,8 @@ class HybridInput(nn.Module):
       ``1 / (1 - id_dropout)`` as in ordinary dropout: training then sees exactly the two inputs
       serving sees (warm: content + E, cold: content alone), nothing in between.
     - ``E`` starts at zero, so the hybrid starts as the pure content model and the residual
-      grows only where the ids add something.
+      grows only where the ids add something; ``PCHConfig.id_init = "svd"`` starts it at the
+      warm items' collaborative factors instead (the trainer writes them, ``pch.id_init``).
     """
 
     def __init__(self, content_dim: int, num_items: int, d_model: int, id_dropout: float):

@@ -10,8 +10,11 @@ import pytest
 
 from learn_features.data.split import EvalUsers, Split, TrainSequence
 from learn_features.errors import LearnFeaturesError
+from learn_features.retrieval import per_user_scores, rank_scores
 from training.config import EvalConfig
-from training.evaluation import MethodRankings, metrics_markdown, paired_columns, protocol_metrics, target_subsets, user_tables
+from training.evaluation import (
+    COLD_GALLERY, MethodRankings, metrics_markdown, paired_columns, protocol_metrics, rank_among_cold, target_subsets, user_tables,
+)
 from training.published import read_published
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,9 +46,26 @@ def test_target_subsets_split_targets_into_warm_tail_and_cold() -> None:
         "warm_items": [[1, 2], [4], [0]],
         "tail_items": [[1], [4], []],
         "cold_items": [[8], [9], []],
+        "cold_gallery": [[8], [9], []],
     }
     # Half of the warm items: 4, 1, 2, 6 (the fewest positives), not 5 (two) or 0, 3, 7.
     assert _as_lists(target_subsets(split, split.test, 0.5))["tail_items"] == [[1, 2], [4], []]
+
+
+def test_cold_targets_are_also_ranked_against_the_cold_items_alone() -> None:
+    """A model that puts every warm item first finds no cold target in the full gallery; among
+    the cold items alone its order of them is what counts."""
+    split = _split()
+    subsets = target_subsets(split, split.test, 0.25)
+    warm_first = np.where(split.warm_items, 10.0, 0.0) + np.arange(10) / 100  # cold items: 8 < 9
+    scores = np.tile(warm_first, (3, 1))
+    exclude = [np.array([9]), np.array([], np.int64), np.array([], np.int64)]
+    ranked = rank_among_cold(scores, exclude, split.warm_items, subsets[COLD_GALLERY], depth=5)
+    assert ranked.tolist() == [[8, -1, -1, -1, -1], [9, 8, -1, -1, -1], [-1] * 5]  # user 2 has no cold target
+    assert per_user_scores(ranked, subsets[COLD_GALLERY], [1])["recall@1"].tolist() == [1.0, 1.0]
+    full = rank_scores(scores, exclude, 5)
+    assert per_user_scores(full, subsets["cold_items"], [5])["recall@5"].tolist() == [0.0, 0.0]
+    assert scores[0, 8] == warm_first[8]  # the method's scores are not changed
 
 
 def test_paired_columns_are_r10_n10_r50_where_the_cutoffs_have_them() -> None:
@@ -62,7 +82,7 @@ def _rankings() -> tuple[list[MethodRankings], dict[str, list[np.ndarray]]]:
     cold = [t if k % 4 == 0 else t[:0] for k, t in enumerate(targets)]
     rankings = [MethodRankings(name, [np.argsort(rng.random((40, 30)), axis=1)[:, :10] for _ in range(2)])
                 for name in ("learn_v1", "id_baseline", "popularity")]
-    return rankings, {"all": targets, "warm_items": targets, "tail_items": cold, "cold_items": cold}
+    return rankings, {"all": targets, "warm_items": targets, "tail_items": cold, "cold_items": cold, COLD_GALLERY: cold}
 
 
 def test_every_method_is_paired_against_each_reference_but_itself() -> None:

@@ -14,9 +14,11 @@ from core_fixtures import cluster_content, clustered_split, tiny_pch_config
 from learn_features.data.split import EvalUsers, Split, TrainSequence
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
+from learn_features.pch.id_init import svd_init
 from learn_features.pch.inputs import ItemInputs
 from learn_features.pch.model import PCH, PCHConfig
 from training import trainer
+from training.collectives import World
 from training.trainer import BEST, LAST, TrainConfig, TrainJob, sample_epoch, train_towers, validation_score, windows_per_user
 
 N_ITEMS = 120
@@ -288,6 +290,25 @@ def test_id_dropout_is_in_the_fingerprint_of_hybrid_towers_only(data) -> None:
 
     assert fingerprint(hybrid, 0.5) != fingerprint(hybrid, 0.2)
     assert fingerprint(content, 0.5) == fingerprint(content, 0.2) and fingerprint(ids, 0.5) == fingerprint(ids, 0.2)
+
+
+def test_a_hybrid_starts_from_its_id_init_which_is_in_its_fingerprint_only(data) -> None:
+    """``model.id_init = "svd"`` writes the warm items' SVD factors into the ID table before the
+    first step ("zeros" leaves it at zero); it retrains the hybrid, never towers without an ID part."""
+    split, content = data
+    hybrid, _ = hybrid_inputs(data)
+    cpu = torch.device("cpu")
+
+    def job(inputs: ItemInputs, id_init: str) -> TrainJob:
+        return TrainJob(Path("unused"), dataclasses.replace(MODEL, id_init=id_init), TRAIN, split, inputs, HISTORY_LEN, TARGET_LEN, "m")
+
+    zeros = trainer.build_parts(job(hybrid, "zeros"), cpu, World()).model.input.ids.weight
+    started = trainer.build_parts(job(hybrid, "svd"), cpu, World()).model.input.ids.weight
+    expected = torch.zeros_like(started)
+    svd_init(expected, hybrid.id_slots.numpy(), [sequence.items for sequence in split.train.values()])
+    assert not zeros.any() and started[1:].any() and torch.equal(started, expected)
+    assert job(hybrid, "zeros").fingerprint(cpu) != job(hybrid, "svd").fingerprint(cpu)
+    assert job(content, "zeros").fingerprint(cpu) == job(content, "svd").fingerprint(cpu)
 
 
 def test_tied_output_input_dropout_and_input_norm_retrain(data) -> None:
