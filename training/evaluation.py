@@ -78,12 +78,13 @@ def target_subsets(split: Split, users: EvalUsers, tail_share: float) -> dict[st
     by_count = warm_index[np.lexsort((warm_index, split.positive_counts()[warm_index]))]
     tail = np.zeros_like(warm)
     tail[by_count[: int(round(tail_share * len(warm_index)))]] = True
+    cold = [t[~warm[t]] for t in users.targets]
     return {
         "all": list(users.targets),
         "warm_items": [t[warm[t]] for t in users.targets],
         "tail_items": [t[tail[t]] for t in users.targets],
-        "cold_items": [t[~warm[t]] for t in users.targets],
-        COLD_GALLERY: [t[~warm[t]] for t in users.targets],
+        "cold_items": cold,
+        COLD_GALLERY: cold,  # the same targets: only their ranking differs (``rank_among_cold``)
     }
 
 
