@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ from learn_features.pch.model import PCHConfig
 from learn_features.retrieval import DEFAULT_KS
 from learn_features.data.sources import data_source
 from learn_features.data.tables import ORDER_BY_TIME
-from training.methods import METHODS, get_methods
+from training.methods import CONTENT_KINDS, METHODS, get_methods
 from training.trainer import TrainConfig
 
 #: Training settings every method shares: seeds are numbered from train.seed, one device and
@@ -40,6 +41,15 @@ class EvalConfig:
     # Users whose target repeats an item of theirs are not evaluated either way, and model
     # selection during training always removes them.
     rank_seen: bool = False
+    # Per method, a score added to every item without a training event (served from content
+    # alone) when the method ranks the catalog, e.g. {learn_hybrid = 0.04}. Trained towers
+    # learn the warm items' co-occurrences, which a new item lacks, so a hybrid ranks every new
+    # item below the warm ones (MovieLens temporal: recall@50 on new movies 0.000); the bias is
+    # the prior that a new item is taken up, on the same scale as the scores (cosine for the
+    # towers). It is chosen on the protocol one period earlier (split.until), never on test
+    # users (scripts/cold_bias_sweep.py; README, "A bias for new items"). Only methods that
+    # score new items from their content can take one.
+    cold_bias: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Checked here, when the config loads, so that a bad value is refused before any work
@@ -66,6 +76,14 @@ class EvalConfig:
             )
         if not 0.0 < self.tail_share < 1.0:
             raise LearnFeaturesError(f"eval.tail_share must be in (0, 1), got {self.tail_share}")
+        no_content = [name for name in self.cold_bias if name not in METHODS or METHODS[name].content not in CONTENT_KINDS]
+        if no_content:
+            raise LearnFeaturesError(
+                f"eval.cold_bias: {no_content} do not score new items from content; it applies to {sorted(n for n, m in METHODS.items() if m.content in CONTENT_KINDS)}"
+            )
+        bad_bias = {name: bias for name, bias in self.cold_bias.items() if not math.isfinite(bias)}
+        if bad_bias:
+            raise LearnFeaturesError(f"eval.cold_bias must be finite numbers, got {bad_bias}")
 
 
 @dataclass

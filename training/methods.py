@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from training.pipeline import Prepared
 
 Content = Literal["llm", "text_encoder", "ids"]
+#: What content encoders a method can read: methods reading one score a new item from its text.
+CONTENT_KINDS: tuple[Content, ...] = ("llm", "text_encoder")
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,11 @@ class ItemKNN(RetrievalModel):
 
 
 class VectorModel(RetrievalModel):
-    """A method that scores by the dot product of user and item vectors, with their diagnostics."""
+    """A method that scores by the dot product of user and item vectors, with their diagnostics.
+
+    ``eval.cold_bias`` (per method) is added to the score of every item without a training
+    event, after the diagnostics, which describe the vectors themselves.
+    """
 
     @abstractmethod
     def vectors(self, users: EvalUsers, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +146,17 @@ class VectorModel(RetrievalModel):
         scores = user_vecs @ item_vecs.T
         from training.diagnostics import vector_diagnostics  # scipy.stats: only evaluation needs it
 
-        return Scored(scores, vector_diagnostics(user_vecs, item_vecs, scores, self.split.positive_counts(), self.split.warm_items))
+        diagnostics = vector_diagnostics(user_vecs, item_vecs, scores, self.split.positive_counts(), self.split.warm_items)
+        bias = self.prep.config.eval.cold_bias.get(self.method.name, 0.0)
+        if bias:
+            scores = with_cold_bias(scores, self.split.warm_items, bias)
+            diagnostics["cold_bias"] = bias
+        return Scored(scores, diagnostics)
+
+
+def with_cold_bias(scores: np.ndarray, warm: np.ndarray, bias: float) -> np.ndarray:
+    """``scores`` (users x items) with ``bias`` added to every item that is not ``warm`` (a copy)."""
+    return scores + np.where(warm, 0.0, bias).astype(scores.dtype)
 
 
 class FrozenContent(VectorModel):

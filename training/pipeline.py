@@ -32,7 +32,7 @@ from learn_features.cex.extractor import ContentExtractor, EncoderConfig, ShardP
 from learn_features.cex.model_loading import resolve_model
 from learn_features.cex.prompt import render_prompts
 from learn_features.cex.sharding import local_device, resolve_shard
-from learn_features.data.split import Split, resolve_cut_time, split_dataset
+from learn_features.data.split import Split, as_of, catalog_as_of, parse_time, resolve_cut_time, split_dataset
 from learn_features.data.sources import data_source
 from learn_features.data.tables import Dataset, LoadReport, assemble
 from learn_features.device import pick_device
@@ -48,7 +48,7 @@ from training.config import PipelineConfig
 from training.evaluation import (
     COLD_GALLERY, MethodRankings, metrics_markdown, per_user_frame, protocol_metrics, rank_among_cold, target_subsets, user_tables,
 )
-from training.methods import Method, get_methods
+from training.methods import CONTENT_KINDS, Method, get_methods
 from training.published import PublishedRow, published_path, read_published
 from training.trainer import TrainJob, TrainResult, train_towers
 from training.workers import spawn_pool
@@ -130,10 +130,13 @@ def prepare(config: PipelineConfig) -> Prepared:
     data = config.data
     reader = data_source(data.source)
     source = str(reader.paths(data)[0])
-    interactions = reader.interactions(data)
+    interactions = as_of(reader.interactions(data), config.split.until, source)
     cut = resolve_cut_time(interactions, config.split) if "temporal" in config.split.protocols else None
     report = LoadReport()
-    dataset = assemble(interactions, reader.catalog(data, report, cut), source, report, data.order)
+    # Catalog text written from the cut on is left out; without a cut, from split.until on.
+    text_before = cut if cut is not None or config.split.until is None else parse_time(config.split.until, "split.until")
+    catalog = catalog_as_of(reader.catalog(data, report, text_before), interactions, config.split.until)
+    dataset = assemble(interactions, catalog, source, report, data.order)
     rule, _ = data.label_rules()
     positive = rule.matches(dataset.interactions, source) if rule is not None else True
     dataset.interactions["positive"] = positive
@@ -162,7 +165,7 @@ def record(prep: Prepared) -> None:
 
 def needed_contents(config: PipelineConfig) -> list[str]:
     """The content encoders ("llm", "text_encoder") that the configured methods read."""
-    return sorted({m.content for m in get_methods(config.eval.methods) if m.content in ("llm", "text_encoder")})
+    return sorted({m.content for m in get_methods(config.eval.methods) if m.content in CONTENT_KINDS})
 
 
 def encoder_for(config: PipelineConfig, content: str) -> EncoderConfig:
@@ -358,6 +361,9 @@ def embed(prep: Prepared) -> dict[str, Path]:
             "users": len(user_ids),
             "items": len(split.item_ids),
             "id_part": id_part,
+            # eval.cold_bias of this method: what its tables added to the score of every item
+            # outside ``id_part`` (0 for none); a retrieval stage over these vectors adds it to match them.
+            "cold_bias": config.eval.cold_bias.get(method.name, 0.0),
         },
     )
     if id_part is None:  # a previous embed of a hybrid must not leave its list beside other vectors

@@ -49,6 +49,10 @@ class SplitConfig:
     protocols: list[str] = field(default_factory=lambda: ["temporal"])  # the first one is what `embed` publishes
     cut_time: str | None = None  # ISO-8601; wins over cut_quantile when set (temporal)
     cut_quantile: float = 0.8  # of all interaction timestamps (temporal)
+    # ISO-8601: the split sees only the events before this time and the catalog items that had
+    # one by then (``as_of``): the same protocol one period earlier, whose new items are known
+    # before the real test window opens, to choose settings such as eval.cold_bias on.
+    until: str | None = None
     history_len: int = 80
     target_len: int = 40
     val_fraction: float = 0.15  # temporal: share of users with a held-out validation window
@@ -65,6 +69,8 @@ class SplitConfig:
             raise LearnFeaturesError("split.history_len and split.target_len must be >= 1")
         if not 0.0 <= self.val_fraction < 1.0:
             raise LearnFeaturesError(f"split.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.until is not None:
+            parse_time(self.until, "split.until")  # refused when the config loads, not after a job
         if self.min_val_events < 2:
             # A validation user's past is split into history and target, so it needs one of each.
             raise LearnFeaturesError(f"split.min_val_events must be >= 2, got {self.min_val_events}")
@@ -165,6 +171,31 @@ def parse_time(value: str, field: str) -> pd.Timestamp:
     except ValueError as exc:
         raise LearnFeaturesError(f"{field} {value!r} is not an ISO-8601 time: {exc}") from None
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def as_of(interactions: pd.DataFrame, until: str | None, source: str) -> pd.DataFrame:
+    """The events before ``until`` (``split.until``; all of them when None).
+
+    Backtesting one period earlier is only honest if the earlier period looks as the real one
+    did: its catalog is filtered to the items seen by then as well (``catalog_as_of``), since a
+    catalog that already holds every later item would rank films not yet released among the
+    "new" ones.
+    """
+    if until is None:
+        return interactions
+    if "timestamp" not in interactions or interactions["timestamp"].isna().any():
+        raise LearnFeaturesError(f"{source}: split.until keeps the events before a time, but these interactions have no timestamps")
+    kept = interactions[interactions["timestamp"] < parse_time(until, "split.until")].reset_index(drop=True)
+    if kept.empty:
+        raise LearnFeaturesError(f"{source}: no interaction before split.until = {until!r}")
+    return kept
+
+
+def catalog_as_of(catalog: pd.DataFrame | None, interactions: pd.DataFrame, until: str | None) -> pd.DataFrame | None:
+    """The catalog items with an event in ``interactions`` when ``until`` is set, in catalog order."""
+    if until is None or catalog is None:
+        return catalog
+    return catalog[catalog["item_id"].isin(interactions["item_id"])].reset_index(drop=True)
 
 
 def resolve_cut_time(interactions: pd.DataFrame, config: SplitConfig) -> pd.Timestamp:

@@ -164,3 +164,20 @@ def test_a_trained_method_can_have_its_own_towers() -> None:
 def test_bad_per_method_towers_are_refused_naming_the_table(overrides: list[str], message: str) -> None:
     with pytest.raises(LearnFeaturesError, match=message):
         load_config(PipelineConfig, CONFIGS / "movielens.toml", overrides)
+
+
+def test_split_until_runs_the_benchmark_one_period_earlier() -> None:
+    """`--set split.until=<the benchmark's cut>` is the benchmark one period earlier: only the
+    events before the cut, only the movies rated by then, and its own temporal cut at the same
+    quantile of those events, with tags only from before that earlier cut."""
+    config = CONFIGS / "movielens-benchmark.toml"
+    real = prepare(load_config(PipelineConfig, config, ['split.protocols=["temporal"]']))
+    cut = real.splits["temporal"].cut_time
+    earlier = prepare(load_config(PipelineConfig, config, ['split.protocols=["temporal"]', f'split.until="{cut.isoformat()}"']))
+    events = earlier.dataset.interactions
+    assert events["timestamp"].max() < cut and len(events) == int((real.dataset.interactions["timestamp"] < cut).sum())
+    assert set(earlier.dataset.catalog["item_id"]) == set(events["item_id"]) and len(earlier.dataset.catalog) < len(real.dataset.catalog)
+    split = earlier.splits["temporal"]
+    ordered = events["timestamp"].sort_values().reset_index(drop=True)
+    assert split.cut_time == ordered.iloc[int(0.6 * (len(ordered) - 1))] < cut
+    assert split.summary()["test_cold_targets"] > 0  # the earlier window has new movies of its own

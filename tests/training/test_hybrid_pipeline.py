@@ -39,7 +39,7 @@ def hybrid_run(tmp_path_factory: pytest.TempPathFactory, tiny_llm_dir: Path) -> 
         flags = ["--config", str(write_config(root, *write_synthetic(root), tiny_llm_dir)), *HYBRID]
         assert main(["extract", *flags]) == 0
         assert main(["train", *flags, "--method", "learn_hybrid"]) == 0
-        assert main(["embed", *flags, "--set", "eval.primary_method=learn_hybrid"]) == 0
+        assert main(["embed", *flags, "--set", "eval.primary_method=learn_hybrid", "--set", "eval.cold_bias={learn_hybrid=0.125}"]) == 0
         return root, flags
     finally:
         torch.set_num_threads(before)
@@ -54,6 +54,7 @@ def test_embed_lists_the_items_with_an_id_part(hybrid_run) -> None:
     assert manifest["method"] == "learn_hybrid" and payload["content_dim"] is not None and trained
     assert manifest["id_part"] == {"items": len(trained), "file": str(run.id_part_items.resolve())}
     assert pd.read_parquet(manifest["id_part"]["file"])["item_id"].tolist() == trained
+    assert manifest["cold_bias"] == 0.125  # what the tables add to every item outside the list
 
 
 def test_the_published_tower_loads_with_its_slots_and_reproduces_the_vectors(hybrid_run) -> None:
@@ -118,3 +119,4 @@ def test_embedding_another_method_drops_the_id_part(hybrid_run, tmp_path: Path, 
     assert main(["train", *relocated, "--method", "learn_v1"]) == 0 and main(["embed", *relocated]) == 0
     run = RunDir(other)
     assert run.read_manifest()["id_part"] is None and not run.id_part_items.exists()
+    assert run.read_manifest()["cold_bias"] == 0.0

@@ -3,6 +3,8 @@ score users against the whole catalog), and a new method as one registered class
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,8 +14,8 @@ from core_fixtures import clustered_split
 from learn_features.data.split import EvalUsers
 from learn_features.errors import LearnFeaturesError
 from training import baselines
-from training.config import PipelineConfig
-from training.methods import METHODS, ItemKNN, Method, RetrievalModel, Scored, get_methods
+from training.config import EvalConfig, PipelineConfig
+from training.methods import METHODS, ItemKNN, Method, RetrievalModel, Scored, VectorModel, get_methods
 
 
 def prep_for_tests() -> SimpleNamespace:
@@ -68,3 +70,70 @@ def test_a_new_method_is_one_class_and_one_entry(monkeypatch: pytest.MonkeyPatch
     assert not method.trained
     scored = method.fit(prep_for_tests(), split).full_sort_predict(split.test, 0)
     assert scored.scores.shape == (len(split.test), len(split.item_ids)) and scored.diagnostics == {}
+
+
+class UnitVectors(VectorModel):
+    """Vectors that make every item score 0.5 for every user."""
+
+    def vectors(self, users: EvalUsers, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.tile([[1.0, 0.0]], (len(users), 1)), np.tile([[0.5, 0.5]], (len(self.split.item_ids), 1))
+
+
+def test_cold_bias_lifts_the_new_items_of_its_method_alone() -> None:
+    """eval.cold_bias adds its value to the score of every item without a training event, for
+    the method it names; warm items and the vectors' diagnostics stay as they were."""
+    split = clustered_split()
+    split.warm_items[:5] = False  # five new items
+    warm = split.warm_items
+    prep = SimpleNamespace(config=PipelineConfig(eval=EvalConfig(cold_bias={"learn_hybrid": 0.25})))
+    plain = UnitVectors(Method("learn_v1", UnitVectors, "llm"), prep, split).full_sort_predict(split.test, 0)
+    biased = UnitVectors(Method("learn_hybrid", UnitVectors, "llm"), prep, split).full_sort_predict(split.test, 0)
+    np.testing.assert_allclose(plain.scores, 0.5)
+    np.testing.assert_allclose(biased.scores[:, warm], 0.5)
+    np.testing.assert_allclose(biased.scores[:, ~warm], 0.75)
+    assert biased.diagnostics.pop("cold_bias") == 0.25 and biased.diagnostics == plain.diagnostics
+
+
+def test_cold_bias_is_refused_for_methods_that_cannot_score_new_items() -> None:
+    with pytest.raises(LearnFeaturesError, match=r"eval.cold_bias: \['item_knn', 'id_baseline'\] do not score new items from content"):
+        EvalConfig(cold_bias={"item_knn": 0.1, "id_baseline": 0.1, "learn_hybrid": 0.1})
+    with pytest.raises(LearnFeaturesError, match=r"eval.cold_bias: \['bpr'\]"):
+        EvalConfig(cold_bias={"bpr": 0.1})
+    with pytest.raises(LearnFeaturesError, match="must be finite"):
+        EvalConfig(cold_bias={"learn_hybrid": float("nan")})
+
+
+class WarmFirst(VectorModel):
+    """Every warm item above every new one; within each, by catalog index (1-d vectors)."""
+
+    def vectors(self, users: EvalUsers, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        index = np.arange(len(self.split.item_ids)) / 1000
+        return np.ones((len(users), 1)), np.where(self.split.warm_items, 1.0, 0.5)[:, None] + index[:, None]
+
+
+class NewFirst(WarmFirst):
+    """The same order within warm and new items, every new item first."""
+
+    def vectors(self, users: EvalUsers, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        user_vecs, items = super().vectors(users, seed)
+        return user_vecs, items + np.where(self.split.warm_items, 0.0, 1.0)[:, None]
+
+
+def test_the_cold_bias_sweep_finds_the_bias_that_ranks_new_items_as_the_reference_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``scripts/cold_bias_sweep.py``: at bias 0 a warm-first model shows no new item; a bias
+    above the gap (0.5) puts every new item first, where it finds new targets exactly as a
+    new-first reference with the same order does: the smallest such bias is the pick."""
+    spec = importlib.util.spec_from_file_location("cold_bias_sweep", Path(__file__).resolve().parents[2] / "scripts" / "cold_bias_sweep.py")
+    sweep_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep_script)
+    split = clustered_split()
+    split.warm_items[::6] = False  # one cluster's items are new
+    monkeypatch.setitem(METHODS, "warm_first", Method("warm_first", WarmFirst, "llm"))
+    monkeypatch.setitem(METHODS, "new_first", Method("new_first", NewFirst, "llm"))
+    prep = SimpleNamespace(config=PipelineConfig(), splits={"temporal": split})
+    result = sweep_script.sweep(prep, "warm_first", "new_first", [0.0, 0.25, 0.75, 1.0], k=5)["temporal"]
+    shares = [row[1] for row in result["rows"]]
+    assert shares[0] == 0.0 and shares[-1] == 1.0 and shares == sorted(shares)
+    new_recall = [row[4] for row in result["rows"]]
+    assert new_recall[0] == 0.0 < result["reference"][2] == new_recall[2] == new_recall[3]
+    assert result["matches_reference"] == 0.75

@@ -1,0 +1,105 @@
+"""Choose ``eval.cold_bias``: how a bias on new items trades all targets against new ones.
+
+A method that ranks warm items by what the towers learned of them puts every new item (no
+training event, served from content alone) below them; ``eval.cold_bias`` adds a constant to
+new items' scores. This script scores one method's trained models (every seed of
+``eval.seeds``) over a grid of biases and prints, per protocol, the share of new items in the
+users' top K, recall@K on all, warm and new targets (seed means), and the same for a reference
+method without a bias (default ``llm_frozen``, the content-only model that ranks new items as
+high as any; its first seed if it is trained), then two candidates: the bias with the best recall on all targets, and the
+smallest bias whose new-target recall reaches the reference's.
+
+Choose on the period before the one you report, never on its test users: run it with
+``--set split.until=<your cut>`` (the same protocol one period earlier, whose models are
+trained with the same flag) and set the chosen value in the config. README, "New movies",
+gives the MovieLens run:
+
+    .venv/bin/python scripts/cold_bias_sweep.py -c training/configs/movielens-benchmark.toml \\
+        --run-dir runs/movielens-earlier --set 'split.until="2009-11-17T01:21:52"' \\
+        --set 'split.protocols=["temporal"]'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from learn_features.config import load_config
+from learn_features.errors import LearnFeaturesError
+from learn_features.retrieval import per_user_scores, rank_scores
+from training.config import PipelineConfig
+from training.evaluation import target_subsets
+from training.methods import get_methods, with_cold_bias
+from training.pipeline import Prepared, prepare, seeds_of
+
+DEFAULT_BIASES = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1)
+SUBSETS = ("all", "warm_items", "cold_items")
+
+
+def sweep(prep: Prepared, method: str, reference: str, biases: list[float], k: int) -> dict[str, dict]:
+    """Per protocol: {"rows": [(bias, share of new items in the top k, recall@k on SUBSETS)],
+    "reference": recall@k of ``reference`` on SUBSETS, "best_all": bias, "matches_reference": bias or None}."""
+    results = {}
+    for protocol, split in prep.splits.items():
+        users, new = split.test, ~split.warm_items
+        subsets = target_subsets(split, users, prep.config.eval.tail_share)
+
+        def recalls(ranked: np.ndarray) -> list[float]:
+            return [float(per_user_scores(ranked, subsets[s], [k])[f"recall@{k}"].mean()) for s in SUBSETS]
+
+        model = get_methods([method])[0].fit(prep, split)
+        per_seed = []
+        for seed in seeds_of(prep.config) if model.trained else [prep.config.train.seed]:
+            scores = model.full_sort_predict(users, seed).scores
+            rows = []
+            for bias in biases:
+                ranked = rank_scores(with_cold_bias(scores, split.warm_items, bias), users.exclude, k)
+                rows.append([float(new[ranked[ranked >= 0]].mean()), *recalls(ranked)])
+            per_seed.append(rows)
+        means = np.mean(per_seed, axis=0)
+        ref_model = get_methods([reference])[0].fit(prep, split)
+        ref = recalls(rank_scores(ref_model.full_sort_predict(users, prep.config.train.seed).scores, users.exclude, k))
+        reaching = [b for b, row in zip(biases, means) if row[3] >= ref[2]]
+        results[protocol] = {
+            "rows": [(b, *map(float, row)) for b, row in zip(biases, means)],
+            "reference": ref,
+            "best_all": biases[int(np.argmax(means[:, 1]))],
+            "matches_reference": min(reaching) if reaching else None,
+        }
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", required=True, help="pipeline TOML (training/configs/)")
+    parser.add_argument("--run-dir", help="the run whose trained models to score (default: the config's run_dir)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    parser.add_argument("--method", default="learn_hybrid", help="the method to bias (default: learn_hybrid)")
+    parser.add_argument("--reference", default="llm_frozen", help="the method whose new-target recall to reach (default: llm_frozen)")
+    parser.add_argument("--biases", default=",".join(map(str, DEFAULT_BIASES)), help="comma-separated biases to try")
+    parser.add_argument("-k", type=int, default=None, help="cut-off (default: that of train.select_metric)")
+    args = parser.parse_args(argv)
+    try:
+        overrides = [*args.set, *([f"run_dir={json.dumps(args.run_dir)}"] if args.run_dir else []), "eval.cold_bias={}"]
+        config = load_config(PipelineConfig, args.config, overrides)
+        biases = [float(b) for b in args.biases.split(",")]
+        k = args.k or int(config.train.select_metric.split("@")[1])
+        results = sweep(prepare(config), args.method, args.reference, biases, k)
+    except (LearnFeaturesError, ValueError) as exc:
+        print(f"cold_bias_sweep: error: {exc}", file=sys.stderr)
+        return 2
+    for protocol, result in results.items():
+        print(f"{protocol}: {args.method}, seed means; {args.reference} without a bias: recall@{k} all {result['reference'][0]:.4f}, "
+              f"warm {result['reference'][1]:.4f}, new {result['reference'][2]:.4f}")
+        print(f"bias\tnew items in top {k}\trecall@{k} all\twarm\tnew")
+        for bias, share, *recall in result["rows"]:
+            print(f"{bias:g}\t{share:.3f}\t" + "\t".join(f"{r:.4f}" for r in recall))
+        print(f"best on all targets: {result['best_all']:g}; smallest reaching {args.reference} on new targets: {result['matches_reference']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
