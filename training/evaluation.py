@@ -240,7 +240,8 @@ def _paired_table(methods: dict[str, dict], section: str | None, reference: str,
 
 
 def _diagnostics_table(methods: dict[str, dict]) -> list[str]:
-    columns = ["item mean cos", "item eff. rank", "user mean cos", "user eff. rank", "pop. corr.", "best epoch", "final loss / chance"]
+    columns = ["item mean cos", "item eff. rank", "user mean cos", "user eff. rank", "pop. corr.", "best epoch", "final loss / chance",
+               "new-item bias"]
     lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name, metrics in methods.items():
         d = metrics["diagnostics"]
@@ -258,7 +259,7 @@ def _diagnostics_table(methods: dict[str, dict]) -> list[str]:
         rank = lambda key: "n/a" if d.get(key) is None else f"{d[key]:.1f} of {dims}"  # noqa: E731
         lines.append(
             f"| {name} | {fmt('item_mean_cosine')} | {rank('item_effective_rank')} | {fmt('user_mean_cosine')} | "
-            f"{rank('user_effective_rank')} | {fmt('popularity_spearman')} | {epochs} | {losses} |"
+            f"{rank('user_effective_rank')} | {fmt('popularity_spearman')} | {epochs} | {losses} | {d.get('cold_bias', 0.0):g} |"
         )
     return lines
 
@@ -306,7 +307,8 @@ def metrics_markdown(protocols: dict[str, dict], ks: Sequence[int], on: str = "t
             "Mean pairwise cosine and effective rank (exp of the entropy of the normalised singular values of the "
             "centred vectors) of item and test-user vectors; Spearman correlation of an item's mean score over the "
             "test users with its training popularity; best validation epoch and the final epoch's training loss "
-            "against the loss of a model that scores every item alike, per seed.",
+            "against the loss of a model that scores every item alike, per seed; the score the tables added to every "
+            "item without a training event (eval.cold_bias; the other columns describe the vectors without it).",
             "",
             *_diagnostics_table(methods),
             "",

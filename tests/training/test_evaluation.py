@@ -101,8 +101,10 @@ def test_every_method_is_paired_against_each_reference_but_itself() -> None:
     assert paired["ci95"][0] <= paired["delta"] <= paired["ci95"][1]
 
 
-def _markdown(protocol: str, ks: list[int], references: list[str], published: list | None = None) -> str:
+def _markdown(protocol: str, ks: list[int], references: list[str], published: list | None = None, diagnostics: dict | None = None) -> str:
     rankings, subsets = _rankings()
+    for ranking in rankings:
+        ranking.diagnostics = (diagnostics or {}).get(ranking.name, {})
     methods = protocol_metrics(rankings, user_tables(rankings, subsets, ks), ks, 20, references)
     split = {"cut_time": None, "test_users": 40, "test_targets": 40, "test_cold_targets": 10, "val_users": 0,
              "items": 30, "warm_items": 30, "train_users": 5, "train_events": 50}
@@ -193,3 +195,13 @@ def test_references_must_be_evaluated_methods_and_the_tail_a_share() -> None:
     for share in (0.0, 1.0, -0.1):
         with pytest.raises(LearnFeaturesError, match="eval.tail_share must be in"):
             EvalConfig(tail_share=share)
+
+
+def test_the_diagnostics_table_says_which_methods_ranked_new_items_with_a_bias() -> None:
+    vectors = {"dim": 8, "item_mean_cosine": 0.5, "item_effective_rank": 4.0, "user_mean_cosine": 0.4,
+               "user_effective_rank": 5.0, "popularity_spearman": 0.3}
+    lines = _markdown("temporal", [10], ["learn_v1"], diagnostics={"learn_v1": {**vectors, "cold_bias": 0.04}, "id_baseline": vectors}).splitlines()
+    header = next(line for line in lines if line.startswith("| method | item mean cos"))
+    assert header.endswith("| new-item bias |")
+    rows = {line.split(" | ")[0]: line for line in lines if line.startswith(("| learn_v1 | 0.500", "| id_baseline | 0.500"))}
+    assert rows["| learn_v1"].endswith("| 0.04 |") and rows["| id_baseline"].endswith("| 0 |")
