@@ -10,10 +10,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from learn_features.config import load_config
+from learn_features.data.movielens import load_movielens_catalog
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch.inputs import ItemInputs
 from training.config import PipelineConfig
@@ -181,3 +183,5 @@ def test_split_until_runs_the_benchmark_one_period_earlier() -> None:
     ordered = events["timestamp"].sort_values().reset_index(drop=True)
     assert split.cut_time == ordered.iloc[int(0.6 * (len(ordered) - 1))] < cut
     assert split.summary()["test_cold_targets"] > 0  # the earlier window has new movies of its own
+    tagged_then = load_movielens_catalog(ROOT / "data" / "ml-latest-small", tags_before=split.cut_time)
+    pd.testing.assert_frame_equal(earlier.dataset.catalog, tagged_then[tagged_then["item_id"].isin(events["item_id"])].reset_index(drop=True))
