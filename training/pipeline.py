@@ -32,7 +32,7 @@ from learn_features.cex.extractor import ContentExtractor, EncoderConfig, ShardP
 from learn_features.cex.model_loading import resolve_model
 from learn_features.cex.prompt import render_prompts
 from learn_features.cex.sharding import local_device, resolve_shard
-from learn_features.data.split import Split, as_of, catalog_as_of, parse_time, resolve_cut_time, split_dataset
+from learn_features.data.split import Split, catalog_until, events_until, parse_time, resolve_cut_time, split_dataset
 from learn_features.data.sources import data_source
 from learn_features.data.tables import Dataset, LoadReport, assemble
 from learn_features.device import pick_device
@@ -130,12 +130,12 @@ def prepare(config: PipelineConfig) -> Prepared:
     data = config.data
     reader = data_source(data.source)
     source = str(reader.paths(data)[0])
-    interactions = as_of(reader.interactions(data), config.split.until, source)
+    interactions = events_until(reader.interactions(data), config.split.until, source)
     cut = resolve_cut_time(interactions, config.split) if "temporal" in config.split.protocols else None
     report = LoadReport()
     # Catalog text written from the cut on is left out; without a cut, from split.until on.
     text_before = cut if cut is not None or config.split.until is None else parse_time(config.split.until, "split.until")
-    catalog = catalog_as_of(reader.catalog(data, report, text_before), interactions, config.split.until)
+    catalog = catalog_until(reader.catalog(data, report, text_before), interactions, config.split.until)
     dataset = assemble(interactions, catalog, source, report, data.order)
     rule, _ = data.label_rules()
     positive = rule.matches(dataset.interactions, source) if rule is not None else True

@@ -50,7 +50,7 @@ class SplitConfig:
     cut_time: str | None = None  # ISO-8601; wins over cut_quantile when set (temporal)
     cut_quantile: float = 0.8  # of all interaction timestamps (temporal)
     # ISO-8601: the split sees only the events before this time and the catalog items that had
-    # one by then (``as_of``): the same protocol one period earlier, whose new items are known
+    # one by then (``events_until``): the same protocol one period earlier, whose new items are known
     # before the real test window opens, to choose settings such as eval.cold_bias on.
     until: str | None = None
     history_len: int = 80
@@ -173,11 +173,11 @@ def parse_time(value: str, field: str) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-def as_of(interactions: pd.DataFrame, until: str | None, source: str) -> pd.DataFrame:
+def events_until(interactions: pd.DataFrame, until: str | None, source: str) -> pd.DataFrame:
     """The events before ``until`` (``split.until``; all of them when None).
 
     Backtesting one period earlier is only honest if the earlier period looks as the real one
-    did: its catalog is filtered to the items seen by then as well (``catalog_as_of``), since a
+    did: its catalog is filtered to the items seen by then as well (``catalog_until``), since a
     catalog that already holds every later item would rank films not yet released among the
     "new" ones.
     """
@@ -191,7 +191,7 @@ def as_of(interactions: pd.DataFrame, until: str | None, source: str) -> pd.Data
     return kept
 
 
-def catalog_as_of(catalog: pd.DataFrame | None, interactions: pd.DataFrame, until: str | None) -> pd.DataFrame | None:
+def catalog_until(catalog: pd.DataFrame | None, interactions: pd.DataFrame, until: str | None) -> pd.DataFrame | None:
     """The catalog items with an event in ``interactions`` when ``until`` is set, in catalog order."""
     if until is None or catalog is None:
         return catalog

@@ -14,7 +14,7 @@ import pytest
 from core_fixtures import *  # noqa: F401,F403
 from core_fixtures import MOVIELENS_DIR, clustered_interactions, needs_movielens
 from learn_features.data.movielens import load_movielens_catalog, load_movielens_interactions
-from learn_features.data.split import Split, SplitConfig, as_of, catalog_as_of, resolve_cut_time, split_dataset
+from learn_features.data.split import Split, SplitConfig, catalog_until, events_until, resolve_cut_time, split_dataset
 from learn_features.data.tables import LoadReport, assemble, validate_catalog, validate_interactions
 from learn_features.errors import LearnFeaturesError
 
@@ -275,14 +275,14 @@ def test_until_keeps_the_events_and_the_catalog_of_an_earlier_period() -> None:
     catalog order; unset, both pass through untouched."""
     interactions, catalog = clustered_interactions()
     until = "2020-09-14T00:00:00"
-    kept = as_of(interactions, until, "x.csv")
+    kept = events_until(interactions, until, "x.csv")
     assert len(kept) == int((interactions["timestamp"] < pd.Timestamp(until, tz="UTC")).sum()) < len(interactions)
     assert kept["timestamp"].max() < pd.Timestamp(until, tz="UTC")
-    earlier = catalog_as_of(catalog, kept, until)
+    earlier = catalog_until(catalog, kept, until)
     assert set(earlier["item_id"]) == set(kept["item_id"]) and len(earlier) < len(catalog)
     assert earlier["item_id"].tolist() == [i for i in catalog["item_id"] if i in set(kept["item_id"])]
-    assert as_of(interactions, None, "x.csv") is interactions and catalog_as_of(catalog, kept, None) is catalog
+    assert events_until(interactions, None, "x.csv") is interactions and catalog_until(catalog, kept, None) is catalog
     with pytest.raises(LearnFeaturesError, match=r"x.csv: no interaction before split.until = '2000-01-01'"):
-        as_of(interactions, "2000-01-01", "x.csv")
+        events_until(interactions, "2000-01-01", "x.csv")
     with pytest.raises(LearnFeaturesError, match="x.csv: split.until .* no timestamps"):
-        as_of(interactions.drop(columns="timestamp"), until, "x.csv")
+        events_until(interactions.drop(columns="timestamp"), until, "x.csv")
