@@ -3,10 +3,10 @@
 A diagnostic for README's MovieLens section, not a method of the tables. Item-kNN (the tables'
 row), PureSVD (Cremonesi et al., RecSys 2010: a user scores items by their history's summed
 projected onto the top right singular vectors of the training user-item matrix, ``h V V^T``;
-``model.id_init = "svd"`` starts the hybrid from the same SVD) and EASE (Steck, WWW 2019: a
-closed-form item-item regression) each score the validation and the test users of every
-protocol over a small grid, on the same users, exclusions and metric as the training's
-model selection (``train.select_metric``):
+``model.id_init = "svd"`` starts the hybrid from the same SVD; also with unit item vectors, as a
+cosine tower's are) and EASE (Steck, WWW 2019: a closed-form item-item regression) each score
+the validation and the test users of every protocol over a small grid, on the same users,
+exclusions and metric as the training's model selection (``train.select_metric``):
 
     .venv/bin/python scripts/count_models.py -c training/configs/movielens-benchmark.toml
 
@@ -47,6 +47,10 @@ def pure_svd(split: Split) -> Iterator[tuple[str, Scorer]]:
     for rank in (32, 64, 128):
         _, vectors = truncated_svd(matrix, rank)
         yield f"pure_svd rank={rank}", lambda users, v=vectors: np.asarray(incidence_matrix(users.histories, n_items) @ v) @ v.T
+        # The same with every item's factor cut to unit length, as a cosine tower's item vectors
+        # are: what the items' lengths (which follow their popularity) are worth to it.
+        unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        yield f"pure_svd rank={rank} unit items", lambda users, v=vectors, u=unit: np.asarray(incidence_matrix(users.histories, n_items) @ v) @ u.T
 
 
 def ease(split: Split) -> Iterator[tuple[str, Scorer]]:
