@@ -44,13 +44,18 @@ def item_knn(split: Split) -> Iterator[tuple[str, Scorer]]:
 def pure_svd(split: Split) -> Iterator[tuple[str, Scorer]]:
     n_items = len(split.item_ids)
     matrix = incidence_matrix([s.items for s in split.train.values()], n_items)
+
+    def scorer(vectors: np.ndarray, items: np.ndarray) -> Scorer:
+        """A user's history summed and projected on ``vectors``, scored against ``items``."""
+        return lambda users: np.asarray(incidence_matrix(users.histories, n_items) @ vectors) @ items.T
+
     for rank in (32, 64, 128):
         _, vectors = truncated_svd(matrix, rank)
-        yield f"pure_svd rank={rank}", lambda users, v=vectors: np.asarray(incidence_matrix(users.histories, n_items) @ v) @ v.T
+        yield f"pure_svd rank={rank}", scorer(vectors, vectors)
         # The same with every item's factor cut to unit length, as a cosine tower's item vectors
         # are: what the items' lengths (which follow their popularity) are worth to it.
         unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        yield f"pure_svd rank={rank} unit items", lambda users, v=vectors, u=unit: np.asarray(incidence_matrix(users.histories, n_items) @ v) @ u.T
+        yield f"pure_svd rank={rank} unit items", scorer(vectors, unit)
 
 
 def ease(split: Split) -> Iterator[tuple[str, Scorer]]:
