@@ -26,6 +26,14 @@ import numpy as np
 DEFAULT_KS = (10, 50, 100, 200)
 
 
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, for cosine scores; a zero row stays zero (it scores 0 against
+    everything) rather than failing, since offline vectors may legitimately be empty.
+    (``learn_features.store.serving.l2_normalise`` turns a zero row into NaN instead: a served
+    vector must never pass for a real score of 0.)"""
+    return matrix / np.maximum(np.linalg.norm(matrix, axis=-1, keepdims=True), 1e-12)
+
+
 def rank_items(user_vectors: np.ndarray, item_vectors: np.ndarray, exclude: Sequence[np.ndarray], depth: int) -> np.ndarray:
     """(U, depth) item indices, best first, with each user's excluded items removed."""
     index = faiss.IndexFlatIP(item_vectors.shape[1])

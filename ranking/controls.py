@@ -35,17 +35,13 @@ import pandas as pd
 from learn_features.embeddings_io import read_frame
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch.content_store import ContentStore, items_digest
+from learn_features.retrieval import unit_rows
 from learn_features.run import RunDir
 from ranking.dataset import RankingDataset
 from ranking.features import exact_pca, pca_transform, present
 from ranking.history import HistoryIndex
 
 SPLITS = ("train", "valid", "test")
-
-
-def _unit(matrix: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.where(norms > 0, norms, 1.0)
 
 
 def _masked(vectors: np.ndarray, mask: np.ndarray) -> list[np.ndarray | None]:
@@ -59,7 +55,7 @@ def load_content(store_dir: str | Path, run_dir: str | Path) -> tuple[pd.Index, 
     store = ContentStore(store_dir)
     if store.items_sha256 != items_digest(ids):
         raise LearnFeaturesError(f"{store_dir}: content store rows are not aligned to {item_path} (another catalog or order)")
-    return pd.Index(ids), _unit(store.take(np.arange(len(store))).astype(np.float32))
+    return pd.Index(ids), unit_rows(store.take(np.arange(len(store))).astype(np.float32))
 
 
 def with_llm_frozen(
@@ -84,8 +80,8 @@ def with_llm_frozen(
         item_pos = item_ids.get_indexer(frame["item_id"].astype(str))
         items = projected[np.maximum(item_pos, 0)]
         return frame.assign(
-            user_llm_frozen=_masked(_unit(users), user_present & (used > 0)),
-            item_llm_frozen=_masked(_unit(items), item_present & (item_pos >= 0)),
+            user_llm_frozen=_masked(unit_rows(users), user_present & (used > 0)),
+            item_llm_frozen=_masked(unit_rows(items), item_present & (item_pos >= 0)),
         )
 
     return _replace_frames(dataset, add)
@@ -97,7 +93,7 @@ def random_unit_vectors(ids: pd.Series, entity: str, dim: int, seed: int) -> np.
     for key in pd.unique(ids.astype(str)):
         digest = hashlib.sha256(f"{entity}\x00{key}".encode()).digest()
         rng = np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
-        cache[key] = _unit(rng.standard_normal((1, dim)))[0]
+        cache[key] = unit_rows(rng.standard_normal((1, dim)))[0]
     return np.stack([cache[k] for k in ids.astype(str)]) if len(ids) else np.zeros((0, dim))
 
 

@@ -25,6 +25,7 @@ from learn_features.config import load_config
 from learn_features.data.incidence import incidence_matrix
 from learn_features.data.split import EvalUsers, Split
 from learn_features.pch.id_init import truncated_svd
+from learn_features.retrieval import unit_rows
 from training import baselines
 from training.config import PipelineConfig
 from training.pipeline import prepare
@@ -54,8 +55,7 @@ def pure_svd(split: Split) -> Iterator[tuple[str, Scorer]]:
         yield f"pure_svd rank={rank}", scorer(vectors, vectors)
         # The same with every item's factor cut to unit length, as a cosine tower's item vectors
         # are: what the items' lengths (which follow their popularity) are worth to it.
-        unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        yield f"pure_svd rank={rank} unit items", scorer(vectors, unit)
+        yield f"pure_svd rank={rank} unit items", scorer(vectors, unit_rows(vectors))
 
 
 def ease(split: Split) -> Iterator[tuple[str, Scorer]]:

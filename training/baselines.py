@@ -27,6 +27,7 @@ import scipy.sparse as sp
 
 from learn_features.data.incidence import incidence_matrix
 from learn_features.data.split import EvalUsers, Split, TrainSequence
+from learn_features.retrieval import unit_rows
 
 KNN_NEIGHBOURS = (20, 50, 100, 200)  # the validation grid of item_knn's k
 SECONDS_PER_DAY = 86_400
@@ -117,9 +118,9 @@ def item_knn_scores(similarity: sp.csr_matrix, histories: Sequence[np.ndarray]) 
 def centred_content(content: np.ndarray, warm: np.ndarray) -> np.ndarray:
     """Content vectors minus the warm items' mean, L2-normalised (Baseline-v1's item vectors)."""
     centred = content - content[warm].mean(axis=0)
-    return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+    return unit_rows(centred)
 
 
 def mean_history_vectors(items: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
     users = np.stack([items[h].mean(axis=0) for h in histories]) if histories else np.zeros((0, items.shape[1]))
-    return users / np.maximum(np.linalg.norm(users, axis=1, keepdims=True), 1e-12)
+    return unit_rows(users)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import spearmanr
 
+from learn_features.retrieval import unit_rows
+
 SAMPLE = 4000  # vectors used for the pairwise cosine: O(n^2) beyond that buys nothing
 
 
@@ -26,7 +28,7 @@ def mean_pairwise_cosine(vectors: np.ndarray, seed: int = 0) -> float | None:
     rows = vectors
     if len(rows) > SAMPLE:
         rows = rows[np.random.default_rng(seed).choice(len(rows), SAMPLE, replace=False)]
-    unit = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    unit = unit_rows(rows)
     gram = unit @ unit.T
     n = len(unit)
     return float((gram.sum() - np.trace(gram)) / (n * (n - 1)))

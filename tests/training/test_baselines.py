@@ -13,7 +13,7 @@ from core_fixtures import *  # noqa: F401,F403
 from core_fixtures import clustered_split
 from learn_features.data.split import SplitConfig, split_dataset
 from learn_features.data.tables import validate_catalog, validate_interactions
-from learn_features.retrieval import bootstrap_interval, paired_bootstrap_interval, rank_scores
+from learn_features.retrieval import bootstrap_interval, paired_bootstrap_interval, rank_scores, unit_rows
 from training import baselines
 from training.diagnostics import effective_rank, mean_pairwise_cosine, popularity_correlation
 from training.trainer import validation_score_of_scores
@@ -96,6 +96,12 @@ def test_llm_frozen_vectors_are_centred_on_warm_items() -> None:
     np.testing.assert_allclose(items, expected / np.linalg.norm(expected, axis=1, keepdims=True))
     users = baselines.mean_history_vectors(items, [np.array([0, 2])])
     np.testing.assert_allclose(np.linalg.norm(users, axis=1), 1.0)
+
+
+def test_unit_rows_scales_each_row_to_length_one_and_keeps_a_zero_row_zero() -> None:
+    rows = unit_rows(np.array([[3.0, 4.0], [0.0, 0.0], [0.0, -2.0]], dtype=np.float32))
+    np.testing.assert_allclose(rows, [[0.6, 0.8], [0.0, 0.0], [0.0, -1.0]])
+    assert rows.dtype == np.float32, "offline vectors keep their dtype"
 
 
 def test_rank_scores_excludes_history_and_breaks_ties_by_a_fixed_random_order() -> None:
