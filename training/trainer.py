@@ -89,7 +89,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     coverage: float = 1.0  # windows per user and epoch: max(1, round(coverage * (events - 1) / target_len))
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # the gradients' largest norm; 0 turns clipping off (RecBole's SASRec clips none)
     patience: int = 3  # epochs without validation improvement before stopping
     seed: int = 0
     device: str = "auto"
@@ -119,8 +119,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 2 or self.coverage <= 0:
             raise LearnFeaturesError("train.lr must be > 0, train.epochs >= 1, train.batch_size >= 2 (negatives come from other users), train.coverage > 0")
-        if self.uniform_negatives < 0 or self.serving_loss_weight < 0:
-            raise LearnFeaturesError("train.uniform_negatives and train.serving_loss_weight must be >= 0")
+        if self.uniform_negatives < 0 or self.serving_loss_weight < 0 or self.grad_clip < 0:
+            raise LearnFeaturesError("train.uniform_negatives, train.serving_loss_weight and train.grad_clip (0: no clipping) must be >= 0")
         if self.workers < 1:
             raise LearnFeaturesError(f"train.workers must be >= 1, got {self.workers}")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -323,7 +323,7 @@ class TrainJob:
         model = asdict(self.model)
         if not self.inputs.id_part:  # only a hybrid has an ID part: other towers resume whatever id_dropout and id_init say
             del model["id_dropout"], model["id_init"]
-        for key, before in (("tied_output", False), ("input_dropout", 0.0), ("input_norm", False), ("id_init", "zeros")):  # runs from before these settings still resume
+        for key, before in (("tied_output", False), ("input_dropout", 0.0), ("input_norm", False), ("id_init", "zeros"), ("init_std", None), ("output_head", True)):  # runs from before these settings still resume
             if model.get(key, before) == before:
                 model.pop(key, None)
         return model, math_config
@@ -427,7 +427,8 @@ def _update(parts: StepParts, loss: torch.Tensor, chance: torch.Tensor) -> tuple
     world = parts.world
     parts.optimizer.zero_grad(set_to_none=True)
     (loss * world.size).backward()  # DDP averages gradients over ranks; the ranks' loss shares must add up instead
-    torch.nn.utils.clip_grad_norm_(parts.model.parameters(), parts.config.grad_clip)
+    if parts.config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(parts.model.parameters(), parts.config.grad_clip)
     parts.optimizer.step()
     parts.scheduler.step()
     return world.sum(loss.detach()).item(), world.sum(chance).item()

@@ -78,6 +78,18 @@ class PCHConfig:
     # input dropout, so every input starts at unit scale whatever the rows' norms become. On
     # the Amazon validation users it lifted the ID baseline from 0.0935 to 0.099 recall@10.
     input_norm: bool = False
+    # Every linear map inside the transformer (attention projections included) starts at
+    # normal(0, init_std) with zero biases, as BERT and RecBole's SASRec start; None keeps
+    # PyTorch's defaults. Small layers leave each position's input almost untouched at the
+    # start.
+    init_std: float | None = None
+    # False: the towers' output is the transformer's normalised last state itself, no linear
+    # head (d_out must equal d_model), as SASRec reads it. With tied_output a user then starts
+    # as the direction of their last item's row (its row scores highest), so the first scores
+    # are item-to-item similarities of the tied table; a random head mixes that direction
+    # away. At RecBole's batch and rate the tied ID towers left their plateau with this and
+    # init_std together, and with neither alone (README, "Amazon benchmark").
+    output_head: bool = True
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -94,6 +106,12 @@ class PCHConfig:
             raise LearnFeaturesError(f"model.input_dropout must be in [0, 1), got {self.input_dropout}")
         if self.input_norm and not self.tied_output:
             raise LearnFeaturesError("model.input_norm is SASRec's input block over the tied ID table: it needs model.tied_output")
+        if self.init_std is not None and not self.init_std > 0:
+            raise LearnFeaturesError(f"model.init_std must be a positive number (or absent for PyTorch's defaults), got {self.init_std}")
+        if not self.output_head and self.d_out != self.d_model:
+            raise LearnFeaturesError(
+                f"model.output_head = false reads the d_model-wide state out as it is: model.d_out ({self.d_out}) must equal model.d_model ({self.d_model})"
+            )
         if self.tied_output and self.d_out != self.d_model:
             raise LearnFeaturesError(
                 f"model.tied_output scores users against rows of the d_model-wide ID table: model.d_out ({self.d_out}) must equal model.d_model ({self.d_model})"
@@ -163,6 +181,18 @@ class TiedIds(nn.Module):
         return self.table(ids)
 
 
+def _small_init(module: nn.Module, std: float) -> None:
+    """``PCHConfig.init_std``: every linear map under ``module`` from normal(0, std), biases zero.
+    The attention's packed input projection is a bare parameter, not an ``nn.Linear``."""
+    for part in module.modules():
+        if isinstance(part, nn.Linear):
+            nn.init.normal_(part.weight, std=std)
+            nn.init.zeros_(part.bias)
+        if isinstance(part, nn.MultiheadAttention):
+            nn.init.normal_(part.in_proj_weight, std=std)
+            nn.init.zeros_(part.in_proj_bias)
+
+
 class PCH(nn.Module):
     """Twin towers over item sequences: ``content_dim`` alone is LEARN, ``num_items`` alone the
     ID baseline, both the hybrid (content plus an ID residual for ``num_items`` slots)."""
@@ -197,8 +227,10 @@ class PCH(nn.Module):
             activation="gelu", batch_first=True, norm_first=True,
         )
         self.transformer = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
+        if config.init_std is not None:
+            _small_init(self.transformer, config.init_std)
         self.final_norm = nn.LayerNorm(config.d_model)
-        self.head = nn.Linear(config.d_model, config.d_out)
+        self.head = nn.Linear(config.d_model, config.d_out) if config.output_head else nn.Identity()
         self.raw_item_head = nn.Linear(content_dim, config.d_out) if config.variant == 3 else None
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:

@@ -78,7 +78,7 @@ def test_user_vector_is_independent_of_batch_padding() -> None:
 
 
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
-@pytest.mark.parametrize("kind", ["content", "ids", "tied", "tied_normed", "hybrid"])
+@pytest.mark.parametrize("kind", ["content", "ids", "tied", "tied_normed", "tied_sasrec", "hybrid"])
 def test_serving_path_equals_the_last_position_of_the_full_tower(kind: str, n_layers: int) -> None:
     """``user_vectors`` (each item projected once, the last layer at one position) gives the
     training path's output after each history's last real event, for every input kind,
@@ -92,6 +92,7 @@ def test_serving_path_equals_the_last_position_of_the_full_tower(kind: str, n_la
         "ids": (lambda: PCH(config, num_items=20), ids),
         "tied": (lambda: PCH(replace(config, tied_output=True, d_out=config.d_model), num_items=20), ids),
         "tied_normed": (lambda: PCH(replace(config, tied_output=True, d_out=config.d_model, input_norm=True), num_items=20), ids),
+        "tied_sasrec": (lambda: PCH(replace(config, tied_output=True, d_out=config.d_model, input_norm=True, init_std=0.02, output_head=False), num_items=20), ids),
         "hybrid": (lambda: PCH(config, content_dim=CONTENT_DIM, num_items=20), content.with_id_part(ids)),
     }[kind]
     model = model().eval()
@@ -513,6 +514,44 @@ def test_input_norm_puts_every_input_at_unit_scale_whatever_the_rows() -> None:
     assert plain.input_norm is None and plain.input.scale == 32**0.5
     with pytest.raises(LearnFeaturesError, match="model.input_norm .* needs model.tied_output"):
         tiny_pch_config(input_norm=True)
+
+
+def test_init_std_starts_every_linear_map_of_the_layers_small_with_zero_biases() -> None:
+    torch.manual_seed(0)
+    model = PCH(tiny_pch_config(d_model=64, d_ff=256, init_std=0.02), content_dim=CONTENT_DIM)
+    layer = model.transformer.layers[0]
+    for weight in (layer.self_attn.in_proj_weight, layer.self_attn.out_proj.weight, layer.linear1.weight, layer.linear2.weight):
+        assert abs(weight.std().item() - 0.02) < 0.002
+    for bias in (layer.self_attn.in_proj_bias, layer.self_attn.out_proj.bias, layer.linear1.bias, layer.linear2.bias):
+        assert not bias.any()
+    default = PCH(tiny_pch_config(d_model=64, d_ff=256), content_dim=CONTENT_DIM).transformer.layers[0]
+    assert default.linear1.weight.std() > 0.03, "without init_std the layers keep PyTorch's defaults"
+
+
+def test_without_a_head_tied_towers_start_each_user_at_their_last_items_row() -> None:
+    """output_head = false (SASRec's read-out): at the start a user's highest-scored item is
+    the last one of their history, so training begins from item-to-item similarities; through
+    a random head it almost never is."""
+    def share_last_item_first(**options) -> float:
+        torch.manual_seed(0)
+        config = tiny_pch_config(tied_output=True, d_out=32, dropout=0.0, input_norm=True, n_layers=2, **options)
+        model = PCH(config, num_items=50).eval()
+        ids = torch.randint(1, 51, (64, 8))
+        with torch.no_grad():
+            users = model.last_position(model.encode(ids), torch.full((64,), 8))
+            best = (users @ model.input.table.weight[1:].T).argmax(1) + 1
+        return (best == ids[:, -1]).float().mean().item()
+
+    assert share_last_item_first(init_std=0.02, output_head=False) > 0.9
+    assert share_last_item_first(init_std=0.02) < 0.1
+
+
+def test_init_std_and_output_head_are_refused_where_they_cannot_apply() -> None:
+    with pytest.raises(LearnFeaturesError, match="model.init_std must be a positive number"):
+        tiny_pch_config(init_std=0.0)
+    with pytest.raises(LearnFeaturesError, match=r"model.output_head = false .* model.d_out \(16\) must equal model.d_model \(32\)"):
+        tiny_pch_config(output_head=False)
+    assert not any("head" in name for name, _ in PCH(tiny_pch_config(d_out=32, output_head=False), content_dim=CONTENT_DIM).named_parameters())
 
 
 def test_tied_output_is_refused_where_it_cannot_apply() -> None:

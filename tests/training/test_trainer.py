@@ -191,19 +191,24 @@ def test_validation_score_improves_over_random_init(reference, data) -> None:
 
 
 @pytest.mark.parametrize("objective", ["all_action", "next_item", "prefixes"])
-@pytest.mark.parametrize("kind", ["content", "ids", "tied"])
+@pytest.mark.parametrize("kind", ["content", "ids", "tied", "tied_sasrec"])
 def test_full_softmax_learns(data, tmp_path: Path, kind: str, objective: str, single_thread) -> None:
     """train.softmax = "full" (every warm item a candidate at every step) trains content and ID
-    towers, SASRec's tied output among them, under both objectives: the loss falls below chance
-    and the selected model beats the untrained towers."""
+    towers, SASRec's tied output among them (also with RecBole's input block, small layers, no
+    head and no clipping), under every objective: the loss falls below chance and the selected
+    model beats the untrained towers."""
     split, content = data
     trained = np.flatnonzero(split.warm_items)
     inputs = content if kind == "content" else ItemInputs.from_training_items(len(split.item_ids), trained, torch.device("cpu"))
     ids = None if kind == "content" else [split.item_ids[i] for i in trained]
     # raw dot products are SASRec's scores: temperature 1
-    model = dataclasses.replace(MODEL, tied_output=True, d_out=MODEL.d_model, temperature=1.0) if kind == "tied" else MODEL
+    model = dataclasses.replace(MODEL, tied_output=True, d_out=MODEL.d_model, temperature=1.0) if kind.startswith("tied") else MODEL
+    if kind == "tied_sasrec":
+        model = dataclasses.replace(model, input_norm=True, init_std=0.02, output_head=False)
     # a short sequence is one chunk, about a quarter of the windows coverage 2 draws: 3x the epochs
     config = dataclasses.replace(TRAIN, softmax="full", objective=objective, epochs=4 if objective == "all_action" else 12, patience=12)
+    if kind == "tied_sasrec":
+        config = dataclasses.replace(config, grad_clip=0.0)
     result = train_towers(TrainJob(tmp_path, model, config, split, inputs, HISTORY_LEN, TARGET_LEN, "learn_v1", ids), progress=False)
     torch.manual_seed(0)
     untrained = PCH(model, content_dim=inputs.content_dim, num_items=inputs.num_id_slots)
@@ -311,16 +316,18 @@ def test_a_hybrid_starts_from_its_id_init_which_is_in_its_fingerprint_only(data)
     assert job(content, "zeros").fingerprint(cpu) == job(content, "svd").fingerprint(cpu)
 
 
-def test_tied_output_input_dropout_and_input_norm_retrain(data) -> None:
-    """SASRec's tied output, the input dropout and the input block change the towers' math: a
-    last.pt trained without them (or with another rate) is no resume point."""
+def test_tied_output_input_dropout_input_norm_init_and_head_retrain(data) -> None:
+    """SASRec's tied output, the input dropout, the input block, the layers' small start and the
+    read-out without a head change the towers' math: a last.pt trained without them (or with
+    another rate or std) is no resume point."""
     split, _ = data
     ids = ItemInputs.from_training_items(len(split.item_ids), np.flatnonzero(split.warm_items), torch.device("cpu"))
     tied = dataclasses.replace(MODEL, tied_output=True, d_out=MODEL.d_model)
     models = [tied, dataclasses.replace(tied, tied_output=False), dataclasses.replace(tied, input_dropout=0.5), dataclasses.replace(tied, input_dropout=0.2)]
     models.append(dataclasses.replace(tied, input_norm=True))
+    models += [dataclasses.replace(tied, init_std=0.02), dataclasses.replace(tied, init_std=0.01), dataclasses.replace(tied, output_head=False)]
     prints = {TrainJob(Path("unused"), m, TRAIN, split, ids, HISTORY_LEN, TARGET_LEN, "id_baseline").fingerprint(torch.device("cpu")) for m in models}
-    assert len(prints) == 5
+    assert len(prints) == len(models)
 
 
 # What the fingerprint of a run at the library's defaults is made of. Runs trained before a
@@ -433,7 +440,8 @@ def test_prefixes_are_the_next_item_pairs_one_sample_each(data) -> None:
     "kwargs",
     [{"batch_size": 1}, {"lr": 0.0}, {"epochs": 0}, {"warmup_ratio": 1.0}, {"coverage": 0.0}, {"select_metric": "recall"},
      {"select_metric": "mrr@10"}, {"uniform_negatives": -1}, {"softmax": "full", "uniform_negatives": 8},
-     {"objective": "next_item"}, {"objective": "prefixes"}, {"softmax": "full", "objective": "next_items"}],
+     {"objective": "next_item"}, {"objective": "prefixes"}, {"softmax": "full", "objective": "next_items"},
+     {"grad_clip": -1.0}],
 )
 def test_train_config_validation(kwargs: dict) -> None:
     with pytest.raises(LearnFeaturesError):
