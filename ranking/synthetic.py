@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from learn_features.embeddings_io import ITEM_FILE, USER_FILE, EmbeddingTable, write_table
+from learn_features.retrieval import unit_rows
 
 GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi")
 
@@ -42,10 +43,8 @@ def make_world(
     last days contain items never seen before (cold-start items)."""
     rng = np.random.default_rng(seed)
     start = pd.Timestamp("2021-01-01", tz="UTC")
-    user_lat = rng.normal(size=(n_users, dim))
-    user_lat /= np.linalg.norm(user_lat, axis=1, keepdims=True)
-    item_lat = rng.normal(size=(n_items, dim))
-    item_lat /= np.linalg.norm(item_lat, axis=1, keepdims=True)
+    user_lat = unit_rows(rng.normal(size=(n_users, dim)))
+    item_lat = unit_rows(rng.normal(size=(n_items, dim)))
     item_bias = rng.normal(0, 0.3, n_items)
     item_birth = np.sort(rng.uniform(0, days * 0.95, n_items))  # day an item becomes available
     user_activity = rng.pareto(1.5, n_users) + 0.2

@@ -203,11 +203,10 @@ def test_full_softmax_learns(data, tmp_path: Path, kind: str, objective: str, si
     ids = None if kind == "content" else [split.item_ids[i] for i in trained]
     # raw dot products are SASRec's scores: temperature 1
     model = dataclasses.replace(MODEL, tied_output=True, d_out=MODEL.d_model, temperature=1.0) if kind.startswith("tied") else MODEL
-    if kind == "tied_sasrec":
-        model = dataclasses.replace(model, input_norm=True, init_std=0.02, output_head=False)
     # a short sequence is one chunk, about a quarter of the windows coverage 2 draws: 3x the epochs
     config = dataclasses.replace(TRAIN, softmax="full", objective=objective, epochs=4 if objective == "all_action" else 12, patience=12)
     if kind == "tied_sasrec":
+        model = dataclasses.replace(model, input_norm=True, init_std=0.02, output_head=False)
         config = dataclasses.replace(config, grad_clip=0.0)
     result = train_towers(TrainJob(tmp_path, model, config, split, inputs, HISTORY_LEN, TARGET_LEN, "learn_v1", ids), progress=False)
     torch.manual_seed(0)
