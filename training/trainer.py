@@ -27,7 +27,9 @@ history) from ``last.pt``, which is all ``evaluate`` needs of it.
 Speed (all off the CPU default path, which stays fp32 and bit-reproducible): bf16 autocast
 and a fused Adam/AdamW kernel on CUDA, batches built one step ahead in a background thread
 into pinned memory (``training.loader``), and optional ``torch.compile``. Attention goes
-through ``scaled_dot_product_attention`` with ``is_causal`` (see ``PCH.encode``).
+through ``scaled_dot_product_attention`` with ``is_causal`` (see ``PCH.encode``). Prefix
+batches run their histories grouped by length (``LENGTH_GROUPED_OBJECTIVES``), on every
+device: bench/prefix_batches.py measures it against padding to the longest.
 
 Under ``torchrun`` (``training.distributed``) the same loop runs data-parallel: every rank
 draws the same samples, takes its contiguous share of each global batch, and gathers the
@@ -203,9 +205,8 @@ def sample_prefixes(train: dict[str, TrainSequence], config: TrainConfig, histor
     position only (the second array is -1 elsewhere). This is how RecBole trains SASRec: the
     same (history, next event) pairs as ``next_item``, but each its own forward pass, so each
     gets its own dropout masks where ``next_item`` shares one pass, and one set of masks, over
-    a whole chunk. It costs more: on Amazon (about 5 events a user) an epoch took about three
-    times ``next_item``'s for the ID towers and four times for the content towers, since every
-    batch pads to its longest prefix."""
+    a whole chunk. Its batches mix short and long prefixes, so they run grouped by length
+    (``LENGTH_GROUPED_OBJECTIVES``) rather than all padded to the longest."""
     rng = np.random.default_rng([config.seed, epoch])
     samples = []
     for user in sorted(train):
@@ -220,6 +221,10 @@ def sample_prefixes(train: dict[str, TrainSequence], config: TrainConfig, histor
 OBJECTIVE_SAMPLERS = {"all_action": sample_windows, "next_item": sample_sequences, "prefixes": sample_prefixes}
 #: The objectives whose pairs are (history, event after each position), scored by ``next_item_softmax``.
 NEXT_EVENT_OBJECTIVES = ("next_item", "prefixes")
+#: The objectives whose histories run grouped by length (``PCH.encode_by_length``): a prefix
+#: batch mixes one-event prefixes with 50-event ones. Windows and chunks are mostly full, so
+#: the others keep one pass, and with it the random draws their published runs were made with.
+LENGTH_GROUPED_OBJECTIVES = ("prefixes",)
 
 
 def epoch_pairs(train: dict[str, TrainSequence], config: TrainConfig, history_len: int, target_len: int) -> int:
@@ -404,8 +409,9 @@ def _full_softmax_step(parts: StepParts, batch: Batch, pool_inputs: torch.Tensor
     history position, for the window's targets (all-action) or the one next event (next-item).
     Each rank embeds the whole pool itself, so nothing is gathered."""
     world, model, config = parts.world, parts.model, parts.config
+    lengths = batch.history_lengths if config.objective in LENGTH_GROUPED_OBJECTIVES else None
     with parts.autocast:
-        users, _, _, pool = parts.module(parts.inputs.lookup(batch.history, batch.rows), None, pool_inputs)
+        users, _, _, pool = parts.module(parts.inputs.lookup(batch.history, batch.rows), None, pool_inputs, False, lengths)
     global_batch = None if world.size == 1 else global_size
     if config.objective in NEXT_EVENT_OBJECTIVES:
         next_positions = parts.negatives.pool_positions(batch.target_items)

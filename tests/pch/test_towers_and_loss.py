@@ -110,6 +110,38 @@ def test_serving_path_equals_the_last_position_of_the_full_tower(kind: str, n_la
     assert not np.allclose(user_vectors(model, inputs, histories), served, atol=1e-3)
 
 
+@pytest.mark.parametrize("kind", ["content", "tied_sasrec", "hybrid"])
+def test_length_grouped_encode_equals_the_padded_one_at_real_positions(kind: str) -> None:
+    """``encode_by_length`` (the prefixes objective's training pass) gives ``encode``'s output
+    at every real position of every row, gradients reach the real inputs of every group and
+    no padding; a row's length decides its group, so a wrong length would change it."""
+    torch.manual_seed(0)
+    n_items, config = 30, tiny_pch_config()
+    content = ItemInputs.from_content(np.random.default_rng(1).normal(size=(n_items, CONTENT_DIM)), CPU)
+    ids = ItemInputs.from_training_items(n_items, np.arange(20), CPU)
+    model, inputs = {
+        "content": (PCH(config, content_dim=CONTENT_DIM), content),
+        "tied_sasrec": (PCH(replace(config, tied_output=True, d_out=config.d_model, input_norm=True, init_std=0.02, output_head=False), num_items=20), ids),
+        "hybrid": (PCH(config, content_dim=CONTENT_DIM, num_items=20), content.with_id_part(ids)),
+    }[kind]
+    model.eval()
+    rng = np.random.default_rng(3)
+    histories = [rng.integers(0, n_items, length) for length in [1, 2, 3, 5, config.max_len, *rng.integers(1, config.max_len + 1, 20)]]
+    padded, lengths = pad_array(histories)
+    items, lengths_t = inputs.gather(torch.as_tensor(padded)), torch.as_tensor(lengths)
+    full = model.encode(items)
+    if items.is_floating_point():
+        items = items.clone().requires_grad_()
+    grouped = model.user_embeddings(items, lengths_t)
+    real = torch.arange(padded.shape[1])[None, :] < lengths_t[:, None]
+    torch.testing.assert_close(grouped[real], full[real].detach(), atol=1e-5, rtol=0)
+    if items.is_floating_point():
+        grouped[real].sum().backward()
+        assert (items.grad.abs().sum(-1) > 0)[real].all() and not items.grad[~real].any()
+    wrong = model.user_embeddings(inputs.gather(torch.as_tensor(padded)), torch.full_like(lengths_t, 1))
+    assert not torch.allclose(wrong[real], full[real].detach(), atol=1e-3)
+
+
 def test_pad_array_layout() -> None:
     padded, lengths = pad_array([np.array([4, 5, 6]), np.array([7]), np.array([], dtype=np.int64)])
     assert padded.tolist() == [[4, 5, 6], [7, PAD, PAD], [PAD, PAD, PAD]] and lengths.tolist() == [3, 1, 0]

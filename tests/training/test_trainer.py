@@ -435,6 +435,27 @@ def test_prefixes_are_the_next_item_pairs_one_sample_each(data) -> None:
     ]
 
 
+@pytest.mark.parametrize("objective", ["next_item", "prefixes"])
+def test_only_prefix_batches_run_grouped_by_length(data, tmp_path: Path, objective: str, monkeypatch: pytest.MonkeyPatch, single_thread) -> None:
+    """A prefix batch mixes short and long histories, so its histories go through
+    ``PCH.encode_by_length`` with their real lengths; next_item's chunks keep one padded pass
+    (and the random draws of the runs made before)."""
+    split, _ = data
+    inputs = ItemInputs.from_training_items(len(split.item_ids), np.flatnonzero(split.warm_items), torch.device("cpu"))
+    seen: list[torch.Tensor] = []
+    grouped = PCH.encode_by_length
+    monkeypatch.setattr(PCH, "encode_by_length", lambda self, items, lengths: seen.append(lengths) or grouped(self, items, lengths))
+    config = dataclasses.replace(TRAIN, softmax="full", objective=objective, epochs=1)
+    ids = [split.item_ids[i] for i in np.flatnonzero(split.warm_items)]
+    train_towers(TrainJob(tmp_path, MODEL, config, split, inputs, HISTORY_LEN, TARGET_LEN, "id_baseline", ids), progress=False)
+    if objective == "next_item":
+        assert not seen
+        return
+    batches = trainer.global_batches(sample_epoch(split.train, config, HISTORY_LEN, TARGET_LEN, epoch=0), config.batch_size, World())
+    assert [sorted(lengths.tolist()) for lengths in seen] == [sorted(len(history) for history, _ in batch) for batch in batches]
+    assert len(set(torch.cat(seen).tolist())) > 1  # the fixture's prefixes differ in length
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"batch_size": 1}, {"lr": 0.0}, {"epochs": 0}, {"warmup_ratio": 1.0}, {"coverage": 0.0}, {"select_metric": "recall"},
