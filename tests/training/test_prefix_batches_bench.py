@@ -30,4 +30,4 @@ def test_prefix_batches_bench_smoke(single_thread, monkeypatch: pytest.MonkeyPat
     assert 0 < grouped.slots < padded.slots
     assert grouped.loss == pytest.approx(padded.loss, abs=0.2)
     with pytest.raises(SystemExit, match="not 'prefixes'"):
-        bench.run(prep, "learn_v1", "padded", 1, 64)
+        bench.run(prep, "text_encoder", "padded", 1, 64)  # next_item in the Amazon config
