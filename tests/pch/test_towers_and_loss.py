@@ -19,7 +19,7 @@ from learn_features.pch.inference import item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
 from learn_features.pch.loss import dense_all_action_infonce, full_softmax_infonce, next_item_chance, next_item_softmax, recency_weights
 from learn_features.pch.negatives import Candidates
-from learn_features.pch.model import PCH
+from learn_features.pch.model import PCH, PCHConfig
 from learn_features.retrieval import rank_items
 
 CPU = torch.device("cpu")
@@ -77,6 +77,26 @@ def test_user_vector_is_independent_of_batch_padding() -> None:
         user_vectors(model, inputs, [np.array([1]), np.array([], dtype=np.int64)])
 
 
+TOWER_ITEMS = 30  # items 20..29 have no ID slot (cold)
+
+
+def tower_of_kind(kind: str, config: PCHConfig) -> tuple[PCH, ItemInputs]:
+    """Towers of one input kind over TOWER_ITEMS items, and their inputs: content, IDs (plain,
+    SASRec's tied output, with RecBole's input block, with its small start and no head) or both."""
+    content = ItemInputs.from_content(np.random.default_rng(1).normal(size=(TOWER_ITEMS, CONTENT_DIM)), CPU)
+    ids = ItemInputs.from_training_items(TOWER_ITEMS, np.arange(20), CPU)
+    tied = replace(config, tied_output=True, d_out=config.d_model)
+    build, inputs = {
+        "content": (lambda: PCH(config, content_dim=CONTENT_DIM), content),
+        "ids": (lambda: PCH(config, num_items=20), ids),
+        "tied": (lambda: PCH(tied, num_items=20), ids),
+        "tied_normed": (lambda: PCH(replace(tied, input_norm=True), num_items=20), ids),
+        "tied_sasrec": (lambda: PCH(replace(tied, input_norm=True, init_std=0.02, output_head=False), num_items=20), ids),
+        "hybrid": (lambda: PCH(config, content_dim=CONTENT_DIM, num_items=20), content.with_id_part(ids)),
+    }[kind]
+    return build(), inputs
+
+
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
 @pytest.mark.parametrize("kind", ["content", "ids", "tied", "tied_normed", "tied_sasrec", "hybrid"])
 def test_serving_path_equals_the_last_position_of_the_full_tower(kind: str, n_layers: int) -> None:
@@ -84,18 +104,9 @@ def test_serving_path_equals_the_last_position_of_the_full_tower(kind: str, n_la
     training path's output after each history's last real event, for every input kind,
     length and depth; and a perturbed later layer changes it (the shortcut skips no layer)."""
     torch.manual_seed(n_layers)
-    n_items, config = 30, tiny_pch_config(n_layers=n_layers)
-    content = ItemInputs.from_content(np.random.default_rng(1).normal(size=(n_items, CONTENT_DIM)), CPU)
-    ids = ItemInputs.from_training_items(n_items, np.arange(20), CPU)  # items 20..29 are cold
-    model, inputs = {
-        "content": (lambda: PCH(config, content_dim=CONTENT_DIM), content),
-        "ids": (lambda: PCH(config, num_items=20), ids),
-        "tied": (lambda: PCH(replace(config, tied_output=True, d_out=config.d_model), num_items=20), ids),
-        "tied_normed": (lambda: PCH(replace(config, tied_output=True, d_out=config.d_model, input_norm=True), num_items=20), ids),
-        "tied_sasrec": (lambda: PCH(replace(config, tied_output=True, d_out=config.d_model, input_norm=True, init_std=0.02, output_head=False), num_items=20), ids),
-        "hybrid": (lambda: PCH(config, content_dim=CONTENT_DIM, num_items=20), content.with_id_part(ids)),
-    }[kind]
-    model = model().eval()
+    n_items, config = TOWER_ITEMS, tiny_pch_config(n_layers=n_layers)
+    model, inputs = tower_of_kind(kind, config)
+    model.eval()
     if kind == "hybrid":
         torch.nn.init.normal_(model.input.ids.weight)  # a trained residual, not the zero start
     rng = np.random.default_rng(2)
@@ -116,14 +127,8 @@ def test_length_grouped_encode_equals_the_padded_one_at_real_positions(kind: str
     at every real position of every row, gradients reach the real inputs of every group and
     no padding; a row's length decides its group, so a wrong length would change it."""
     torch.manual_seed(0)
-    n_items, config = 30, tiny_pch_config()
-    content = ItemInputs.from_content(np.random.default_rng(1).normal(size=(n_items, CONTENT_DIM)), CPU)
-    ids = ItemInputs.from_training_items(n_items, np.arange(20), CPU)
-    model, inputs = {
-        "content": (PCH(config, content_dim=CONTENT_DIM), content),
-        "tied_sasrec": (PCH(replace(config, tied_output=True, d_out=config.d_model, input_norm=True, init_std=0.02, output_head=False), num_items=20), ids),
-        "hybrid": (PCH(config, content_dim=CONTENT_DIM, num_items=20), content.with_id_part(ids)),
-    }[kind]
+    n_items, config = TOWER_ITEMS, tiny_pch_config()
+    model, inputs = tower_of_kind(kind, config)
     model.eval()
     rng = np.random.default_rng(3)
     histories = [rng.integers(0, n_items, length) for length in [1, 2, 3, 5, config.max_len, *rng.integers(1, config.max_len + 1, 20)]]
