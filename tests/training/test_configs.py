@@ -67,7 +67,7 @@ def test_the_amazon_benchmark_is_the_published_protocol_on_the_shipped_data() ->
     baseline, learn_hybrid and learn_v1, which draw one sample per prefix in RecBole's batches
     as RecBole does (chosen on validation), and the MovieLens benchmark's towers but for
     dropout 0.2, both hybrids' ID dropout 0.8, the small start without a head of learn_v1 and
-    learn_hybrid, learn_hybrid's doubled width and the ID baseline's SASRec settings (also
+    learn_hybrid, their doubled width and the ID baseline's SASRec settings (also
     chosen there) and encoders (the LLM in fp32, the content its README table was computed
     on)."""
     amazon = load_config(PipelineConfig, CONFIGS / "amazon-scientific.toml")
@@ -97,7 +97,9 @@ def test_the_amazon_benchmark_is_the_published_protocol_on_the_shipped_data() ->
     assert asdict(amazon.model_for("learn_hybrid")) == {
         **asdict(amazon.model), "id_dropout": 0.8, "init_std": 0.02, "output_head": False, "d_model": 128, "d_out": 128, "d_ff": 256,
     }
-    assert asdict(amazon.model_for("learn_v1")) == {**asdict(amazon.model), "init_std": 0.02, "output_head": False}
+    assert asdict(amazon.model_for("learn_v1")) == {
+        **asdict(amazon.model), "init_std": 0.02, "output_head": False, "d_model": 128, "d_out": 128, "d_ff": 256,
+    }
     assert asdict(amazon.model) == {**asdict(benchmark.model), "max_len": 50, "dropout": 0.2}
     assert asdict(amazon.llm) == {**asdict(benchmark.llm), "dtype": "float32"} and asdict(amazon.text_encoder) == asdict(benchmark.text_encoder)
 
