@@ -95,7 +95,7 @@ def test_the_amazon_benchmark_is_the_published_protocol_on_the_shipped_data() ->
     assert sasrec.input_dropout > 0 and sasrec.input_norm and all(amazon.model_for(m) == amazon.model for m in METHODS if m not in amazon.model_by_method)
     assert asdict(amazon.model_for("text_hybrid")) == {**asdict(amazon.model), "id_dropout": 0.8}  # chosen on validation
     recipe = {"init_std": 0.02, "output_head": False, "d_model": 128, "d_out": 128, "d_ff": 256}  # both LEARN towers, one width
-    assert asdict(amazon.model_for("learn_hybrid")) == {**asdict(amazon.model), "id_dropout": 0.8, **recipe}
+    assert asdict(amazon.model_for("learn_hybrid")) == {**asdict(amazon.model), "id_dropout": 0.8, "temperature": 0.04, **recipe}
     assert asdict(amazon.model_for("learn_v1")) == {**asdict(amazon.model), **recipe}
     assert asdict(amazon.model) == {**asdict(benchmark.model), "max_len": 50, "dropout": 0.2}
     assert asdict(amazon.llm) == {**asdict(benchmark.llm), "dtype": "float32"} and asdict(amazon.text_encoder) == asdict(benchmark.text_encoder)
