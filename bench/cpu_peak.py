@@ -6,8 +6,14 @@ AMX) or converts to fp32. So the peak is measured: square GEMMs of a few sizes w
 all of its threads, the best of ``repeats`` runs of each, and the best size wins. FLOPs of an
 ``n x n`` by ``n x n`` product are ``2 n^3`` (a multiply and an add per term).
 
+Sizes run smallest first under a time budget per dtype. Without native bf16 a 2048 GEMM can
+take tens of seconds (about 0.7 GFLOP/s on one AVX2 core), so a size whose predicted time
+(the last warm-up, scaled by ``n^3``) would overrun the budget is skipped, and the result says
+which sizes were: the peak is then a lower bound at the sizes that ran, never a guess.
+
     .venv/bin/python bench/cpu_peak.py                  # fp32 and bf16, sizes 512/1024/2048
     .venv/bin/python bench/cpu_peak.py --threads 1      # one core's peak
+    .venv/bin/python bench/cpu_peak.py --dtypes float32 --budget 60
 
 ``bench/extract.py`` imports ``measure_peaks`` to print extraction as a share of this peak.
 On a shared machine the figure is a lower bound: other jobs take cycles from the best run too.
@@ -24,16 +30,22 @@ import torch
 
 SIZES = (512, 1024, 2048)
 REPEATS = 5
+BUDGET_S = 20.0
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
 class Peak:
-    """The best GEMM rate for one dtype, and the size that reached it."""
+    """The best GEMM rate for one dtype, the size that reached it, and the sizes the budget skipped."""
 
     dtype: str
     gflops: float
     size: int
+    skipped: tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        note = f"; n={', '.join(map(str, self.skipped))} skipped, over the time budget" if self.skipped else ""
+        return f"{self.dtype:<9} {self.gflops:8.1f} GFLOP/s (square GEMM, best at n={self.size}{note})"
 
 
 def cpu_flags() -> set[str]:
@@ -48,44 +60,61 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def gemm_gflops(n: int, dtype: torch.dtype, repeats: int) -> float:
-    """Best-of-``repeats`` GFLOP/s of one ``n x n`` product, after one untimed warm-up."""
+def gemm_seconds(n: int, dtype: torch.dtype, repeats: int) -> tuple[float, float]:
+    """(untimed-warm-up seconds, best-of-``repeats`` seconds) of one ``n x n`` product."""
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=generator).to(dtype)
     b = torch.randn(n, n, generator=generator).to(dtype)
     out = torch.empty(n, n, dtype=dtype)
+    start = perf_counter()
     torch.matmul(a, b, out=out)
+    warm_up = perf_counter() - start
     best = float("inf")
     for _ in range(repeats):
         start = perf_counter()
         torch.matmul(a, b, out=out)
         best = min(best, perf_counter() - start)
-    return 2.0 * n**3 / best / 1e9
+    return warm_up, best
 
 
-def measure_peak(dtype: str, sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS) -> Peak:
-    rates = {n: gemm_gflops(n, DTYPES[dtype], repeats) for n in sizes}
+def measure_peak(dtype: str, sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS, budget_s: float = BUDGET_S) -> Peak:
+    """The best rate over ``sizes``; the smallest size always runs, a larger one only if its
+    predicted time (the previous run scaled by ``n^3``) fits in what is left of ``budget_s``."""
+    ordered = sorted(sizes)
+    rates: dict[int, float] = {}
+    spent, per_gemm, last = 0.0, 0.0, ordered[0]
+    for n in ordered:
+        predicted = per_gemm * (n / last) ** 3 * (repeats + 1)
+        if rates and spent + predicted > budget_s:
+            break
+        warm_up, best = gemm_seconds(n, DTYPES[dtype], repeats)
+        rates[n] = 2.0 * n**3 / best / 1e9
+        spent += warm_up + best * repeats
+        per_gemm, last = best, n
     size = max(rates, key=rates.__getitem__)
-    return Peak(dtype, rates[size], size)
+    return Peak(dtype, rates[size], size, tuple(n for n in ordered if n not in rates))
 
 
-def measure_peaks(sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS) -> dict[str, Peak]:
-    """fp32 and bf16 peaks, keyed by dtype name (``float32``, ``bfloat16``)."""
-    return {name: measure_peak(name, sizes, repeats) for name in DTYPES}
+def measure_peaks(dtypes: tuple[str, ...] = tuple(DTYPES), sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS,
+                  budget_s: float = BUDGET_S) -> dict[str, Peak]:
+    """Peaks of ``dtypes`` (default fp32 and bf16), keyed by dtype name (``float32``, ``bfloat16``)."""
+    return {name: measure_peak(name, sizes, repeats, budget_s) for name in dtypes}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=list(DTYPES))
+    parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds per dtype before larger sizes are skipped")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, all cores)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx512_bf16", "amx", "avx512f")))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), bf16-relevant flags: {' '.join(flags) or 'none'}")
-    for peak in measure_peaks(tuple(args.sizes), args.repeats).values():
-        print(f"{peak.dtype:<9} {peak.gflops:8.1f} GFLOP/s (best at n={peak.size})")
+    for peak in measure_peaks(tuple(args.dtypes), tuple(args.sizes), args.repeats, args.budget).values():
+        print(peak.describe())
     return 0
 
 

@@ -24,7 +24,7 @@ attention, where token ``i`` scores ``i + 1`` keys (QK^T) and mixes ``i + 1`` va
 ``2 * d`` FLOPs per position, summed over ``i < l``. Embedding lookups and norms are left out.
 Achieved TFLOP/s is divided by a peak: on a GPU its dense bf16 peak from the spec sheet
 (table below; "n/a" for an unlisted GPU or fp32), on a CPU this machine's GEMM rate in the
-same dtype, measured at the start of the run by ``bench/cpu_peak.py``.
+same dtype, measured at the start of the run by ``bench/cpu_peak.py`` for the dtypes timed.
 
 ``--dtype`` takes several dtypes: each loads the backbone in that dtype and times both paths,
 and the run then prints each dtype's speed against the first one's and the cosine between
@@ -73,7 +73,7 @@ from learn_features.device import pick_device  # noqa: E402
 from learn_features.errors import LearnFeaturesError  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
-from cpu_peak import SIZES, Peak, measure_peaks  # noqa: E402
+from cpu_peak import DTYPES, SIZES, Peak, measure_peaks  # noqa: E402
 
 MODELS = ("tiny", "7b-shape", "0.5b-shape", "shipped:smollm2")
 TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
@@ -340,7 +340,7 @@ def describe(args: argparse.Namespace, info: ModelInfo, device_name: str) -> Non
 
 def print_peaks(peaks: dict[str, Peak]) -> None:
     for peak in peaks.values():
-        print(f"measured CPU peak {peak.dtype}: {peak.gflops:.1f} GFLOP/s (square GEMM, best at n={peak.size})")
+        print(f"measured CPU peak {peak.describe()}")
 
 
 def print_table(rows: list[PathResult]) -> None:
@@ -409,9 +409,11 @@ def run(args: argparse.Namespace) -> dict:
     if next(backbone.model.parameters()).device.type == "meta":
         print(f"not timed: --model {args.model} (random weights) is materialized only on a GPU")
         return report
-    cpu_peaks = measure_peaks(tuple(args.peak_sizes)) if device.type == "cpu" else {}
+    cpu_peaks = measure_peaks(tuple(dtype_name(d) for d in dtypes if dtype_name(d) in DTYPES),
+                              tuple(args.peak_sizes)) if device.type == "cpu" else {}
     print_peaks(cpu_peaks)
     report["cpu_peak_gflops"] = {name: peak.gflops for name, peak in cpu_peaks.items()}
+    report["cpu_peak_sizes_skipped"] = {name: list(peak.skipped) for name, peak in cpu_peaks.items() if peak.skipped}
     work = flops(lengths, info)
     rows, vectors, peaks = [], {}, {}
     for dtype in dtypes:

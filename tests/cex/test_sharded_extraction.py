@@ -4,6 +4,7 @@ cache, the background shard writer, SDPA loading, and a smoke run of bench/extra
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import sys
 import threading
@@ -310,17 +311,43 @@ def test_extract_benchmark_smoke(tmp_path: Path, single_thread, monkeypatch: pyt
     assert set(report["over_first_dtype"]["bfloat16"]) == {"naive", "project"}
 
 
-def test_cpu_peak_probe_counts_2n3_flops(monkeypatch: pytest.MonkeyPatch) -> None:
-    """bench/cpu_peak.py: the best size wins and a GEMM of n is 2 n^3 FLOPs over its best time."""
+def load_cpu_peak(monkeypatch: pytest.MonkeyPatch):
     spec = importlib.util.spec_from_file_location("cpu_peak", REPO / "bench" / "cpu_peak.py")
     probe = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "cpu_peak", probe)
     spec.loader.exec_module(probe)
-    clock = iter([0.0, 2.0, 10.0, 11.0] * 4)  # two repeats: 2 s, then 1 s (the best)
+    return probe
+
+
+def test_cpu_peak_probe_counts_2n3_flops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/cpu_peak.py: the best size wins and a GEMM of n is 2 n^3 FLOPs over its best time."""
+    probe = load_cpu_peak(monkeypatch)
+    clock = itertools.cycle([0.0, 0.5, 2.0, 4.0, 10.0, 11.0])  # warm-up 0.5 s, then two repeats: 2 s, 1 s (the best)
     monkeypatch.setattr(probe, "perf_counter", lambda: next(clock))
-    peak = probe.measure_peak("float32", sizes=(8, 16), repeats=2)
-    assert (peak.size, peak.gflops) == (16, 2 * 16**3 / 1.0 / 1e9)
+    peak = probe.measure_peak("float32", sizes=(16, 8), repeats=2, budget_s=1e9)
+    assert (peak.size, peak.gflops, peak.skipped) == (16, 2 * 16**3 / 1.0 / 1e9, ())
     assert set(probe.measure_peaks(sizes=(8,), repeats=2)) == {"float32", "bfloat16"}
+    assert set(probe.measure_peaks(("float32",), sizes=(8,), repeats=2)) == {"float32"}
+
+
+def test_cpu_peak_probe_skips_sizes_that_would_overrun_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow path (bf16 without native instructions) must not stall the benchmark: after the
+    smallest size, a size runs only if its time, predicted by n^3 scaling, fits the budget; the
+    skipped sizes are reported, not hidden."""
+    probe = load_cpu_peak(monkeypatch)
+    ran: list[int] = []
+
+    def one_second_at_64(n: int, dtype, repeats: int) -> tuple[float, float]:
+        ran.append(n)
+        return (n / 64) ** 3, (n / 64) ** 3
+
+    monkeypatch.setattr(probe, "gemm_seconds", one_second_at_64)
+    # 64 costs 1 + 2 = 3 s; 128 is predicted at 8 s x 3 = 24 s: 27 s fits in 30, 256 (192 s more) does not.
+    peak = probe.measure_peak("bfloat16", sizes=(64, 128, 256), repeats=2, budget_s=30)
+    assert ran == [64, 128] and peak.skipped == (256,) and peak.size in (64, 128)
+    assert "n=256 skipped" in peak.describe()
+    ran.clear()
+    assert probe.measure_peak("bfloat16", sizes=(64, 128), repeats=2, budget_s=0).skipped == (128,) and ran == [64]
 
 
 def test_extract_benchmark_random_shapes_count_exactly_off_the_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
