@@ -7,9 +7,10 @@ all of its threads, the best of ``repeats`` runs of each, and the best size wins
 ``n x n`` by ``n x n`` product are ``2 n^3`` (a multiply and an add per term).
 
 Sizes run smallest first under a time budget per dtype. Without native bf16 a 2048 GEMM can
-take tens of seconds (about 0.7 GFLOP/s on one AVX2 core), so a size whose predicted time
-(the last warm-up, scaled by ``n^3``) would overrun the budget is skipped, and the result says
-which sizes were: the peak is then a lower bound at the sizes that ran, never a guess.
+take tens of seconds (0.7-2 GFLOP/s on one core with oneDNN held to AVX2), so a size whose
+predicted time (the previous size's best time, scaled by ``n^3``) would overrun the budget is
+skipped, and the result says which sizes were: the peak is then a lower bound at the sizes
+that ran, never a guess.
 
     .venv/bin/python bench/cpu_peak.py                  # fp32 and bf16, sizes 512/1024/2048
     .venv/bin/python bench/cpu_peak.py --threads 1      # one core's peak
