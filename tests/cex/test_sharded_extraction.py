@@ -284,12 +284,18 @@ def test_a_model_that_cannot_load_is_reported(tiny_llm_dir: Path, tmp_path: Path
 # --- benchmark smoke ---------------------------------------------------------------------
 
 
+def load_bench(monkeypatch: pytest.MonkeyPatch, name: str, file_name: str):
+    """A script of bench/ imported as module ``name`` (bench/ is no package), registered for this test only."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / file_name)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_extract_benchmark_smoke(tmp_path: Path, single_thread, monkeypatch: pytest.MonkeyPatch) -> None:
     """bench/extract.py runs end to end on CPU; only its bookkeeping is checked, never its timings."""
-    spec = importlib.util.spec_from_file_location("bench_extract", REPO / "bench" / "extract.py")
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_extract", bench)
-    spec.loader.exec_module(bench)
+    bench = load_bench(monkeypatch, "bench_extract", "extract.py")
     out = tmp_path / "bench.json"
     argv = ["--model", "tiny", "--items", "64", "--batch-size", "8", "--dtype", "float32", "bfloat16",
             "--peak-sizes", "64", "--json", str(out)]
@@ -311,17 +317,9 @@ def test_extract_benchmark_smoke(tmp_path: Path, single_thread, monkeypatch: pyt
     assert set(report["over_first_dtype"]["bfloat16"]) == {"naive", "project"}
 
 
-def load_cpu_peak(monkeypatch: pytest.MonkeyPatch):
-    spec = importlib.util.spec_from_file_location("cpu_peak", REPO / "bench" / "cpu_peak.py")
-    probe = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "cpu_peak", probe)
-    spec.loader.exec_module(probe)
-    return probe
-
-
 def test_cpu_peak_probe_counts_2n3_flops(monkeypatch: pytest.MonkeyPatch) -> None:
     """bench/cpu_peak.py: the best size wins and a GEMM of n is 2 n^3 FLOPs over its best time."""
-    probe = load_cpu_peak(monkeypatch)
+    probe = load_bench(monkeypatch, "cpu_peak", "cpu_peak.py")
     clock = itertools.cycle([0.0, 0.5, 2.0, 4.0, 10.0, 11.0])  # warm-up 0.5 s, then two repeats: 2 s, 1 s (the best)
     monkeypatch.setattr(probe, "perf_counter", lambda: next(clock))
     peak = probe.measure_peak("float32", sizes=(16, 8), repeats=2, budget_s=1e9)
@@ -334,7 +332,7 @@ def test_cpu_peak_probe_skips_sizes_that_would_overrun_its_budget(monkeypatch: p
     """A slow path (bf16 without native instructions) must not stall the benchmark: after the
     smallest size, a size runs only if its time, predicted by n^3 scaling, fits the budget; the
     skipped sizes are reported, not hidden."""
-    probe = load_cpu_peak(monkeypatch)
+    probe = load_bench(monkeypatch, "cpu_peak", "cpu_peak.py")
     ran: list[int] = []
 
     def one_second_at_64(n: int, dtype, repeats: int) -> tuple[float, float]:
@@ -354,10 +352,7 @@ def test_extract_benchmark_random_shapes_count_exactly_off_the_gpu(tmp_path: Pat
     """Without a GPU the 7B and 0.5B shapes stay on the meta device: parameter counts (the
     known non-embedding sizes of Baichuan2-7B and Qwen2-0.5B) and padding, no timing. A local
     tokenizer directory (for a GPU machine without the shipped package) gives the same lengths."""
-    spec = importlib.util.spec_from_file_location("bench_extract", REPO / "bench" / "extract.py")
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_extract", bench)
-    spec.loader.exec_module(bench)
+    bench = load_bench(monkeypatch, "bench_extract", "extract.py")
     tokenizer = bench.load_tokenizer(bench.resolve_model("shipped:smollm2"))
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     reports = {}

@@ -67,9 +67,9 @@ def test_the_amazon_benchmark_is_the_published_protocol_on_the_shipped_data() ->
     baseline, both hybrids and learn_v1, which draw one sample per prefix in RecBole's batches
     as RecBole does (chosen on validation), and the MovieLens benchmark's towers but for
     dropout 0.2, both hybrids' ID dropout 0.8, the small start without a head of learn_v1 and
-    the hybrids, their doubled width, the hybrids' temperature 0.04 and the ID baseline's SASRec settings (also
-    chosen there) and encoders (the LLM in fp32, the content its README table was computed
-    on)."""
+    the hybrids, their doubled width, the hybrids' temperature 0.04 and the ID baseline's
+    SASRec settings (also chosen there) and encoders (the LLM in fp32, the content its README
+    table was computed on)."""
     amazon = load_config(PipelineConfig, CONFIGS / "amazon-scientific.toml")
     benchmark = load_config(PipelineConfig, CONFIGS / "movielens-benchmark.toml")
     data = ROOT / "data" / "amazon-scientific"
@@ -93,7 +93,7 @@ def test_the_amazon_benchmark_is_the_published_protocol_on_the_shipped_data() ->
     sasrec = amazon.model_for("id_baseline")  # SASRec's output layer and regularisers, on the ID baseline only
     assert list(amazon.model_by_method) == ["learn_hybrid", "text_hybrid", "learn_v1", "id_baseline"] and sasrec.tied_output and sasrec.temperature == 1.0
     assert sasrec.input_dropout > 0 and sasrec.input_norm and all(amazon.model_for(m) == amazon.model for m in METHODS if m not in amazon.model_by_method)
-    recipe = {"init_std": 0.02, "output_head": False, "d_model": 128, "d_out": 128, "d_ff": 256}  # both LEARN towers, one width
+    recipe = {"init_std": 0.02, "output_head": False, "d_model": 128, "d_out": 128, "d_ff": 256}  # the LEARN towers and text_hybrid, one width
     assert asdict(amazon.model_for("learn_hybrid")) == {**asdict(amazon.model), "id_dropout": 0.8, "temperature": 0.04, **recipe}
     assert amazon.model_for("text_hybrid") == amazon.model_for("learn_hybrid")  # the same towers over MiniLM content
     assert asdict(amazon.model_for("learn_v1")) == {**asdict(amazon.model), **recipe}
