@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,5 +30,6 @@ def test_prefix_batches_bench_smoke(single_thread, monkeypatch: pytest.MonkeyPat
     assert bench.trainer.LENGTH_GROUPED_OBJECTIVES == before == ("prefixes",)
     assert 0 < grouped.slots < padded.slots
     assert grouped.loss == pytest.approx(padded.loss, abs=0.2)
+    next_item = replace(prep, config=replace(prep.config, train=replace(prep.config.train, objective="next_item")))
     with pytest.raises(SystemExit, match="not 'prefixes'"):
-        bench.run(prep, "text_encoder", "padded", 1, 64)  # next_item in the Amazon config
+        bench.run(next_item, "text_encoder", "padded", 1, 64)
