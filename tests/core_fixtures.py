@@ -7,7 +7,9 @@ which brings both the plain helpers and the pytest fixtures into their namespace
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -80,6 +82,18 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def load_script(monkeypatch: pytest.MonkeyPatch, path: Path) -> ModuleType:
+    """A script of bench/ or scripts/ (no package) imported as module ``script_<stem>``, registered
+    in ``sys.modules`` for this test only: dataclasses defined in it look their module up there."""
+    name = f"script_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
 
 
 def files_in(directory: Path) -> list[Path]:

@@ -3,10 +3,8 @@ cache, the background shard writer, SDPA loading, and a smoke run of bench/extra
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
-import sys
 import threading
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 import transformers
 
 from core_fixtures import *  # noqa: F401,F403
-from core_fixtures import files_in
+from core_fixtures import files_in, load_script
 from learn_features.cex import extractor as extractor_module
 from learn_features.cex.cache import EmbeddingCache
 from learn_features.cex.extractor import ContentExtractor, EncoderConfig
@@ -284,18 +282,9 @@ def test_a_model_that_cannot_load_is_reported(tiny_llm_dir: Path, tmp_path: Path
 # --- benchmark smoke ---------------------------------------------------------------------
 
 
-def load_bench(monkeypatch: pytest.MonkeyPatch, name: str, file_name: str):
-    """A script of bench/ imported as module ``name`` (bench/ is no package), registered for this test only."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / file_name)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_extract_benchmark_smoke(tmp_path: Path, single_thread, monkeypatch: pytest.MonkeyPatch) -> None:
     """bench/extract.py runs end to end on CPU; only its bookkeeping is checked, never its timings."""
-    bench = load_bench(monkeypatch, "bench_extract", "extract.py")
+    bench = load_script(monkeypatch, REPO / "bench" / "extract.py")
     out = tmp_path / "bench.json"
     argv = ["--model", "tiny", "--items", "64", "--batch-size", "8", "--dtype", "float32", "bfloat16",
             "--peak-sizes", "64", "--json", str(out)]
@@ -319,7 +308,7 @@ def test_extract_benchmark_smoke(tmp_path: Path, single_thread, monkeypatch: pyt
 
 def test_cpu_peak_probe_counts_2n3_flops(monkeypatch: pytest.MonkeyPatch) -> None:
     """bench/cpu_peak.py: the best size wins and a GEMM of n is 2 n^3 FLOPs over its best time."""
-    probe = load_bench(monkeypatch, "cpu_peak", "cpu_peak.py")
+    probe = load_script(monkeypatch, REPO / "bench" / "cpu_peak.py")
     clock = itertools.cycle([0.0, 0.5, 2.0, 4.0, 10.0, 11.0])  # warm-up 0.5 s, then two repeats: 2 s, 1 s (the best)
     monkeypatch.setattr(probe, "perf_counter", lambda: next(clock))
     peak = probe.measure_peak("float32", sizes=(16, 8), repeats=2, budget_s=1e9)
@@ -332,7 +321,7 @@ def test_cpu_peak_probe_skips_sizes_that_would_overrun_its_budget(monkeypatch: p
     """A slow path (bf16 without native instructions) must not stall the benchmark: after the
     smallest size, a size runs only if its time, predicted by n^3 scaling, fits the budget; the
     skipped sizes are reported, not hidden."""
-    probe = load_bench(monkeypatch, "cpu_peak", "cpu_peak.py")
+    probe = load_script(monkeypatch, REPO / "bench" / "cpu_peak.py")
     ran: list[int] = []
 
     def one_second_at_64(n: int, dtype, repeats: int) -> tuple[float, float]:
@@ -352,7 +341,7 @@ def test_extract_benchmark_random_shapes_count_exactly_off_the_gpu(tmp_path: Pat
     """Without a GPU the 7B and 0.5B shapes stay on the meta device: parameter counts (the
     known non-embedding sizes of Baichuan2-7B and Qwen2-0.5B) and padding, no timing. A local
     tokenizer directory (for a GPU machine without the shipped package) gives the same lengths."""
-    bench = load_bench(monkeypatch, "bench_extract", "extract.py")
+    bench = load_script(monkeypatch, REPO / "bench" / "extract.py")
     tokenizer = bench.load_tokenizer(bench.resolve_model("shipped:smollm2"))
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     reports = {}

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from core_fixtures import load_script
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "feast_bench.py"
 
@@ -15,12 +15,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "feast_bench.py"
 @pytest.fixture
 def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """bench/feast_bench.py loaded as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("feast_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "feast_bench", module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(monkeypatch, BENCH)
 
 
 @pytest.mark.services

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import pandas as pd
 import pytest
 
 from core_fixtures import *  # noqa: F401,F403
-from core_fixtures import clustered_split
+from core_fixtures import clustered_split, load_script
 from learn_features.data.split import SplitConfig, split_dataset
 from learn_features.data.tables import validate_catalog, validate_interactions
 from learn_features.retrieval import bootstrap_interval, paired_bootstrap_interval, rank_scores, unit_rows
@@ -147,12 +146,10 @@ def test_collapse_diagnostics() -> None:
     assert popularity_correlation(np.tile(-popularity, (3, 1)), popularity, np.arange(50)) == pytest.approx(-1.0)
 
 
-def test_the_count_models_diagnostic_finds_the_clusters() -> None:
+def test_the_count_models_diagnostic_finds_the_clusters(monkeypatch: pytest.MonkeyPatch) -> None:
     """``scripts/count_models.py``: every model it fits (item-kNN, PureSVD, EASE) scores the
     test users of a clustered split far above a random ranking (a broken scorer would not)."""
-    spec = importlib.util.spec_from_file_location("count_models", Path(__file__).resolve().parents[2] / "scripts" / "count_models.py")
-    count_models = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(count_models)
+    count_models = load_script(monkeypatch, Path(__file__).resolve().parents[2] / "scripts" / "count_models.py")
     split = clustered_split(n_users=150, n_items=120)
     random_recall = 10 / len(split.item_ids)
     names = []

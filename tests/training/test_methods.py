@@ -3,14 +3,13 @@ score users against the whole catalog), and a new method as one registered class
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from core_fixtures import clustered_split
+from core_fixtures import clustered_split, load_script
 from learn_features.data.split import EvalUsers
 from learn_features.errors import LearnFeaturesError
 from training import baselines
@@ -123,9 +122,7 @@ def test_the_cold_bias_sweep_finds_the_bias_that_ranks_new_items_as_the_referenc
     """``scripts/cold_bias_sweep.py``: at bias 0 a warm-first model shows no new item; a bias
     above the gap (0.5) puts every new item first, where it finds new targets exactly as a
     new-first reference with the same order does: the smallest such bias is the pick."""
-    spec = importlib.util.spec_from_file_location("cold_bias_sweep", Path(__file__).resolve().parents[2] / "scripts" / "cold_bias_sweep.py")
-    sweep_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep_script)
+    sweep_script = load_script(monkeypatch, Path(__file__).resolve().parents[2] / "scripts" / "cold_bias_sweep.py")
     split = clustered_split()
     split.warm_items[::6] = False  # one cluster's items are new
     monkeypatch.setitem(METHODS, "warm_first", Method("warm_first", WarmFirst, "llm"))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from core_fixtures import *  # noqa: F401,F403
+from core_fixtures import load_script
 from learn_features.config import load_config
 from training.config import PipelineConfig
 from training.pipeline import prepare
@@ -20,10 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_prefix_batches_bench_smoke(single_thread, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both ways run the trainer's steps on the shipped Amazon split; grouping runs fewer history
     slots and leaves the trainer's setting as it found it; both start alike (close losses)."""
-    spec = importlib.util.spec_from_file_location("bench_prefix_batches", REPO / "bench" / "prefix_batches.py")
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_prefix_batches", bench)
-    spec.loader.exec_module(bench)
+    bench = load_script(monkeypatch, REPO / "bench" / "prefix_batches.py")
     prep = prepare(load_config(PipelineConfig, REPO / "training" / "configs" / "amazon-scientific.toml"))
     before = bench.trainer.LENGTH_GROUPED_OBJECTIVES
     padded, grouped = (bench.run(prep, "learn_hybrid", mode, 2, 64) for mode in ("padded", "grouped"))
