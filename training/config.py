@@ -16,7 +16,7 @@ from learn_features.retrieval import DEFAULT_KS
 from learn_features.data.sources import data_source
 from learn_features.data.tables import ORDER_BY_TIME
 from training.methods import CONTENT_KINDS, METHODS, get_methods
-from training.trainer import TrainConfig
+from training.trainer import LAST_POSITION_OBJECTIVES, TrainConfig
 
 #: Training settings every method shares: seeds are numbered from train.seed, one device and
 #: worker pool serves the run, and one validation metric makes the methods' selections comparable.
@@ -121,6 +121,13 @@ class PipelineConfig:
                 raise LearnFeaturesError(
                     f"model.tied_output scores items by their ID rows; {method.name} reads content: set it for the ID baseline alone, "
                     "in [model_by_method.id_baseline]"
+                )
+        for name in (m for m in METHODS if METHODS[m].trained):  # any of them can be trained with --method
+            objective = self.train_for(name).objective
+            if self.model_for(name).positions == "from_end" and objective not in LAST_POSITION_OBJECTIVES:
+                raise LearnFeaturesError(
+                    f'model.positions = "from_end" ({name}) needs a train.objective that scores each history at its last '
+                    f"position alone ({list(LAST_POSITION_OBJECTIVES)}), got {objective!r}"
                 )
         if data_source(self.data.source).paths(self.data)[1] is None:
             raise LearnFeaturesError(f"data.source = {self.data.source!r} needs data.interactions and data.catalog paths: LEARN embeds the catalog")

@@ -225,6 +225,11 @@ NEXT_EVENT_OBJECTIVES = ("next_item", "prefixes")
 #: batch mixes one-event prefixes with 50-event ones. Windows and chunks are mostly full, so
 #: the others keep one pass, and with it the random draws their published runs were made with.
 LENGTH_GROUPED_OBJECTIVES = ("prefixes",)
+#: The objectives that score each history at its last position alone, the only ones that can
+#: train towers with ``model.positions = "from_end"`` (every earlier position's input would
+#: say how many events follow it, which serving never knows). They must run grouped by length
+#: too: that is what hands the towers each row's real length.
+LAST_POSITION_OBJECTIVES = ("prefixes",)
 
 
 def epoch_pairs(train: dict[str, TrainSequence], config: TrainConfig, history_len: int, target_len: int) -> int:
@@ -328,7 +333,7 @@ class TrainJob:
         model = asdict(self.model)
         if not self.inputs.id_part:  # only a hybrid has an ID part: other towers resume whatever id_dropout and id_init say
             del model["id_dropout"], model["id_init"]
-        for key, before in (("tied_output", False), ("input_dropout", 0.0), ("input_norm", False), ("id_init", "zeros"), ("init_std", None), ("output_head", True)):  # runs from before these settings still resume
+        for key, before in (("tied_output", False), ("input_dropout", 0.0), ("input_norm", False), ("id_init", "zeros"), ("init_std", None), ("output_head", True), ("positions", "from_start")):  # runs from before these settings still resume
             if model.get(key, before) == before:
                 model.pop(key, None)
         return model, math_config

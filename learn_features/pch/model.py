@@ -43,6 +43,25 @@ from learn_features.pch.id_init import ID_INITS
 VARIANTS = (1, 2, 3)
 
 
+def _positions_from_start(width: int, lengths: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """Position i is the i-th oldest event of the row (RecBole's SASRec pads after the events)."""
+    return torch.arange(width, device=device)
+
+
+def _positions_from_end(width: int, lengths: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """Position 0 is the row's latest real event, 1 the one before, and so on (the original
+    SASRec pads before the events, which puts the latest one in the same slot in every row).
+    Rows without ``lengths`` are taken as unpadded; padding slots get 0 (no real position
+    attends to them under the causal mask)."""
+    if lengths is None:
+        lengths = torch.full((1,), width, device=device)
+    return (lengths[:, None] - 1 - torch.arange(width, device=device)[None, :]).clamp_min(0)
+
+
+#: ``PCHConfig.positions``: how a row's slots map to rows of the learned position table.
+POSITIONS = {"from_start": _positions_from_start, "from_end": _positions_from_end}
+
+
 @dataclass
 class PCHConfig:
     """Defaults are the paper's BERT-base-sized towers; small data wants much smaller ones."""
@@ -90,6 +109,15 @@ class PCHConfig:
     # away. At RecBole's batch and rate the tied ID towers left their plateau with this and
     # init_std together, and with neither alone (README, "Amazon benchmark").
     output_head: bool = True
+    # Which event of a history learned position 0 marks: "from_start", the oldest (RecBole's
+    # SASRec), or "from_end", the latest, whatever the history's length. A prefix's latest
+    # event, the one that says most about the next, then always meets the same position row;
+    # "from_start" gives it row n - 1 of a length-n prefix, a different one per length. Counting
+    # from the end needs each row's real length and makes every earlier position's input depend
+    # on how many events follow it, so it fits only objectives that score each history at its
+    # last position (training.trainer.LAST_POSITION_OBJECTIVES). On the Amazon validation users
+    # it lifted learn_hybrid (README, "Amazon benchmark").
+    positions: str = "from_start"
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -100,6 +128,8 @@ class PCHConfig:
             raise LearnFeaturesError(f"model.temperature must be positive, got {self.temperature}")
         if not 0.0 <= self.id_dropout < 1.0:
             raise LearnFeaturesError(f"model.id_dropout must be in [0, 1) (1 would never train the ID part), got {self.id_dropout}")
+        if self.positions not in POSITIONS:
+            raise LearnFeaturesError(f"model.positions must be one of {sorted(POSITIONS)}, got {self.positions!r}")
         if self.id_init not in ID_INITS:
             raise LearnFeaturesError(f"model.id_init must be one of {sorted(ID_INITS)}, got {self.id_init!r}")
         if not 0.0 <= self.input_dropout < 1.0:
@@ -239,16 +269,18 @@ class PCH(nn.Module):
         self.head = nn.Linear(config.d_model, config.d_out) if config.output_head else nn.Identity()
         self.raw_item_head = nn.Linear(content_dim, config.d_out) if config.variant == 3 else None
 
-    def encode(self, items: torch.Tensor) -> torch.Tensor:
+    def encode(self, items: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L, content_dim) floats, (B, L) ids or (B, L, content_dim + 1) hybrid inputs ->
-        (B, L, d_out) unit vectors (raw ones with ``tied_output``), causally.
+        (B, L, d_out) unit vectors (raw ones with ``tied_output``), causally. ``lengths`` (B,)
+        are the rows' real lengths, which ``positions = "from_end"`` counts back from (rows
+        without them are taken as unpadded).
 
         Sequences are left-aligned with padding at the end; under the causal mask no real
         position attends to a later (padded) one, so padding needs no key mask. Passing
         ``is_causal=True`` with no key mask lets attention drop the explicit mask and call
         ``scaled_dot_product_attention(is_causal=True)``, which flash/memory-efficient kernels take.
         """
-        x = self._positioned(self.input(items))
+        x = self._positioned(self.input(items), lengths)
         mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device, dtype=x.dtype)
         x = self.transformer(x, mask=mask, is_causal=True)
         return self._output(x)
@@ -270,7 +302,7 @@ class PCH(nn.Module):
         out: torch.Tensor | None = None
         for width in torch.unique(widths).tolist():
             rows = torch.nonzero(widths == width).squeeze(1)
-            part = self.encode(items[rows, :width])
+            part = self.encode(items[rows, :width], lengths[rows])
             if out is None:
                 out = part.new_zeros(items.shape[0], items.shape[1], part.shape[-1])
             out = out.index_put((rows,), F.pad(part, (0, 0, 0, items.shape[1] - width)))
@@ -288,7 +320,7 @@ class PCH(nn.Module):
         work. The inputs come projected so that a caller can project each catalog item once
         (``pch.inference.input_table``) instead of once per history position.
         """
-        x = self._positioned(projected)
+        x = self._positioned(projected, lengths)
         *lower, last = self.transformer.layers
         if lower:
             mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device, dtype=x.dtype)
@@ -309,11 +341,11 @@ class PCH(nn.Module):
         out = self.head(self.final_norm(x))
         return out if self.config.tied_output else F.normalize(out, dim=-1)
 
-    def _positioned(self, x: torch.Tensor) -> torch.Tensor:
+    def _positioned(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         length = x.shape[1]
         if length > self.config.max_len:
             raise LearnFeaturesError(f"sequence of length {length} exceeds model.max_len {self.config.max_len}")
-        x = x + self.positions(torch.arange(length, device=x.device))
+        x = x + self.positions(POSITIONS[self.config.positions](length, lengths, x.device))
         return self.input_dropout(x if self.input_norm is None else self.input_norm(x))
 
     def forward(

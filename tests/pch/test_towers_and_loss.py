@@ -147,6 +147,39 @@ def test_length_grouped_encode_equals_the_padded_one_at_real_positions(kind: str
     assert not torch.allclose(wrong[real], full[real].detach(), atol=1e-3)
 
 
+@pytest.mark.parametrize("kind", ["content", "tied_sasrec", "hybrid"])
+def test_positions_from_the_end_serve_as_they_train_whatever_the_padding(kind: str) -> None:
+    """``positions = "from_end"`` counts back from each row's real length: a history gives the
+    same user vector alone (unpadded), padded in a batch on the serving path, and grouped by
+    length as the prefixes objective trains it; its latest event meets position row 0 at every
+    length (row n - 1 counting from the start), and an item alone is the same either way."""
+    torch.manual_seed(0)
+    config = replace(tiny_pch_config(), positions="from_end")
+    model, inputs = tower_of_kind(kind, config)
+    model.eval()
+    if kind == "hybrid":
+        torch.nn.init.normal_(model.input.ids.weight)  # a trained residual, not the zero start
+    rng = np.random.default_rng(4)
+    histories = [rng.integers(0, TOWER_ITEMS, length) for length in [1, 2, 3, config.max_len, *rng.integers(1, config.max_len + 1, 20)]]
+    padded, lengths = pad_array(histories, config.max_len)
+    lengths_t = torch.as_tensor(lengths)
+    with torch.inference_mode():
+        alone = np.stack([model.encode(inputs.gather(torch.as_tensor(h[None])))[0, -1].numpy() for h in histories])
+        grouped = model.last_position(model.user_embeddings(inputs.gather(torch.as_tensor(padded)), lengths_t), lengths_t).numpy()
+    np.testing.assert_allclose(user_vectors(model, inputs, histories), alone, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(grouped, alone, atol=1e-5, rtol=0)
+    zeros, rows = torch.zeros(len(histories), config.max_len, config.d_model), torch.arange(len(histories))
+    latest = model._positioned(zeros, lengths_t)[rows, lengths_t - 1]
+    torch.testing.assert_close(latest, model._positioned(zeros[:, :1])[:, 0].expand_as(latest))
+    from_start, _ = tower_of_kind(kind, replace(config, positions="from_start"))
+    from_start.load_state_dict(model.state_dict())
+    from_start.eval()
+    assert not torch.allclose(from_start._positioned(zeros, lengths_t)[rows, lengths_t - 1], latest, atol=1e-3)
+    with torch.inference_mode():
+        items = inputs.gather(torch.arange(TOWER_ITEMS))
+        torch.testing.assert_close(from_start.item_embeddings(items), model.item_embeddings(items))
+
+
 def test_pad_array_layout() -> None:
     padded, lengths = pad_array([np.array([4, 5, 6]), np.array([7]), np.array([], dtype=np.int64)])
     assert padded.tolist() == [[4, 5, 6], [7, PAD, PAD], [PAD, PAD, PAD]] and lengths.tolist() == [3, 1, 0]

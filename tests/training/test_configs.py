@@ -66,7 +66,9 @@ def test_the_amazon_benchmark_is_the_published_protocol_on_the_shipped_data() ->
     defaults, and every tower trained as RecBole trains SASRec (the full softmax, one sample
     per prefix in batches of 2,048, the small start without a head, twice its width; chosen on
     validation), all at the same settings but for the hybrids' ID dropout 0.8 and temperature
-    0.04 and the ID baseline's SASRec settings (also chosen there), with the MovieLens
+    0.04, positions counted from the end for learn_hybrid and learn_v1 (and learn_v2, its
+    twin under the full softmax) and the ID baseline's SASRec settings
+    (also chosen there), with the MovieLens
     benchmark's towers otherwise but for dropout 0.2, and its encoders (the LLM in fp32, the
     content its README table was computed on)."""
     amazon = load_config(PipelineConfig, CONFIGS / "amazon-scientific.toml")
@@ -87,10 +89,13 @@ def test_the_amazon_benchmark_is_the_published_protocol_on_the_shipped_data() ->
     assert all(amazon.train_for(m) == amazon.train for m in trained if m != "id_baseline")
     assert amazon.train_for("id_baseline") == replace(amazon.train, epochs=100, patience=10)
     sasrec = amazon.model_for("id_baseline")  # SASRec's output layer, width and regularisers, on the ID baseline only
-    assert list(amazon.model_by_method) == ["learn_hybrid", "text_hybrid", "id_baseline"] and sasrec.tied_output and sasrec.temperature == 1.0
+    assert list(amazon.model_by_method) == ["learn_hybrid", "text_hybrid", "learn_v1", "learn_v2", "id_baseline"]
+    assert sasrec.tied_output and sasrec.temperature == 1.0
     assert sasrec.input_dropout > 0 and sasrec.input_norm and sasrec.d_model == sasrec.d_out == 64
-    assert amazon.model_for("learn_hybrid") == amazon.model_for("text_hybrid") == replace(amazon.model, id_dropout=0.8, temperature=0.04)
-    assert all(amazon.model_for(m) == amazon.model for m in trained if m not in amazon.model_by_method)  # learn_v1-v3, text_encoder
+    hybrid = replace(amazon.model, id_dropout=0.8, temperature=0.04)
+    assert amazon.model_for("text_hybrid") == hybrid and amazon.model_for("learn_hybrid") == replace(hybrid, positions="from_end")
+    assert amazon.model_for("learn_v1") == amazon.model_for("learn_v2") == replace(amazon.model, positions="from_end")
+    assert all(amazon.model_for(m) == amazon.model for m in trained if m not in amazon.model_by_method)  # learn_v3, text_encoder
     towers = {"init_std": 0.02, "output_head": False, "d_model": 128, "d_out": 128, "d_ff": 256}  # RecBole's start, twice its width
     assert asdict(amazon.model) == {**asdict(benchmark.model), "max_len": 50, "dropout": 0.2, **towers}
     assert asdict(amazon.llm) == {**asdict(benchmark.llm), "dtype": "float32"} and asdict(amazon.text_encoder) == asdict(benchmark.text_encoder)
@@ -165,6 +170,9 @@ def test_a_trained_method_can_have_its_own_towers() -> None:
          r"model.d_out \(32\) must equal model.d_model \(64\)"),
         (["model_by_method.id_baseline.max_len=8"], r"model_by_method.id_baseline.max_len \(8\) must cover"),
         (["model.tied_output=true"], "learn_v1 reads content: set it for the ID baseline alone"),
+        (['model.positions="latest"'], r"model.positions must be one of \['from_end', 'from_start'\]"),
+        # the MovieLens configs train on windows (all-action), which score every position
+        (['model_by_method.learn_hybrid.positions="from_end"'], r'model.positions = "from_end" \(learn_hybrid\) needs a train.objective'),
     ],
 )
 def test_bad_per_method_towers_are_refused_naming_the_table(overrides: list[str], message: str) -> None:

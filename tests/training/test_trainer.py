@@ -15,6 +15,7 @@ from learn_features.data.split import EvalUsers, Split, TrainSequence
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
 from learn_features.pch.id_init import svd_init
+from learn_features.pch.inference import user_vectors
 from learn_features.pch.inputs import ItemInputs
 from learn_features.pch.model import PCH, PCHConfig
 from training import trainer
@@ -188,6 +189,32 @@ def test_validation_score_improves_over_random_init(reference, data) -> None:
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < losses[0]
     assert all(h["loss"] < h["chance_loss"] for h in result.history[1:]), result.history
+
+
+def test_positions_from_the_end_train_under_prefixes_and_come_back_from_the_checkpoint(data, tmp_path: Path, single_thread) -> None:
+    """``model.positions = "from_end"`` trains under the prefixes objective (loss below chance,
+    above the untrained towers), is its own fingerprint, and ``best.pt`` rebuilds towers that
+    count from the end: they score what training recorded, which the same weights read from
+    the start do not."""
+    split, inputs = data
+    model = dataclasses.replace(MODEL, positions="from_end")
+    config = dataclasses.replace(TRAIN, softmax="full", objective="prefixes", epochs=12, patience=12)
+    job = TrainJob(tmp_path, model, config, split, inputs, HISTORY_LEN, TARGET_LEN, "learn_v1")
+    cpu = torch.device("cpu")
+    assert job.fingerprint(cpu) != dataclasses.replace(job, model=MODEL).fingerprint(cpu)
+    result = train_towers(job, progress=False)
+    torch.manual_seed(0)
+    initial = validation_score(PCH(model, content_dim=inputs.content_dim), inputs, split.val, len(split.item_ids), TRAIN.select_metric)
+    assert result.best_score >= initial + 0.1, (result.best_score, initial)
+    assert all(h["loss"] < h["chance_loss"] for h in result.history[1:]), result.history
+    best = checkpoint.load_payload(result.best_checkpoint)
+    rebuilt = checkpoint.build_model(best, cpu)
+    assert rebuilt.config.positions == "from_end"
+    assert validation_score(rebuilt, inputs, split.val, len(split.item_ids), TRAIN.select_metric) == pytest.approx(result.best_score)
+    read_from_start = PCH(MODEL, content_dim=inputs.content_dim)
+    read_from_start.load_state_dict(best["state_dict"])
+    vectors = user_vectors(rebuilt, inputs, split.val.histories)
+    assert not np.allclose(user_vectors(read_from_start.eval(), inputs, split.val.histories), vectors, atol=1e-3)
 
 
 @pytest.mark.parametrize("objective", ["all_action", "next_item", "prefixes"])
