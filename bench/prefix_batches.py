@@ -14,6 +14,8 @@ is what every prefixes run did before it existed. Content towers read random vec
 shipped LLM's width (576) with the split's ID slots, since speed does not depend on what the
 vectors mean; no extraction is needed. Both runs start from the same seed, so their losses
 after the same steps should be close (the dropout draws differ) and are printed to show it.
+Both count positions from the start (``model.positions``): the padded pass hands the towers no
+lengths to count from the end with, and which position row a slot reads costs the same.
 
 On a CPU the towers run single-threaded by default (``--threads``), as ``train.workers``
 trains them.
@@ -69,6 +71,7 @@ def run(prep, method: str, mode: str, steps: int, batch_size: int | None) -> Tim
     job = train_job(prep, split.protocol, method, prep.config.train.seed, item_inputs(split, method))
     if job.train.objective != "prefixes":
         raise SystemExit(f"{method}: train.objective is {job.train.objective!r} in this config, not 'prefixes'; nothing to compare")
+    job = replace(job, model=replace(job.model, positions="from_start"))
     if batch_size is not None:
         job = replace(job, train=replace(job.train, batch_size=batch_size))
     device = torch.device("cpu")
