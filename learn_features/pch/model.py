@@ -116,7 +116,7 @@ class PCHConfig:
     # from the end needs each row's real length and makes every earlier position's input depend
     # on how many events follow it, so it fits only objectives that score each history at its
     # last position (training.trainer.LAST_POSITION_OBJECTIVES). On the Amazon validation users
-    # it lifted learn_hybrid (README, "Amazon benchmark").
+    # it lifted learn_hybrid and learn_v1 in every seed (README, "Amazon benchmark").
     positions: str = "from_start"
 
     def __post_init__(self) -> None:
