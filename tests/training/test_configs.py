@@ -67,10 +67,9 @@ def test_the_amazon_benchmark_is_the_published_protocol_on_the_shipped_data() ->
     per prefix in batches of 2,048, the small start without a head, twice its width; chosen on
     validation), all at the same settings but for the hybrids' ID dropout 0.8 and temperature
     0.04, positions counted from the end for learn_hybrid and learn_v1 (and learn_v2, its
-    twin under the full softmax) and the ID baseline's SASRec settings
-    (also chosen there), with the MovieLens
-    benchmark's towers otherwise but for dropout 0.2, and its encoders (the LLM in fp32, the
-    content its README table was computed on)."""
+    twin under the full softmax) and the ID baseline's SASRec settings (also chosen there),
+    with the MovieLens benchmark's towers otherwise but for dropout 0.2, and its encoders (the
+    LLM in fp32, the content its README table was computed on)."""
     amazon = load_config(PipelineConfig, CONFIGS / "amazon-scientific.toml")
     benchmark = load_config(PipelineConfig, CONFIGS / "movielens-benchmark.toml")
     data = ROOT / "data" / "amazon-scientific"

@@ -196,6 +196,8 @@ def test_positions_from_the_end_train_under_prefixes_and_come_back_from_the_chec
     above the untrained towers), is its own fingerprint, and ``best.pt`` rebuilds towers that
     count from the end: they score what training recorded, which the same weights read from
     the start do not."""
+    # the towers learn each row's length only where the trainer runs histories grouped by length
+    assert set(trainer.LAST_POSITION_OBJECTIVES) <= set(trainer.LENGTH_GROUPED_OBJECTIVES)
     split, inputs = data
     model = dataclasses.replace(MODEL, positions="from_end")
     config = dataclasses.replace(TRAIN, softmax="full", objective="prefixes", epochs=12, patience=12)
