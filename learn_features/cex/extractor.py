@@ -47,7 +47,7 @@ class EncoderConfig:
     batch_size: int = 32
     chunk_size: int = 512  # items per cache shard: the unit of work lost on interruption
     device: str = "auto"
-    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or float32, bfloat16, float16 (part of the cache key)
+    dtype: str = "auto"  # auto: bf16 where the device computes it natively, else fp32; or float32, bfloat16, float16 (cache key)
     add_special_tokens: bool | None = None  # None: off for decoders (stable across tokenizer versions), on for encoders
     trust_remote_code: bool = False
     shard: str | None = None  # "I/N": `learn-features extract` embeds only shard I of N into the cache (sharding.py)
@@ -68,7 +68,8 @@ class EncoderConfig:
     def content_identity(self) -> dict[str, Any]:
         """The settings that change the vectors (beside the weights): a content store records
         them, so training refuses content extracted under other settings. The dtype is the
-        resolved one, so that ``auto`` on a GPU (bf16) and on a CPU (fp32) never pass for each other."""
+        resolved one, so that ``auto`` resolved to bf16 (a GPU, a CPU with native bf16) and to
+        fp32 never pass for each other."""
         return {**{name: getattr(self, name) for name in CONTENT_FIELDS}, "dtype": dtype_name(self.compute_dtype())}
 
 

@@ -13,7 +13,7 @@ from core_fixtures import *  # noqa: F401,F403
 from core_fixtures import files_in, save_tiny_llm
 from learn_features.cex import extractor as extractor_module
 from learn_features.cex.extractor import ContentExtractor, EncoderConfig, pool
-from learn_features.cex.model_loading import SMOLLM2_GGUF, resolve_model
+from learn_features.cex.model_loading import SMOLLM2_GGUF, pick_dtype, resolve_model
 from learn_features.cex.prompt import DEFAULT_TEMPLATE, render_prompts, template_fields
 from learn_features.errors import LearnFeaturesError
 
@@ -255,6 +255,30 @@ def test_encoder_config_validation() -> None:
         EncoderConfig(batch_size=0)
     with pytest.raises(LearnFeaturesError, match="not one of auto, float32, bfloat16"):
         EncoderConfig(dtype="int8")
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, torch.float32), (True, False, torch.bfloat16), (False, True, torch.bfloat16)])
+def test_auto_dtype_on_cpu_is_bf16_only_where_the_cpu_computes_it(monkeypatch, avx512_bf16: bool, amx: bool, expected: torch.dtype) -> None:
+    """Emulated bf16 ran SmolLM2 7x slower than fp32 on an AVX2 CPU: ``auto`` must not pick it there."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert pick_dtype(torch.device("cpu")) == expected
+    assert EncoderConfig(device="cpu").content_identity()["dtype"] == str(expected).removeprefix("torch.")
+    assert pick_dtype(torch.device("cpu"), "bfloat16") == torch.bfloat16  # an explicit choice is kept
+
+
+def test_auto_dtype_without_the_cpu_probes_is_fp32(monkeypatch) -> None:
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert pick_dtype(torch.device("cpu")) == torch.float32
+
+
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_dtype_on_a_gpu_follows_its_native_bf16(monkeypatch, native: bool, expected: torch.dtype) -> None:
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(including_emulation) or native)
+    assert pick_dtype(torch.device("cuda")) == expected
+    assert asked == [False]  # emulated bf16 (pre-Ampere) does not count
 
 
 def test_decoder_gets_no_special_tokens_unless_asked(tiny_llm_dir: Path, tmp_path: Path, forward_calls) -> None:
