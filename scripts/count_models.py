@@ -6,7 +6,10 @@ projected onto the top right singular vectors of the training user-item matrix, 
 ``model.id_init = "svd"`` starts the hybrid from the same SVD; also with unit item vectors, as a
 cosine tower's are) and EASE (Steck, WWW 2019: a closed-form item-item regression) each score
 the validation and the test users of every protocol over a small grid, on the same users,
-exclusions and metric as the training's model selection (``train.select_metric``):
+exclusions and metric as the training's model selection (``train.select_metric``). Then each
+family's choice on the validation users is paired against item-kNN's on the test users
+(per-user differences, 95% bootstrap interval): whether a count model beats the tables'
+item-kNN row by more than the test users' noise, i.e. what a tower must do there.
 
     .venv/bin/python scripts/count_models.py -c training/configs/movielens-benchmark.toml
 
@@ -25,7 +28,7 @@ from learn_features.config import load_config
 from learn_features.data.incidence import incidence_matrix
 from learn_features.data.split import EvalUsers, Split
 from learn_features.pch.id_init import truncated_svd
-from learn_features.retrieval import unit_rows
+from learn_features.retrieval import paired_bootstrap_interval, per_user_scores, rank_scores, unit_rows
 from training import baselines
 from training.config import PipelineConfig
 from training.pipeline import prepare
@@ -77,6 +80,26 @@ def ease(split: Split) -> Iterator[tuple[str, Scorer]]:
 
 
 MODELS = (item_knn, pure_svd, ease)
+#: What the paired comparison reports beside the selection metric: the literature's cut-offs.
+PAIRED_METRICS = ("recall@10", "ndcg@10")
+
+
+def paired_against_item_knn(users: EvalUsers, chosen: dict[str, tuple[str, np.ndarray]],
+                            metrics: tuple[str, ...]) -> list[tuple[str, str, float, float, float, float]]:
+    """(model, metric, its mean, mean of its per-user difference from item-kNN, interval low,
+    high) for each family's chosen model; ``chosen`` maps family -> (model name, test scores)."""
+    ks = sorted({int(m.split("@")[1]) for m in metrics})
+    per_user = {
+        family: (name, per_user_scores(rank_scores(scores, users.exclude, max(ks)), users.targets, ks))
+        for family, (name, scores) in chosen.items()
+    }
+    reference = per_user["item_knn"][1]
+    rows = []
+    for name, table in per_user.values():
+        for metric in metrics:
+            differences = table[metric] - reference[metric]
+            rows.append((name, metric, float(table[metric].mean()), float(differences.mean()), *paired_bootstrap_interval(differences)))
+    return rows
 
 
 def main() -> None:
@@ -87,12 +110,25 @@ def main() -> None:
     config = load_config(PipelineConfig, args.config, args.set)
     metric = config.train.select_metric
     depth = int(metric.split("@")[1])
+    metrics = tuple(dict.fromkeys((metric, *PAIRED_METRICS)))
     print(f"protocol\tmodel\tvalidation {metric}\ttest {metric}")
+    paired = []
     for protocol, split in prepare(config).splits.items():
+        chosen: dict[str, tuple[str, np.ndarray]] = {}
         for family in MODELS:
+            best = -np.inf
             for name, scorer in family(split):
-                val, test = (validation_score_of_scores(scorer(users), users, metric, depth) for users in (split.val, split.test))
+                test_scores = scorer(split.test)
+                val = validation_score_of_scores(scorer(split.val), split.val, metric, depth)
+                test = validation_score_of_scores(test_scores, split.test, metric, depth)
                 print(f"{protocol}\t{name}\t{val:.4f}\t{test:.4f}", flush=True)
+                if val > best:
+                    best, chosen[family.__name__] = val, (name, test_scores)
+        paired += [(protocol, *row) for row in paired_against_item_knn(split.test, chosen, metrics)]
+    print("\nEach family's validation choice against item-kNN's, test users, paired 95% interval:")
+    print("protocol\tmodel\tmetric\ttest\tminus item_knn [interval]")
+    for protocol, name, metric_name, mean, difference, low, high in paired:
+        print(f"{protocol}\t{name}\t{metric_name}\t{mean:.4f}\t{difference:+.4f} [{low:+.4f}, {high:+.4f}]")
 
 
 if __name__ == "__main__":

@@ -158,3 +158,17 @@ def test_the_count_models_diagnostic_finds_the_clusters(monkeypatch: pytest.Monk
             names.append(name.split()[0])
             assert validation_score_of_scores(scorer(split.test), split.test, "recall@10", 10) > 3 * random_recall, name
     assert set(names) == {"item_knn", "pure_svd", "ease"}
+
+
+def test_the_count_models_diagnostic_pairs_each_choice_against_item_knn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item-kNN against itself differs by exactly 0; a scorer that ranks at random is below it
+    on a clustered split, with an interval that says so."""
+    count_models = load_script(monkeypatch, Path(__file__).resolve().parents[2] / "scripts" / "count_models.py")
+    split = clustered_split(n_users=150, n_items=120)
+    name, scorer = next(count_models.item_knn(split))
+    noise = np.random.default_rng(0).uniform(size=(len(split.test), len(split.item_ids)))
+    chosen = {"item_knn": (name, scorer(split.test)), "noise": ("noise", noise)}
+    rows = {row[0]: row for row in count_models.paired_against_item_knn(split.test, chosen, ("recall@10", "ndcg@10")) if row[1] == "recall@10"}
+    assert rows[name][3:] == (0.0, 0.0, 0.0)
+    _, _, mean, difference, low, high = rows["noise"]
+    assert difference == pytest.approx(mean - rows[name][2]) and low <= difference <= high < 0
