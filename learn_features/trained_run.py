@@ -28,6 +28,7 @@ from learn_features.device import pick_device
 from learn_features.embeddings_io import EmbeddingTable, read_frame
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
+from learn_features.pch.collaborative import CollaborativePart, vector_dim
 from learn_features.pch.content_store import ContentStore, items_digest
 from learn_features.pch.inference import input_table, item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
@@ -74,9 +75,9 @@ class TrainedRun:
                 f"{where}: the checkpoint {manifest['checkpoint']} holds method {payload.get('method')!r}, the manifest says "
                 f"{manifest['method']!r}; re-run `learn-features embed` for this run"
             )
-        if payload["model_config"]["d_out"] != manifest["dim"]:
+        if vector_dim(payload) != manifest["dim"]:
             raise LearnFeaturesError(
-                f"{where}: the checkpoint {manifest['checkpoint']} gives {payload['model_config']['d_out']}-d vectors, the manifest "
+                f"{where}: the checkpoint {manifest['checkpoint']} gives {vector_dim(payload)}-d vectors, the manifest "
                 f"says dim {manifest['dim']}; re-run `learn-features embed` for this run"
             )
         if catalog is None:
@@ -100,15 +101,28 @@ class TrainedRun:
     def model_version(self) -> str:
         return str(self.manifest["model_version"])
 
+    @property
+    def collaborative(self) -> CollaborativePart | None:
+        """The collaborative part published beside the towers' output (None for most towers)."""
+        return CollaborativePart.of_payload(self.payload)
+
     def user_vectors(self, histories: Sequence[np.ndarray], progress: bool = False) -> np.ndarray:
         """(U, d) vectors after each history (catalog indices of ``item_ids``)."""
         if self._input_table is None:
             self._input_table = input_table(self.model, self.inputs)
-        return user_vectors(self.model, self.inputs, histories, progress=progress, table=self._input_table)
+        vectors = user_vectors(self.model, self.inputs, histories, progress=progress, table=self._input_table)
+        part = self.collaborative
+        return vectors if part is None else np.hstack([vectors, part.users(histories, self._slots())])
 
     def item_vectors(self) -> np.ndarray:
         """(len(item_ids), d) vectors, each item through the item tower alone."""
-        return item_vectors(self.model, self.inputs, np.arange(len(self.item_ids)))
+        vectors = item_vectors(self.model, self.inputs, np.arange(len(self.item_ids)))
+        part = self.collaborative
+        return vectors if part is None else np.hstack([vectors, part.items(self._slots())])
+
+    def _slots(self) -> np.ndarray:
+        """Each of ``item_ids``' ID slot (0: none), what the collaborative part is indexed by."""
+        return self.inputs.id_slots.cpu().numpy()  # type: ignore[union-attr]  # a part exists only beside ID slots
 
 
 def _require_inputs(payload: dict[str, Any], inputs: ItemInputs, where: str) -> None:

@@ -123,6 +123,11 @@ class PipelineConfig:
                     "in [model_by_method.id_baseline]"
                 )
         for name in (m for m in METHODS if METHODS[m].trained):  # any of them can be trained with --method
+            if self.model_for(name).collaborative_rank and not METHODS[name].id_part:
+                raise LearnFeaturesError(
+                    f"model.collaborative_rank ({name}): the collaborative part is indexed by the ID slots of a hybrid's items; "
+                    f"set it for {[m for m in METHODS if METHODS[m].id_part]} alone, in [model_by_method.<method>]"
+                )
             objective = self.train_for(name).objective
             if self.model_for(name).positions == "from_end" and objective not in LAST_POSITION_OBJECTIVES:
                 raise LearnFeaturesError(

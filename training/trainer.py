@@ -62,6 +62,7 @@ from learn_features.device import pick_device
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
 from learn_features.pch.batching import Batch, make_batch
+from learn_features.pch.collaborative import PAYLOAD_KEY, WEIGHTS, CollaborativePart
 from learn_features.pch.id_init import ID_INITS
 from learn_features.pch.inference import item_vectors, user_vectors
 from learn_features.pch.inputs import ItemInputs
@@ -253,6 +254,33 @@ def validation_score_of_scores(scores: np.ndarray, users: EvalUsers, metric: str
     return score_rankings(rank_scores(scores, users.exclude, depth), users.targets, (depth,))[metric]
 
 
+def fit_collaborative_part(job: TrainJob, device: torch.device, progress: bool = False) -> None:
+    """Add the collaborative part (``learn_features.pch.collaborative``) to a finished ``best.pt``
+    whose model config asks for one: factors from the training events, and the weight of
+    ``WEIGHTS`` under which the towers' score plus the part's scores the validation users
+    best (the smaller on a tie; 0 without validation users). The towers' weights are not
+    touched, so this runs after training, and again only when the part is missing."""
+    if not job.collaborative_part_missing():
+        return
+    best = job.out_dir / BEST
+    payload = checkpoint.load_payload(best)
+    slots = job.inputs.id_slots.cpu().numpy()
+    part = CollaborativePart.fit(slots, [sequence.items for sequence in job.split.train.values()], job.model.collaborative_rank)
+    users, scores = job.split.val, {}
+    if len(users):
+        model = checkpoint.build_model(payload, device)
+        towers = user_vectors(model, job.inputs, users.histories) @ item_vectors(model, job.inputs, np.arange(len(slots))).T
+        shared = part.users(users.histories, slots) @ part.items(slots).T
+        metric = job.train.select_metric
+        scores = {w: validation_score_of_scores(towers + w * shared, users, metric, int(metric.split("@")[1])) for w in WEIGHTS}
+    weight = max(scores, key=scores.__getitem__) if scores else 0.0
+    payload[PAYLOAD_KEY] = {**part.with_weight(weight).to_payload(), "validation": {str(w): s for w, s in scores.items()}}
+    checkpoint.save(best, payload)
+    if progress and scores:
+        tqdm.write(f"[{job.method}] collaborative part, rank {part.rank}: weight {weight:g}, validation {job.train.select_metric} "
+                   f"{scores[weight]:.4f} (towers alone {scores[0.0]:.4f})")
+
+
 def _fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -331,6 +359,7 @@ class TrainJob:
         if config.objective == "all_action":  # likewise for runs from before train.objective
             del math_config["objective"]
         model = asdict(self.model)
+        del model["collaborative_rank"]  # fitted after training (fit_collaborative_part): the towers train the same
         if not self.inputs.id_part:  # only a hybrid has an ID part: other towers resume whatever id_dropout and id_init say
             del model["id_dropout"], model["id_init"]
         for key, before in (("tied_output", False), ("input_dropout", 0.0), ("input_norm", False), ("id_init", "zeros"), ("init_std", None), ("output_head", True), ("positions", "from_start")):  # runs from before these settings still resume
@@ -355,9 +384,20 @@ class TrainJob:
 
     def finished(self) -> TrainResult | None:
         """The result of a finished model, read from its ``last.pt`` without building anything;
-        None when it is missing, unfinished or was trained under other settings or data."""
+        None when it is missing, unfinished, was trained under other settings or data, or still
+        lacks the collaborative part its model config asks for."""
         saved = self.resumable(self.fingerprint(pick_device(self.train.device)))
-        return None if saved is None or not self.done(saved["state"]) else self.result(saved["state"])
+        if saved is None or not self.done(saved["state"]) or self.collaborative_part_missing():
+            return None
+        return self.result(saved["state"])
+
+    def collaborative_part_missing(self) -> bool:
+        """Whether ``best.pt`` lacks the collaborative part of ``model.collaborative_rank``."""
+        rank, best = self.model.collaborative_rank, self.out_dir / BEST
+        if rank == 0 or not best.exists():
+            return False
+        part = CollaborativePart.of_payload(checkpoint.load_payload(best))
+        return part is None or part.rank != rank
 
 
 @dataclass
@@ -505,6 +545,9 @@ def train_towers(job: TrainJob, progress: bool = True) -> TrainResult:
     fingerprint = job.fingerprint(device)
     saved = job.resumable(fingerprint)
     if saved is not None and job.done(saved["state"]):
+        if lead:
+            fit_collaborative_part(job, device, progress)
+        world.barrier()
         return job.result(saved["state"])
     parts = build_parts(job, device, world)
     config, model = job.train, parts.model
@@ -538,5 +581,7 @@ def train_towers(job: TrainJob, progress: bool = True) -> TrainResult:
         if lead:
             last = {"optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(), "state": state}
             checkpoint.save(job.out_dir / LAST, {"state_dict": model.state_dict(), **last, "fingerprint": fingerprint})
+    if lead:
+        fit_collaborative_part(job, device, progress)
     world.barrier()  # no rank moves on before rank 0 has written the checkpoints
     return job.result(state)

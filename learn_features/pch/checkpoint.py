@@ -17,6 +17,7 @@ import torch
 
 from learn_features.atomic import atomic_path
 from learn_features.errors import LearnFeaturesError
+from learn_features.pch import collaborative
 from learn_features.pch.inputs import ItemInputs
 from learn_features.pch.model import PCH, PCHConfig
 
@@ -95,7 +96,8 @@ def content_inputs_for(payload: dict[str, Any], content: ItemInputs, item_ids: l
 
 
 def model_version(payload: dict[str, Any], method: str, inputs_identity: str) -> str:
-    """Hash of the weights and of the item inputs they read (``ItemInputs.identity``).
+    """Hash of the weights (and of a collaborative part) and of the item inputs they read
+    (``ItemInputs.identity``).
 
     The same trained model over the same content always publishes under the same version;
     new content (a changed prompt, new catalog items) gives new item vectors and so a new
@@ -105,4 +107,8 @@ def model_version(payload: dict[str, Any], method: str, inputs_identity: str) ->
     for name, tensor in sorted(payload["state_dict"].items()):
         digest.update(name.encode())
         digest.update(tensor.numpy().tobytes())
+    part = payload.get(collaborative.PAYLOAD_KEY)
+    if part is not None:  # the published vectors carry it: another part or weight is another version
+        digest.update(part["factors"].numpy().tobytes())
+        digest.update(repr(float(part["weight"])).encode())
     return f"{method}-{digest.hexdigest()[:12]}"

@@ -118,6 +118,11 @@ class PCHConfig:
     # last position (training.trainer.LAST_POSITION_OBJECTIVES). On the Amazon validation users
     # it lifted learn_hybrid and learn_v1 in every seed (README, "Amazon benchmark").
     positions: str = "from_start"
+    # Hybrid towers only: the rank of the collaborative part published beside the towers'
+    # output (``learn_features.pch.collaborative``): the training events' SVD factors, whose
+    # weight is chosen on the validation users after training. 0: none, the towers alone. It
+    # does not change the towers' training, so it is no part of their fingerprint.
+    collaborative_rank: int = 0
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -132,6 +137,8 @@ class PCHConfig:
             raise LearnFeaturesError(f"model.positions must be one of {sorted(POSITIONS)}, got {self.positions!r}")
         if self.id_init not in ID_INITS:
             raise LearnFeaturesError(f"model.id_init must be one of {sorted(ID_INITS)}, got {self.id_init!r}")
+        if self.collaborative_rank < 0:
+            raise LearnFeaturesError(f"model.collaborative_rank must be 0 (none) or a positive rank, got {self.collaborative_rank}")
         if not 0.0 <= self.input_dropout < 1.0:
             raise LearnFeaturesError(f"model.input_dropout must be in [0, 1), got {self.input_dropout}")
         if self.input_norm and not self.tied_output:

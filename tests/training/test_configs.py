@@ -172,6 +172,8 @@ def test_a_trained_method_can_have_its_own_towers() -> None:
         (['model.positions="latest"'], r"model.positions must be one of \['from_end', 'from_start'\]"),
         # the MovieLens configs train on windows (all-action), which score every position
         (['model_by_method.learn_hybrid.positions="from_end"'], r'model.positions = "from_end" \(learn_hybrid\) needs a train.objective'),
+        (["model_by_method.learn_v1.collaborative_rank=8"], r"model.collaborative_rank \(learn_v1\): the collaborative part is indexed"),
+        (["model_by_method.learn_hybrid.collaborative_rank=-1"], "model.collaborative_rank must be 0"),
     ],
 )
 def test_bad_per_method_towers_are_refused_naming_the_table(overrides: list[str], message: str) -> None:

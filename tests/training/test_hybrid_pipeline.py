@@ -120,3 +120,46 @@ def test_embedding_another_method_drops_the_id_part(hybrid_run, tmp_path: Path, 
     run = RunDir(other)
     assert run.read_manifest()["id_part"] is None and not run.id_part_items.exists()
     assert run.read_manifest()["cold_bias"] == 0.0
+
+
+def test_a_collaborative_part_is_published_served_and_left_out_of_new_items(hybrid_run, tmp_path: Path, single_thread) -> None:  # noqa: F811
+    """``collaborative_rank`` on a trained hybrid: `train` fits the part without retraining the
+    towers, `embed` publishes [towers, part] under a new model version, a user's vector scores
+    an item by the towers' score plus the weighted part's, a brand-new item carries no part,
+    and the wider vectors go through Feast."""
+    root, flags = hybrid_run
+    other = tmp_path / "run"
+    shutil.copytree(root / "run", other)
+    relocated = [*flags, "--run-dir", str(other), "--set", "eval.primary_method=learn_hybrid", "--set", "model_by_method.learn_hybrid.collaborative_rank=4"]
+    before = RunDir(other).read_manifest()
+    towers_before = checkpoint.load_payload(Path(before["checkpoint"].replace(str((root / "run").resolve()), str(other.resolve()))))["state_dict"]
+    assert main(["train", *relocated, "--method", "learn_hybrid"]) == 0 and main(["embed", *relocated]) == 0
+    manifest = RunDir(other).read_manifest()
+    payload = checkpoint.load_payload(Path(manifest["checkpoint"]))
+    assert all(torch.equal(payload["state_dict"][k], towers_before[k]) for k in towers_before)  # not retrained
+    d_out = payload["model_config"]["d_out"]
+    assert manifest["dim"] == d_out + 4 and manifest["model_version"] != before["model_version"]
+
+    tower = TrainedRun.load(other, device="cpu")
+    part = tower.collaborative
+    published = np.stack(read_frame(other / "embeddings" / "item_embeddings.parquet", "item")["embedding"])
+    np.testing.assert_allclose(tower.item_vectors(), published, rtol=0, atol=1e-6)
+    histories = [np.array([0, 1, 2]), np.array([3])]
+    weighted = TrainedRun(tower.payload | {"collaborative": part.with_weight(0.5).to_payload()}, tower.model, tower.inputs, tower.item_ids)
+    towers_only = TrainedRun(tower.payload | {"collaborative": None}, tower.model, tower.inputs, tower.item_ids)
+    slots = tower.inputs.id_slots.numpy()
+    expected = towers_only.user_vectors(histories) @ towers_only.item_vectors().T + 0.5 * (
+        part.with_weight(1.0).users(histories, slots) @ part.with_weight(1.0).items(slots).T)
+    np.testing.assert_allclose(weighted.user_vectors(histories) @ weighted.item_vectors().T, expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(expected - towers_only.user_vectors(histories) @ towers_only.item_vectors().T).max() > 1e-3  # the part adds something
+
+    catalog = pd.read_parquet(root / "catalog.parquet")
+    new = embed_catalog_items(other, catalog.iloc[[0]].assign(item_id="brand-new"), device="cpu", progress=False)
+    assert new.vectors.shape == (1, d_out + 4) and not new.vectors[0, d_out:].any()
+
+    repo = copy_repo(tmp_path / "repo")
+    assert main(["publish", "--run-dir", str(other), "--repo", str(repo), "-q"]) == 0
+    apply_repo(open_store(repo), repo)
+    assert main(["materialize", "--repo", str(repo), "-q"]) == 0 and main(["verify-online", "--repo", str(repo), "-q"]) == 0
+    scored = LearnFeatureClient(repo).score("u0", ["sku-1", "sku-5"])
+    assert scored.scorable.all() and scored.item_model_versions == [manifest["model_version"]] * 2

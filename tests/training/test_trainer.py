@@ -14,6 +14,7 @@ from core_fixtures import cluster_content, clustered_split, tiny_pch_config
 from learn_features.data.split import EvalUsers, Split, TrainSequence
 from learn_features.errors import LearnFeaturesError
 from learn_features.pch import checkpoint
+from learn_features.pch.collaborative import WEIGHTS, CollaborativePart
 from learn_features.pch.id_init import svd_init
 from learn_features.pch.inference import user_vectors
 from learn_features.pch.inputs import ItemInputs
@@ -309,6 +310,40 @@ def test_hybrid_training_is_seeded_and_its_checkpoint_carries_content_and_ids(da
     assert payload["trained_item_ids"] == ids and payload["content_dim"] == inputs.content_dim
     table = checkpoint.build_model(payload, torch.device("cpu")).input.ids.weight
     assert table.shape[0] == len(ids) + 1 and table[1:].abs().sum() > 0 and not table[0].any()
+
+
+def test_the_collaborative_part_is_fitted_after_training_and_chosen_on_validation(data, tmp_path: Path, single_thread, loss_calls) -> None:
+    """``model.collaborative_rank``: the towers train as without it (same fingerprint, same
+    weights); ``best.pt`` then carries the part with the weight that scored the validation
+    users best, whose 0 is the towers' own score; a finished job missing it is fitted again
+    without a training step."""
+    split, _ = data
+    inputs, ids = hybrid_inputs(data)
+    one_epoch = dataclasses.replace(TRAIN, epochs=1)
+
+    def job(name: str, rank: int) -> TrainJob:
+        return TrainJob(tmp_path / name, dataclasses.replace(MODEL, collaborative_rank=rank), one_epoch, split, inputs, HISTORY_LEN, TARGET_LEN,
+                        "learn_hybrid", ids)
+
+    cpu = torch.device("cpu")
+    assert job("a", 0).fingerprint(cpu) == job("a", 8).fingerprint(cpu)
+    plain, with_part = train_towers(job("plain", 0), progress=False), train_towers(job("part", 8), progress=False)
+    assert_same_weights(plain.best_checkpoint, with_part.best_checkpoint)
+    assert CollaborativePart.of_payload(checkpoint.load_payload(plain.best_checkpoint)) is None
+    payload = checkpoint.load_payload(with_part.best_checkpoint)
+    part, scores = CollaborativePart.of_payload(payload), payload["collaborative"]["validation"]
+    assert part.rank == 8 and list(scores) == [str(w) for w in WEIGHTS]
+    assert part.weight == max(WEIGHTS, key=lambda w: scores[str(w)])
+    assert scores["0.0"] == pytest.approx(with_part.best_score, abs=1e-9)
+    assert job("part", 8).finished() is not None and job("part", 16).finished() is None  # another rank: fitted again
+
+    del payload["collaborative"]
+    checkpoint.save(with_part.best_checkpoint, payload)
+    assert job("part", 8).finished() is None
+    steps = len(loss_calls)
+    train_towers(job("part", 8), progress=False)
+    again = CollaborativePart.of_payload(checkpoint.load_payload(with_part.best_checkpoint))
+    assert len(loss_calls) == steps and again.weight == part.weight and np.array_equal(again.factors, part.factors)
 
 
 def test_id_dropout_is_in_the_fingerprint_of_hybrid_towers_only(data) -> None:
