@@ -274,7 +274,7 @@ def fit_collaborative_part(job: TrainJob, device: torch.device, progress: bool =
         metric = job.train.select_metric
         scores = {w: validation_score_of_scores(towers + w * shared, users, metric, int(metric.split("@")[1])) for w in WEIGHTS}
     weight = max(scores, key=scores.__getitem__) if scores else 0.0
-    payload[PAYLOAD_KEY] = {**part.with_weight(weight).to_payload(), "validation": {str(w): s for w, s in scores.items()}}
+    payload[PAYLOAD_KEY] = {**part.with_weight(weight).to_payload(), "grid": list(WEIGHTS), "validation": {str(w): s for w, s in scores.items()}}
     checkpoint.save(best, payload)
     if progress and scores:
         tqdm.write(f"[{job.method}] collaborative part, rank {part.rank}: weight {weight:g}, validation {job.train.select_metric} "
@@ -392,12 +392,14 @@ class TrainJob:
         return self.result(saved["state"])
 
     def collaborative_part_missing(self) -> bool:
-        """Whether ``best.pt`` lacks the collaborative part of ``model.collaborative_rank``."""
+        """Whether ``best.pt`` lacks the collaborative part of ``model.collaborative_rank``, or
+        chose its weight from another grid than ``WEIGHTS``."""
         rank, best = self.model.collaborative_rank, self.out_dir / BEST
         if rank == 0 or not best.exists():
             return False
-        part = CollaborativePart.of_payload(checkpoint.load_payload(best))
-        return part is None or part.rank != rank
+        payload = checkpoint.load_payload(best)
+        part = CollaborativePart.of_payload(payload)
+        return part is None or part.rank != rank or payload[PAYLOAD_KEY].get("grid") != list(WEIGHTS)
 
 
 @dataclass

@@ -33,8 +33,9 @@ import torch
 from learn_features.data.incidence import incidence_matrix
 from learn_features.pch.id_init import truncated_svd
 
-#: The weights of the collaborative part compared on the validation users.
-WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+#: The weights of the collaborative part compared on the validation users: 0 (off), then
+#: doubling steps up to where PureSVD's score all but decides the ranking alone.
+WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
 PAYLOAD_KEY = "collaborative"
 
 

@@ -336,6 +336,7 @@ def test_the_collaborative_part_is_fitted_after_training_and_chosen_on_validatio
     assert part.weight == max(WEIGHTS, key=lambda w: scores[str(w)])
     assert scores["0.0"] == pytest.approx(with_part.best_score, abs=1e-9)
     assert job("part", 8).finished() is not None and job("part", 16).finished() is None  # another rank: fitted again
+    assert payload["collaborative"]["grid"] == list(WEIGHTS)
 
     del payload["collaborative"]
     checkpoint.save(with_part.best_checkpoint, payload)
