@@ -255,15 +255,20 @@ def validation_score_of_scores(scores: np.ndarray, users: EvalUsers, metric: str
 
 
 def fit_collaborative_part(job: TrainJob, device: torch.device, progress: bool = False) -> None:
-    """Add the collaborative part (``learn_features.pch.collaborative``) to a finished ``best.pt``
-    whose model config asks for one: factors from the training events, and the weight of
-    ``WEIGHTS`` under which the towers' score plus the part's scores the validation users
-    best (the smaller on a tie; 0 without validation users). The towers' weights are not
-    touched, so this runs after training, and again only when the part is missing."""
-    if not job.collaborative_part_missing():
+    """Give a finished ``best.pt`` the collaborative part (``learn_features.pch.collaborative``)
+    that its model config asks for, or none at rank 0: factors from the training events, and
+    the weight of ``WEIGHTS`` under which the towers' score plus the part's scores the
+    validation users best (the smaller on a tie; 0 without validation users). The towers'
+    weights are not touched, so this runs after training, and again only when the part is
+    stale (``TrainJob.collaborative_part_stale``)."""
+    if not job.collaborative_part_stale():
         return
     best = job.out_dir / BEST
     payload = checkpoint.load_payload(best)
+    if job.model.collaborative_rank == 0:  # asked for none: the published vectors are the towers' alone
+        del payload[PAYLOAD_KEY]
+        checkpoint.save(best, payload)
+        return
     slots = job.inputs.id_slots.cpu().numpy()
     part = CollaborativePart.fit(slots, [sequence.items for sequence in job.split.train.values()], job.model.collaborative_rank)
     users, scores = job.split.val, {}
@@ -384,22 +389,25 @@ class TrainJob:
 
     def finished(self) -> TrainResult | None:
         """The result of a finished model, read from its ``last.pt`` without building anything;
-        None when it is missing, unfinished, was trained under other settings or data, or still
-        lacks the collaborative part its model config asks for."""
+        None when it is missing, unfinished, was trained under other settings or data, or its
+        collaborative part is not the one its model config asks for."""
         saved = self.resumable(self.fingerprint(pick_device(self.train.device)))
-        if saved is None or not self.done(saved["state"]) or self.collaborative_part_missing():
+        if saved is None or not self.done(saved["state"]) or self.collaborative_part_stale():
             return None
         return self.result(saved["state"])
 
-    def collaborative_part_missing(self) -> bool:
-        """Whether ``best.pt`` lacks the collaborative part of ``model.collaborative_rank``, or
-        chose its weight from another grid than ``WEIGHTS``."""
-        rank, best = self.model.collaborative_rank, self.out_dir / BEST
-        if rank == 0 or not best.exists():
+    def collaborative_part_stale(self) -> bool:
+        """Whether ``best.pt``'s collaborative part differs from what ``model.collaborative_rank``
+        asks for: missing, of another rank, its weight chosen from another grid than
+        ``WEIGHTS``, or present where the rank is 0 (none)."""
+        best = self.out_dir / BEST
+        if not best.exists():
             return False
         payload = checkpoint.load_payload(best)
-        part = CollaborativePart.of_payload(payload)
-        return part is None or part.rank != rank or payload[PAYLOAD_KEY].get("grid") != list(WEIGHTS)
+        part, rank = CollaborativePart.of_payload(payload), self.model.collaborative_rank
+        if rank == 0 or part is None:
+            return (rank == 0) != (part is None)
+        return part.rank != rank or payload[PAYLOAD_KEY].get("grid") != list(WEIGHTS)
 
 
 @dataclass

@@ -315,8 +315,8 @@ def test_hybrid_training_is_seeded_and_its_checkpoint_carries_content_and_ids(da
 def test_the_collaborative_part_is_fitted_after_training_and_chosen_on_validation(data, tmp_path: Path, single_thread, loss_calls) -> None:
     """``model.collaborative_rank``: the towers train as without it (same fingerprint, same
     weights); ``best.pt`` then carries the part with the weight that scored the validation
-    users best, whose 0 is the towers' own score; a finished job missing it is fitted again
-    without a training step."""
+    users best, whose 0 is the towers' own score; a finished job whose part is missing (or
+    present at rank 0) is mended without a training step."""
     split, _ = data
     inputs, ids = hybrid_inputs(data)
     one_epoch = dataclasses.replace(TRAIN, epochs=1)
@@ -345,6 +345,12 @@ def test_the_collaborative_part_is_fitted_after_training_and_chosen_on_validatio
     train_towers(job("part", 8), progress=False)
     again = CollaborativePart.of_payload(checkpoint.load_payload(with_part.best_checkpoint))
     assert len(loss_calls) == steps and again.weight == part.weight and np.array_equal(again.factors, part.factors)
+
+    assert job("part", 0).finished() is None  # rank 0 asks for none: the part is taken out again
+    train_towers(job("part", 0), progress=False)
+    assert len(loss_calls) == steps and CollaborativePart.of_payload(checkpoint.load_payload(with_part.best_checkpoint)) is None
+    assert job("part", 0).finished() is not None
+    assert_same_weights(plain.best_checkpoint, with_part.best_checkpoint)
 
 
 def test_id_dropout_is_in_the_fingerprint_of_hybrid_towers_only(data) -> None:
