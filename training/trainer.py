@@ -60,7 +60,7 @@ from transformers import get_cosine_schedule_with_warmup
 from learn_features.data.split import EvalUsers, Split, TrainSequence
 from learn_features.device import pick_device
 from learn_features.errors import LearnFeaturesError
-from learn_features.pch import checkpoint
+from learn_features.pch import checkpoint, collaborative
 from learn_features.pch.batching import Batch, make_batch
 from learn_features.pch.collaborative import PAYLOAD_KEY, WEIGHTS, CollaborativePart
 from learn_features.pch.id_init import ID_INITS
@@ -260,11 +260,11 @@ def fit_collaborative_part(job: TrainJob, device: torch.device, progress: bool =
     the weight of ``WEIGHTS`` under which the towers' score plus the part's scores the
     validation users best (the smaller on a tie; 0 without validation users). The towers'
     weights are not touched, so this runs after training, and again only when the part is
-    stale (``TrainJob.collaborative_part_stale``)."""
-    if not job.collaborative_part_stale():
+    stale (``TrainJob.stale_part_payload``)."""
+    payload = job.stale_part_payload()
+    if payload is None:
         return
     best = job.out_dir / BEST
-    payload = checkpoint.load_payload(best)
     if job.model.collaborative_rank == 0:  # asked for none: the published vectors are the towers' alone
         del payload[PAYLOAD_KEY]
         checkpoint.save(best, payload)
@@ -392,22 +392,19 @@ class TrainJob:
         None when it is missing, unfinished, was trained under other settings or data, or its
         collaborative part is not the one its model config asks for."""
         saved = self.resumable(self.fingerprint(pick_device(self.train.device)))
-        if saved is None or not self.done(saved["state"]) or self.collaborative_part_stale():
+        if saved is None or not self.done(saved["state"]) or self.stale_part_payload() is not None:
             return None
         return self.result(saved["state"])
 
-    def collaborative_part_stale(self) -> bool:
-        """Whether ``best.pt``'s collaborative part differs from what ``model.collaborative_rank``
-        asks for: missing, of another rank, its weight chosen from another grid than
-        ``WEIGHTS``, or present where the rank is 0 (none)."""
+    def stale_part_payload(self) -> dict[str, Any] | None:
+        """``best.pt`` when its collaborative part is not the one ``model.collaborative_rank``
+        asks for (``pch.collaborative.stale``), else None. Towers without an ID part never
+        carry one, so their checkpoint is not read."""
         best = self.out_dir / BEST
-        if not best.exists():
-            return False
+        if not self.inputs.id_part or not best.exists():
+            return None
         payload = checkpoint.load_payload(best)
-        part, rank = CollaborativePart.of_payload(payload), self.model.collaborative_rank
-        if rank == 0 or part is None:
-            return (rank == 0) != (part is None)
-        return part.rank != rank or payload[PAYLOAD_KEY].get("grid") != list(WEIGHTS)
+        return payload if collaborative.stale(payload, self.model.collaborative_rank) else None
 
 
 @dataclass

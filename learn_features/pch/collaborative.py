@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from learn_features.data.incidence import incidence_matrix
-from learn_features.pch.id_init import truncated_svd
+from learn_features.pch.id_init import at_mean_square, truncated_svd
 
 #: The weights of the collaborative part compared on the validation users: 0 (off), then
 #: doubling steps up to where PureSVD's score all but decides the ranking alone.
@@ -56,9 +56,8 @@ class CollaborativePart:
         index -> ID slot (0: none), as the hybrid's ID residual does."""
         _, vectors = truncated_svd(incidence_matrix(histories, len(slots)), rank)
         warm = np.flatnonzero(slots > 0)
-        mean_square = float((vectors[warm] ** 2).sum(axis=1).mean()) if len(warm) else 0.0
         factors = np.zeros((int(slots.max(initial=0)) + 1, rank), np.float32)
-        factors[slots[warm]] = vectors[warm] / np.sqrt(mean_square) if mean_square > 0 else 0.0
+        factors[slots[warm]] = at_mean_square(vectors[warm], 1.0)
         return cls(factors, weight)
 
     def with_weight(self, weight: float) -> CollaborativePart:
@@ -82,6 +81,16 @@ class CollaborativePart:
         """The part a checkpoint carries, None for towers without one."""
         part = payload.get(PAYLOAD_KEY)
         return None if part is None else cls(part["factors"].numpy(), float(part["weight"]))
+
+
+def stale(payload: dict[str, Any], rank: int) -> bool:
+    """Whether a checkpoint's part differs from what a ``collaborative_rank`` of ``rank`` asks
+    for: missing, of another rank, its weight chosen from another grid than ``WEIGHTS``, or
+    present where the rank is 0 (none)."""
+    part = CollaborativePart.of_payload(payload)
+    if rank == 0 or part is None:
+        return (rank == 0) != (part is None)
+    return part.rank != rank or payload[PAYLOAD_KEY].get("grid") != list(WEIGHTS)
 
 
 def vector_dim(payload: dict[str, Any]) -> int:

@@ -50,6 +50,14 @@ def truncated_svd(matrix: sp.csr_matrix, rank: int) -> tuple[np.ndarray, np.ndar
     return singular, vectors
 
 
+def at_mean_square(rows: np.ndarray, target: float) -> np.ndarray:
+    """``rows`` scaled so that their mean squared norm is ``target`` (unchanged when they are all
+    zero): how factors of any rank are put on the scale of what they are added to, here and in
+    the collaborative part (``pch.collaborative``)."""
+    mean_square = float((rows**2).sum(axis=1).mean()) if len(rows) else 0.0
+    return rows * np.sqrt(target / mean_square) if mean_square > 0 else rows
+
+
 def svd_item_factors(matrix: sp.csr_matrix, rank: int) -> np.ndarray:
     """(items, rank) item factors ``V * sqrt(S)`` of ``matrix ~ U S V^T``, zero-padded past its rank."""
     singular, vectors = truncated_svd(matrix, rank)
@@ -64,10 +72,7 @@ def svd_init(table: torch.Tensor, slots: np.ndarray, histories: Sequence[np.ndar
     """
     warm = np.flatnonzero(slots > 0)
     d_model = table.shape[1]
-    factors = svd_item_factors(incidence_matrix(histories, len(slots)), d_model)[warm]
-    mean_square = float((factors**2).sum(axis=1).mean()) if len(warm) else 0.0
-    if mean_square > 0:
-        factors *= np.sqrt(d_model / mean_square)
+    factors = at_mean_square(svd_item_factors(incidence_matrix(histories, len(slots)), d_model)[warm], d_model)
     with torch.no_grad():
         table[torch.as_tensor(slots[warm], device=table.device)] = torch.as_tensor(factors, dtype=table.dtype, device=table.device)
 

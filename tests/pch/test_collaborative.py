@@ -8,7 +8,7 @@ import pytest
 from core_fixtures import clustered_split
 from learn_features.data.incidence import incidence_matrix
 from learn_features.pch import checkpoint
-from learn_features.pch.collaborative import PAYLOAD_KEY, CollaborativePart, vector_dim
+from learn_features.pch.collaborative import PAYLOAD_KEY, WEIGHTS, CollaborativePart, stale, vector_dim
 from learn_features.pch.id_init import truncated_svd
 
 RANK = 6
@@ -70,3 +70,12 @@ def test_the_payload_round_trips_and_sets_the_published_width_and_version(fitted
         assert vector_dim(payload) == 16 + RANK
         versions.add(checkpoint.model_version(payload, "learn_hybrid", "inputs"))
     assert len(versions | {bare}) == 3  # another part or weight publishes another model version
+
+
+def test_a_part_is_stale_when_missing_of_another_rank_or_grid_or_present_at_rank_0(fitted) -> None:
+    part, _, _, _ = fitted
+    bare = {"model_config": {"d_out": 16}}
+    current = {**bare, PAYLOAD_KEY: {**part.to_payload(), "grid": list(WEIGHTS)}}
+    older_grid = {**bare, PAYLOAD_KEY: {**part.to_payload(), "grid": list(WEIGHTS[:-1])}}
+    assert not stale(bare, 0) and not stale(current, RANK)
+    assert stale(bare, RANK) and stale(current, 0) and stale(current, 2 * RANK) and stale(older_grid, RANK)

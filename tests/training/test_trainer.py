@@ -353,6 +353,18 @@ def test_the_collaborative_part_is_fitted_after_training_and_chosen_on_validatio
     assert_same_weights(plain.best_checkpoint, with_part.best_checkpoint)
 
 
+def test_finished_towers_without_an_id_part_never_read_their_best_checkpoint(data, tmp_path: Path, single_thread, monkeypatch) -> None:
+    """``evaluate`` asks every model whether it is finished; only a hybrid can carry a
+    collaborative part, so only its ``best.pt`` is read for it."""
+    split, content = data
+    job = TrainJob(tmp_path / "v1", MODEL, dataclasses.replace(TRAIN, epochs=1), split, content, HISTORY_LEN, TARGET_LEN, "learn_v1")
+    train_towers(job, progress=False)
+    read = []
+    load = checkpoint.load_payload
+    monkeypatch.setattr(checkpoint, "load_payload", lambda path: read.append(path.name) or load(path))
+    assert job.finished() is not None and read == ["last.pt"]
+
+
 def test_id_dropout_is_in_the_fingerprint_of_hybrid_towers_only(data) -> None:
     """Changing model.id_dropout retrains the hybrid, never towers it cannot affect."""
     split, content = data
