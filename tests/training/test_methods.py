@@ -134,3 +134,17 @@ def test_the_cold_bias_sweep_finds_the_bias_that_ranks_new_items_as_the_referenc
     new_recall = [row[4] for row in result["rows"]]
     assert new_recall[0] == 0.0 < result["reference"][2] == new_recall[2] == new_recall[3]
     assert result["matches_reference"] == 0.75
+
+
+def test_the_cold_bias_sweep_reports_new_item_shares_without_reading_a_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--shares-only``: the same shares as the sweep's, with every test target removed."""
+    sweep_script = load_script(monkeypatch, Path(__file__).resolve().parents[2] / "scripts" / "cold_bias_sweep.py")
+    split = clustered_split()
+    split.warm_items[::6] = False
+    monkeypatch.setitem(METHODS, "warm_first", Method("warm_first", WarmFirst, "llm"))
+    monkeypatch.setitem(METHODS, "new_first", Method("new_first", NewFirst, "llm"))
+    biases = [0.0, 0.25, 0.75, 1.0]
+    prep = SimpleNamespace(config=PipelineConfig(), splits={"temporal": split})
+    swept = [row[:2] for row in sweep_script.sweep(prep, "warm_first", "new_first", biases, k=5)["temporal"]["rows"]]
+    split.test.targets = [np.array([], dtype=np.int64) for _ in split.test.targets]
+    assert sweep_script.shares(prep, "warm_first", biases, k=5)["temporal"] == swept
