@@ -1,9 +1,23 @@
-"""Shared test setup: make helper modules in tests/ importable, keep models offline."""
+"""Shared test setup: make helper modules in tests/ importable, keep models offline, and run
+every test as on the same CPU."""
 
 import os
 import pathlib
 import sys
 
+import pytest
+import torch
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+
+@pytest.fixture(autouse=True)
+def cpu_without_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dtype = "auto"`` follows the host (``learn_features.cex.model_loading.native_bf16``):
+    bf16 on a CPU with avx512_bf16 or AMX, fp32 elsewhere. The tests pin cache keys, content
+    identities and fp32 tolerances, so each sees a CPU without native bf16 whatever CI runs
+    on; the tests of ``native_bf16`` itself set torch's probes again."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
