@@ -4,6 +4,7 @@ every test as on the same CPU."""
 import os
 import pathlib
 import sys
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,11 +14,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 
-@pytest.fixture(autouse=True)
-def cpu_without_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True, scope="session")
+def cpu_without_native_bf16() -> Iterator[None]:
     """``dtype = "auto"`` follows the host (``learn_features.cex.model_loading.native_bf16``):
     bf16 on a CPU with avx512_bf16 or AMX, fp32 elsewhere. The tests pin cache keys, content
     identities and fp32 tolerances, so each sees a CPU without native bf16 whatever CI runs
-    on; the tests of ``native_bf16`` itself set torch's probes again."""
-    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    on. Session-wide, so that module fixtures that extract content see it too; the tests of
+    ``native_bf16`` itself set torch's probes again."""
+    with pytest.MonkeyPatch.context() as patch:
+        for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+            patch.setattr(torch.cpu, probe, lambda: False, raising=False)
+        yield
