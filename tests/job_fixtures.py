@@ -57,9 +57,13 @@ val_fraction = 0.2
 [llm]
 model = "{model_dir}"
 chunk_size = 16
+# fp32 on every host: "auto" follows the CPU, and the processes that torchrun and
+# train.workers start do not see conftest's pinned probes
+dtype = "float32"
 [text_encoder]
 model = "{model_dir}"
 pooling = "last"
+dtype = "float32"
 [model]
 d_model = 16
 n_layers = 1

@@ -152,7 +152,7 @@ def test_cli_sharded_extract_then_assemble(tiny_llm_dir: Path, tmp_path: Path, c
 
 
 def test_training_refuses_content_extracted_in_another_dtype(tiny_llm_dir: Path, tmp_path: Path, capsys, single_thread) -> None:
-    """Content extracted in fp32 (``auto`` on a CPU) is not bf16 content: train stops and names the dtype."""
+    """Content extracted in fp32 is not bf16 content: train stops and names the dtype."""
     interactions, catalog = write_synthetic(tmp_path)
     config = write_config(tmp_path, interactions, catalog, tiny_llm_dir)
     assert main(["extract", "--config", str(config), "--quiet"]) == 0
