@@ -67,7 +67,8 @@ def shares(prep: Prepared, method: str, biases: list[float], k: int) -> dict[str
     """Per protocol: [(bias, share of new items in the top k, seed mean)], reading no target."""
     results = {}
     for protocol, split in prep.splits.items():
-        per_seed = [[new_share(ranked, ~split.warm_items) for ranked in seed] for seed in biased_rankings(prep, split, method, biases, k)]
+        new = ~split.warm_items
+        per_seed = [[new_share(ranked, new) for ranked in seed] for seed in biased_rankings(prep, split, method, biases, k)]
         results[protocol] = list(zip(biases, map(float, np.mean(per_seed, axis=0))))
     return results
 

@@ -13,6 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
+from learn_features.cex.model_loading import CPU_BF16_PROBES  # noqa: E402  after the offline switches: transformers reads them on import
+
 
 @pytest.fixture(autouse=True, scope="session")
 def cpu_without_native_bf16() -> Iterator[None]:
@@ -22,6 +24,6 @@ def cpu_without_native_bf16() -> Iterator[None]:
     on. Session-wide, so that module fixtures that extract content see it too; the tests of
     ``native_bf16`` itself set torch's probes again."""
     with pytest.MonkeyPatch.context() as patch:
-        for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        for probe in CPU_BF16_PROBES:
             patch.setattr(torch.cpu, probe, lambda: False, raising=False)
         yield

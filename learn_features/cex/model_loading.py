@@ -95,6 +95,10 @@ def resolve_model(model: str, gguf_file: str | None = None) -> ModelSource:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+#: torch's probes (``torch.cpu``) for a CPU that computes bf16 in hardware: avx512_bf16, AMX.
+CPU_BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 matrix products in hardware.
 
@@ -107,8 +111,7 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
-        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in CPU_BF16_PROBES)
     return False
 
 
