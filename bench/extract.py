@@ -147,7 +147,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=512, help="truncation, in tokens")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--dtype", nargs="+", default=["auto"],
-                        help="auto (bf16 where the device computes it natively, else fp32), bfloat16, float16, float32; several to compare them")
+                        help="auto (bf16 where the device computes it natively and fast, else fp32), bfloat16, float16, float32; several to compare them")
     parser.add_argument("--peak-sizes", type=int, nargs="+", default=list(SIZES),
                         help="square GEMM sizes of the CPU peak probe (bench/cpu_peak.py)")
     parser.add_argument("--movielens-dir", type=Path, default=REPO / "data" / "ml-latest-small")

@@ -47,7 +47,7 @@ class EncoderConfig:
     batch_size: int = 32
     chunk_size: int = 512  # items per cache shard: the unit of work lost on interruption
     device: str = "auto"
-    dtype: str = "auto"  # auto: bf16 where the device computes it natively, else fp32; or float32, bfloat16, float16 (cache key)
+    dtype: str = "auto"  # auto: bf16 where the device computes it natively and fast, else fp32; or float32, bfloat16, float16 (cache key)
     add_special_tokens: bool | None = None  # None: off for decoders (stable across tokenizer versions), on for encoders
     trust_remote_code: bool = False
     shard: str | None = None  # "I/N": `learn-features extract` embeds only shard I of N into the cache (sharding.py)

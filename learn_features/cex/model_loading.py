@@ -12,9 +12,11 @@ checkpoint: Qwen, Llama, Baichuan2 with ``trust_remote_code``, a GGUF file insid
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,11 +104,12 @@ CPU_BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 matrix products in hardware.
 
-    Where it does (a CUDA GPU from Ampere on, a CPU with ``avx512_bf16`` or AMX), bf16 runs the
-    backbone about 2x faster than fp32. Where it does not, torch emulates bf16 and the same
-    extraction runs several times slower than fp32: SmolLM2 embedded 1.6 items/s in bf16
-    against 11 in fp32 on a 2-core AVX2 CPU. The CPU probes are torch's own (``torch.cpu``);
-    a torch without them is treated as having no native bf16.
+    Where it does (a CUDA GPU from Ampere on, a CPU with ``avx512_bf16`` or AMX), bf16 can run
+    the backbone about 2x faster than fp32 (on a CPU, ``cpu_bf16_speedup`` checks that it
+    does). Where it does not, torch emulates bf16 and the same extraction runs several times
+    slower than fp32: SmolLM2 embedded 1.6 items/s in bf16 against 11 in fp32 on a 2-core AVX2
+    CPU. The CPU probes are torch's own (``torch.cpu``); a torch without them is treated as
+    having no native bf16.
     """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
@@ -115,8 +118,42 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+#: ``auto`` takes bf16 on a CPU only where its matrix products run at least this many times
+#: fp32's speed: a clear win, so that every process on one machine reads its CPU the same way
+#: (the two CPUs measured here were at 1.8x and 0.5x).
+CPU_BF16_MIN_SPEEDUP = 1.2
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_speedup() -> float:
+    """bf16 over fp32 throughput of this CPU's matrix products, measured once per process.
+
+    Native bf16 instructions are necessary but not sufficient for bf16 to be the faster choice:
+    on an AMD EPYC with ``avx512_bf16`` bf16 ran SmolLM2 1.6x faster than fp32, while on an
+    Intel Xeon with ``avx512_bf16`` and no AMX it ran 0.57x (GEMM 157 against 304 GFLOP/s;
+    README, "Run time"). So where the flags say native, a product of a decoder's shape (512
+    tokens by SmolLM2's 576 -> 1536 MLP) is timed in both dtypes, best of three: about 0.3 s
+    on 2 cores, once per process.
+    """
+
+    def best_seconds(dtype: torch.dtype) -> float:
+        a = torch.randn(512, 576, dtype=dtype)
+        b = torch.randn(576, 1536, dtype=dtype)
+        a @ b  # warm-up: oneDNN picks and caches its kernel
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(4):
+                a @ b
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return best_seconds(torch.float32) / best_seconds(torch.bfloat16)
+
+
 def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
-    """``auto``: bf16 where ``device`` computes it natively (``native_bf16``), fp32 elsewhere.
+    """``auto``: bf16 where ``device`` computes it natively (``native_bf16``) and, on a CPU,
+    faster than fp32 (``cpu_bf16_speedup``); fp32 elsewhere.
 
     bf16 is the paper's setting and what GPU tensor cores want; on a CPU it keeps retrieval
     metrics within the seed spread of fp32 (bench/README.md, "fp32 against bf16"), so
@@ -124,7 +161,11 @@ def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
     content's identity, so bf16 and fp32 content never pass for each other.
     """
     if dtype == "auto":
-        return torch.bfloat16 if native_bf16(device) else torch.float32
+        if not native_bf16(device):
+            return torch.float32
+        if device.type == "cpu" and cpu_bf16_speedup() < CPU_BF16_MIN_SPEEDUP:
+            return torch.float32
+        return torch.bfloat16
     try:
         return DTYPES[dtype]
     except KeyError:

@@ -12,6 +12,7 @@ import torch
 from core_fixtures import *  # noqa: F401,F403
 from core_fixtures import files_in, save_tiny_llm
 from learn_features.cex import extractor as extractor_module
+from learn_features.cex import model_loading
 from learn_features.cex.extractor import ContentExtractor, EncoderConfig, pool
 from learn_features.cex.model_loading import SMOLLM2_GGUF, pick_dtype, resolve_model
 from learn_features.cex.prompt import DEFAULT_TEMPLATE, render_prompts, template_fields
@@ -262,9 +263,28 @@ def test_auto_dtype_on_cpu_is_bf16_only_where_the_cpu_computes_it(monkeypatch, a
     """Emulated bf16 ran SmolLM2 7x slower than fp32 on an AVX2 CPU: ``auto`` must not pick it there."""
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(model_loading, "cpu_bf16_speedup", lambda: 1.8)  # as on the AMD EPYC measured here
     assert pick_dtype(torch.device("cpu")) == expected
     assert EncoderConfig(device="cpu").content_identity()["dtype"] == str(expected).removeprefix("torch.")
     assert pick_dtype(torch.device("cpu"), "bfloat16") == torch.bfloat16  # an explicit choice is kept
+
+
+@pytest.mark.parametrize("speedup, expected", [(0.5, torch.float32), (1.1, torch.float32), (1.2, torch.bfloat16), (2.9, torch.bfloat16)])
+def test_auto_dtype_on_a_cpu_with_native_bf16_takes_it_only_where_it_is_clearly_faster(monkeypatch, speedup: float, expected: torch.dtype) -> None:
+    """An Intel Xeon with avx512_bf16 and no AMX ran bf16 matrix products at half fp32's speed:
+    the flags alone picked the slower dtype there."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(model_loading, "cpu_bf16_speedup", lambda: speedup)
+    assert pick_dtype(torch.device("cpu")) == expected
+    assert EncoderConfig(device="cpu").content_identity()["dtype"] == str(expected).removeprefix("torch.")
+
+
+def test_the_cpu_bf16_speedup_is_measured_once_per_process() -> None:
+    """The real measurement (tenths of a second), not a stub: a positive finite ratio, cached."""
+    model_loading.cpu_bf16_speedup.cache_clear()
+    first = model_loading.cpu_bf16_speedup()
+    assert 0 < first < float("inf") and model_loading.cpu_bf16_speedup() == first
+    assert model_loading.cpu_bf16_speedup.cache_info().hits == 1
 
 
 def test_auto_dtype_without_the_cpu_probes_is_fp32(monkeypatch) -> None:
