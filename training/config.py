@@ -41,15 +41,18 @@ class EvalConfig:
     # Users whose target repeats an item of theirs are not evaluated either way, and model
     # selection during training always removes them.
     rank_seen: bool = False
-    # Per method, a score added to every item without a training event (served from content
-    # alone) when the method ranks the catalog, e.g. {learn_hybrid = 0.04}. Trained towers
-    # learn the warm items' co-occurrences, which a new item lacks, so a hybrid ranks every new
-    # item below the warm ones (MovieLens temporal: recall@50 on new movies 0.000); the bias is
-    # the prior that a new item is taken up, on the same scale as the scores (cosine for the
-    # towers). It is chosen on the protocol one period earlier (split.until), never on test
-    # users (scripts/cold_bias_sweep.py; README, "A bias for new items"). Only methods that
-    # score new items from their content can take one.
+    # How items without a training event (served from content alone) enter a method's ranking;
+    # training.new_items says why each exists. Both are per method, for methods that score new
+    # items from their content, one rule a method; both are chosen on the protocol one period
+    # earlier (split.until), never on test users (scripts/cold_bias_sweep.py).
+    # cold_bias: a score added to every new item, on the scale of the method's scores, e.g.
+    # {learn_hybrid = 0.2}.
     cold_bias: dict[str, float] = field(default_factory=dict)
+    # cold_share: new items take this multiple of the share of new items among each user's
+    # latest cold_share_window history events, of every prefix of their ranking (at most all of
+    # it), e.g. {learn_hybrid = 1.25}.
+    cold_share: dict[str, float] = field(default_factory=dict)
+    cold_share_window: int = 10
 
     def __post_init__(self) -> None:
         # Checked here, when the config loads, so that a bad value is refused before any work
@@ -76,14 +79,23 @@ class EvalConfig:
             )
         if not 0.0 < self.tail_share < 1.0:
             raise LearnFeaturesError(f"eval.tail_share must be in (0, 1), got {self.tail_share}")
-        no_content = [name for name in self.cold_bias if name not in METHODS or METHODS[name].content not in CONTENT_KINDS]
-        if no_content:
-            raise LearnFeaturesError(
-                f"eval.cold_bias: {no_content} do not score new items from content; it applies to {sorted(n for n, m in METHODS.items() if m.content in CONTENT_KINDS)}"
-            )
+        for key, rule in (("cold_bias", self.cold_bias), ("cold_share", self.cold_share)):
+            no_content = [name for name in rule if name not in METHODS or METHODS[name].content not in CONTENT_KINDS]
+            if no_content:
+                raise LearnFeaturesError(
+                    f"eval.{key}: {no_content} do not score new items from content; it applies to {sorted(n for n, m in METHODS.items() if m.content in CONTENT_KINDS)}"
+                )
         bad_bias = {name: bias for name, bias in self.cold_bias.items() if not math.isfinite(bias)}
         if bad_bias:
             raise LearnFeaturesError(f"eval.cold_bias must be finite numbers, got {bad_bias}")
+        bad_scale = {name: scale for name, scale in self.cold_share.items() if not (math.isfinite(scale) and scale >= 0)}
+        if bad_scale:
+            raise LearnFeaturesError(f"eval.cold_share must be finite numbers >= 0, got {bad_scale}")
+        both = sorted(set(self.cold_bias) & set(self.cold_share))
+        if both:
+            raise LearnFeaturesError(f"eval: {both} have both cold_bias and cold_share; a method takes one rule for new items")
+        if self.cold_share_window < 1:
+            raise LearnFeaturesError(f"eval.cold_share_window must be >= 1, got {self.cold_share_window}")
 
 
 @dataclass

@@ -241,7 +241,7 @@ def _paired_table(methods: dict[str, dict], section: str | None, reference: str,
 
 def _diagnostics_table(methods: dict[str, dict]) -> list[str]:
     columns = ["item mean cos", "item eff. rank", "user mean cos", "user eff. rank", "pop. corr.", "best epoch", "final loss / chance",
-               "new-item bias"]
+               "new-item rule"]
     lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name, metrics in methods.items():
         d = metrics["diagnostics"]
@@ -259,9 +259,16 @@ def _diagnostics_table(methods: dict[str, dict]) -> list[str]:
         rank = lambda key: "n/a" if d.get(key) is None else f"{d[key]:.1f} of {dims}"  # noqa: E731
         lines.append(
             f"| {name} | {fmt('item_mean_cosine')} | {rank('item_effective_rank')} | {fmt('user_mean_cosine')} | "
-            f"{rank('user_effective_rank')} | {fmt('popularity_spearman')} | {epochs} | {losses} | {d.get('cold_bias', 0.0):g} |"
+            f"{rank('user_effective_rank')} | {fmt('popularity_spearman')} | {epochs} | {losses} | {_new_item_rule(d)} |"
         )
     return lines
+
+
+def _new_item_rule(diagnostics: dict) -> str:
+    """The rule the tables applied to items without a training event (``training.new_items``)."""
+    if "cold_share" in diagnostics:
+        return f"share, {diagnostics['cold_share']:.1%} of slots on average"
+    return f"bias {diagnostics['cold_bias']:g}" if "cold_bias" in diagnostics else "none"
 
 
 def metrics_markdown(protocols: dict[str, dict], ks: Sequence[int], on: str = "test", published: list[PublishedRow] | None = None) -> str:
@@ -307,8 +314,9 @@ def metrics_markdown(protocols: dict[str, dict], ks: Sequence[int], on: str = "t
             "Mean pairwise cosine and effective rank (exp of the entropy of the normalised singular values of the "
             "centred vectors) of item and test-user vectors; Spearman correlation of an item's mean score over the "
             "test users with its training popularity; best validation epoch and the final epoch's training loss "
-            "against the loss of a model that scores every item alike, per seed; the score the tables added to every "
-            "item without a training event (eval.cold_bias; the other columns describe the vectors without it).",
+            "against the loss of a model that scores every item alike, per seed; how the tables placed the items "
+            "without a training event (eval.cold_bias or eval.cold_share, last seed; the other columns describe the "
+            "vectors without it).",
             "",
             *_diagnostics_table(methods),
             "",

@@ -39,6 +39,7 @@ from learn_features.device import pick_device
 from learn_features.errors import LearnFeaturesError
 from learn_features.trained_run import TrainedRun
 from training import baselines
+from training.new_items import recent_new_shares, with_cold_bias, with_cold_share
 from training.trainer import validation_score_of_scores
 
 if TYPE_CHECKING:
@@ -133,8 +134,8 @@ class ItemKNN(RetrievalModel):
 class VectorModel(RetrievalModel):
     """A method that scores by the dot product of user and item vectors, with their diagnostics.
 
-    ``eval.cold_bias`` (per method) is added to the score of every item without a training
-    event, after the diagnostics, which describe the vectors themselves.
+    A method's rule for new items (``eval.cold_bias`` or ``eval.cold_share``,
+    ``training.new_items``) applies after the diagnostics, which describe the vectors themselves.
     """
 
     @abstractmethod
@@ -147,16 +148,17 @@ class VectorModel(RetrievalModel):
         from training.diagnostics import vector_diagnostics  # scipy.stats: only evaluation needs it
 
         diagnostics = vector_diagnostics(user_vecs, item_vecs, scores, self.split.positive_counts(), self.split.warm_items)
-        bias = self.prep.config.eval.cold_bias.get(self.method.name, 0.0)
+        evaluation = self.prep.config.eval
+        bias = evaluation.cold_bias.get(self.method.name, 0.0)
+        scale = evaluation.cold_share.get(self.method.name)
         if bias:
             scores = with_cold_bias(scores, self.split.warm_items, bias)
             diagnostics["cold_bias"] = bias
+        elif scale is not None:
+            shares = np.minimum(1.0, scale * recent_new_shares(users.histories, self.split.warm_items, evaluation.cold_share_window))
+            scores = with_cold_share(scores, self.split.warm_items, users.exclude, shares)
+            diagnostics["cold_share"] = float(shares.mean())
         return Scored(scores, diagnostics)
-
-
-def with_cold_bias(scores: np.ndarray, warm: np.ndarray, bias: float) -> np.ndarray:
-    """``scores`` (users x items) with ``bias`` added to every item that is not ``warm`` (a copy)."""
-    return scores + np.where(warm, 0.0, bias).astype(scores.dtype)
 
 
 class FrozenContent(VectorModel):

@@ -361,9 +361,15 @@ def embed(prep: Prepared) -> dict[str, Path]:
             "users": len(user_ids),
             "items": len(split.item_ids),
             "id_part": id_part,
-            # eval.cold_bias of this method: what its tables added to the score of every item
-            # outside ``id_part`` (0 for none); a retrieval stage over these vectors adds it to match them.
+            # This method's rule for items outside ``id_part`` (training.new_items), which a
+            # retrieval stage over these vectors applies to rank as its tables did:
+            # eval.cold_bias, added to every such item's score (0 for none), or eval.cold_share,
+            # the multiple of the user's recent share of such items they take of the ranking.
             "cold_bias": config.eval.cold_bias.get(method.name, 0.0),
+            "cold_share": (
+                {"scale": config.eval.cold_share[method.name], "window": config.eval.cold_share_window}
+                if method.name in config.eval.cold_share else None
+            ),
         },
     )
     if id_part is None:  # a previous embed of a hybrid must not leave its list beside other vectors

@@ -197,11 +197,13 @@ def test_references_must_be_evaluated_methods_and_the_tail_a_share() -> None:
             EvalConfig(tail_share=share)
 
 
-def test_the_diagnostics_table_says_which_methods_ranked_new_items_with_a_bias() -> None:
+def test_the_diagnostics_table_says_how_each_method_ranked_new_items() -> None:
     vectors = {"dim": 8, "item_mean_cosine": 0.5, "item_effective_rank": 4.0, "user_mean_cosine": 0.4,
                "user_effective_rank": 5.0, "popularity_spearman": 0.3}
-    lines = _markdown("temporal", [10], ["learn_v1"], diagnostics={"learn_v1": {**vectors, "cold_bias": 0.04}, "id_baseline": vectors}).splitlines()
+    diagnostics = {"learn_v1": {**vectors, "cold_bias": 0.04}, "popularity": {**vectors, "cold_share": 0.125}, "id_baseline": vectors}
+    lines = _markdown("temporal", [10], ["learn_v1"], diagnostics=diagnostics).splitlines()
     header = next(line for line in lines if line.startswith("| method | item mean cos"))
-    assert header.endswith("| new-item bias |")
-    rows = {line.split(" | ")[0]: line for line in lines if line.startswith(("| learn_v1 | 0.500", "| id_baseline | 0.500"))}
-    assert rows["| learn_v1"].endswith("| 0.04 |") and rows["| id_baseline"].endswith("| 0 |")
+    assert header.endswith("| new-item rule |")
+    rows = {line.split(" | ")[0]: line for line in lines if line.startswith(("| learn_v1 | 0.500", "| popularity | 0.500", "| id_baseline | 0.500"))}
+    assert rows["| learn_v1"].endswith("| bias 0.04 |") and rows["| id_baseline"].endswith("| none |")
+    assert rows["| popularity"].endswith("| share, 12.5% of slots on average |")

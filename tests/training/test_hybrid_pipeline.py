@@ -54,7 +54,7 @@ def test_embed_lists_the_items_with_an_id_part(hybrid_run) -> None:
     assert manifest["method"] == "learn_hybrid" and payload["content_dim"] is not None and trained
     assert manifest["id_part"] == {"items": len(trained), "file": str(run.id_part_items.resolve())}
     assert pd.read_parquet(manifest["id_part"]["file"])["item_id"].tolist() == trained
-    assert manifest["cold_bias"] == 0.125  # what the tables add to every item outside the list
+    assert manifest["cold_bias"] == 0.125 and manifest["cold_share"] is None  # what the tables add to every item outside the list
 
 
 def test_the_published_tower_loads_with_its_slots_and_reproduces_the_vectors(hybrid_run) -> None:
@@ -116,10 +116,11 @@ def test_embedding_another_method_drops_the_id_part(hybrid_run, tmp_path: Path, 
     other = tmp_path / "run"
     shutil.copytree(root / "run", other)
     relocated = [*flags, "--run-dir", str(other), "--set", "eval.primary_method=learn_v1"]
-    assert main(["train", *relocated, "--method", "learn_v1"]) == 0 and main(["embed", *relocated]) == 0
+    share = ["--set", "eval.cold_share={learn_v1=1.5}", "--set", "eval.cold_share_window=5"]
+    assert main(["train", *relocated, "--method", "learn_v1"]) == 0 and main(["embed", *relocated, *share]) == 0
     run = RunDir(other)
     assert run.read_manifest()["id_part"] is None and not run.id_part_items.exists()
-    assert run.read_manifest()["cold_bias"] == 0.0
+    assert run.read_manifest()["cold_bias"] == 0.0 and run.read_manifest()["cold_share"] == {"scale": 1.5, "window": 5}
 
 
 def test_a_collaborative_part_is_published_served_and_left_out_of_new_items(hybrid_run, tmp_path: Path, single_thread) -> None:  # noqa: F811

@@ -12,6 +12,7 @@ import pytest
 from core_fixtures import clustered_split, load_script
 from learn_features.data.split import EvalUsers
 from learn_features.errors import LearnFeaturesError
+from learn_features.retrieval import rank_scores
 from training import baselines
 from training.config import EvalConfig, PipelineConfig
 from training.methods import METHODS, ItemKNN, Method, RetrievalModel, Scored, VectorModel, get_methods
@@ -93,6 +94,25 @@ def test_cold_bias_lifts_the_new_items_of_its_method_alone() -> None:
     assert biased.diagnostics.pop("cold_bias") == 0.25 and biased.diagnostics == plain.diagnostics
 
 
+def test_cold_share_gives_new_items_each_users_recent_share_of_their_ranking() -> None:
+    """eval.cold_share: a user with new items in their latest history events gets new items in
+    that share (times the scale) of their ranking, in the method's order; one without gets none."""
+    split = clustered_split()
+    split.warm_items[::7] = False  # nine new items, spread over the clusters
+    new = ~split.warm_items
+    users = split.test
+    recent = np.array([new[h[-4:]].mean() for h in users.histories])
+    assert recent.max() > 0 and recent.min() == 0  # both kinds of user are in the fixture
+    config = PipelineConfig(eval=EvalConfig(cold_share={"learn_hybrid": 1.5}, cold_share_window=4))
+    scored = WarmFirst(Method("learn_hybrid", WarmFirst, "llm"), SimpleNamespace(config=config), split).full_sort_predict(users, 0)
+    ranked = rank_scores(scored.scores, users.exclude, 8)
+    shares = np.minimum(1.0, 1.5 * recent)
+    for row, share in zip(ranked, shares):
+        assert abs(new[row].sum() - share * 8) <= 1
+    assert scored.diagnostics["cold_share"] == pytest.approx(shares.mean())
+    assert new[ranked[recent == 0]].sum() == 0
+
+
 def test_cold_bias_is_refused_for_methods_that_cannot_score_new_items() -> None:
     with pytest.raises(LearnFeaturesError, match=r"eval.cold_bias: \['item_knn', 'id_baseline'\] do not score new items from content"):
         EvalConfig(cold_bias={"item_knn": 0.1, "id_baseline": 0.1, "learn_hybrid": 0.1})
@@ -100,6 +120,17 @@ def test_cold_bias_is_refused_for_methods_that_cannot_score_new_items() -> None:
         EvalConfig(cold_bias={"bpr": 0.1})
     with pytest.raises(LearnFeaturesError, match="must be finite"):
         EvalConfig(cold_bias={"learn_hybrid": float("nan")})
+
+
+def test_cold_share_is_refused_where_it_cannot_apply() -> None:
+    with pytest.raises(LearnFeaturesError, match=r"eval.cold_share: \['item_knn'\] do not score new items from content"):
+        EvalConfig(cold_share={"item_knn": 1.0})
+    with pytest.raises(LearnFeaturesError, match=r"eval.cold_share must be finite numbers >= 0"):
+        EvalConfig(cold_share={"learn_hybrid": -0.5})
+    with pytest.raises(LearnFeaturesError, match=r"\['learn_hybrid'\] have both cold_bias and cold_share"):
+        EvalConfig(cold_bias={"learn_hybrid": 0.1}, cold_share={"learn_hybrid": 1.0})
+    with pytest.raises(LearnFeaturesError, match="eval.cold_share_window must be >= 1"):
+        EvalConfig(cold_share_window=0)
 
 
 class WarmFirst(VectorModel):
@@ -128,7 +159,7 @@ def test_the_cold_bias_sweep_finds_the_bias_that_ranks_new_items_as_the_referenc
     monkeypatch.setitem(METHODS, "warm_first", Method("warm_first", WarmFirst, "llm"))
     monkeypatch.setitem(METHODS, "new_first", Method("new_first", NewFirst, "llm"))
     prep = SimpleNamespace(config=PipelineConfig(), splits={"temporal": split})
-    result = sweep_script.sweep(prep, "warm_first", "new_first", [0.0, 0.25, 0.75, 1.0], k=5)["temporal"]
+    result = sweep_script.sweep(prep, "warm_first", "new_first", "bias", [0.0, 0.25, 0.75, 1.0], k=5)["temporal"]
     shares = [row[1] for row in result["rows"]]
     assert shares[0] == 0.0 and shares[-1] == 1.0 and shares == sorted(shares)
     new_recall = [row[4] for row in result["rows"]]
@@ -145,6 +176,18 @@ def test_the_cold_bias_sweep_reports_new_item_shares_without_reading_a_target(mo
     monkeypatch.setitem(METHODS, "new_first", Method("new_first", NewFirst, "llm"))
     biases = [0.0, 0.25, 0.75, 1.0]
     prep = SimpleNamespace(config=PipelineConfig(), splits={"temporal": split})
-    swept = [row[:2] for row in sweep_script.sweep(prep, "warm_first", "new_first", biases, k=5)["temporal"]["rows"]]
+    swept = [row[:2] for row in sweep_script.sweep(prep, "warm_first", "new_first", "bias", biases, k=5)["temporal"]["rows"]]
     split.test.targets = [np.array([], dtype=np.int64) for _ in split.test.targets]
-    assert sweep_script.shares(prep, "warm_first", biases, k=5)["temporal"] == swept
+    assert sweep_script.shares(prep, "warm_first", "bias", biases, k=5)["temporal"] == swept
+
+
+def test_the_sweep_tries_the_share_rule_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--rule share``: scale 0 shows no new item, and a larger scale gives new items more of
+    the top K, from the users' histories alone."""
+    sweep_script = load_script(monkeypatch, Path(__file__).resolve().parents[2] / "scripts" / "cold_bias_sweep.py")
+    split = clustered_split()
+    split.warm_items[::7] = False  # new items spread over the clusters, so some users have them lately
+    monkeypatch.setitem(METHODS, "warm_first", Method("warm_first", WarmFirst, "llm"))
+    prep = SimpleNamespace(config=PipelineConfig(), splits={"temporal": split})
+    shares = [share for _, share in sweep_script.shares(prep, "warm_first", "share", [0.0, 1.0, 3.0], k=10)["temporal"]]
+    assert shares[0] == 0.0 < shares[1] < shares[2]
