@@ -43,7 +43,7 @@ from learn_features.retrieval import per_user_scores, rank_scores
 from training.config import PipelineConfig
 from training.evaluation import target_subsets
 from training.methods import get_methods
-from training.new_items import recent_new_shares, with_cold_bias, with_cold_share
+from training.new_items import cold_shares, with_cold_bias, with_cold_share
 from training.pipeline import Prepared, prepare, seeds_of
 
 SUBSETS = ("all", "warm_items", "cold_items")
@@ -54,8 +54,8 @@ def _bias(prep: Prepared, split: Split, scores: np.ndarray, bias: float) -> np.n
 
 
 def _share(prep: Prepared, split: Split, scores: np.ndarray, scale: float) -> np.ndarray:
-    recent = recent_new_shares(split.test.histories, split.warm_items, prep.config.eval.cold_share_window)
-    return with_cold_share(scores, split.warm_items, split.test.exclude, np.minimum(1.0, scale * recent))
+    shares = cold_shares(split.test.histories, split.warm_items, scale, prep.config.eval.cold_share_window)
+    return with_cold_share(scores, split.warm_items, split.test.exclude, shares)
 
 
 #: --rule: (the scores of the test users under one value, the default grid of values)

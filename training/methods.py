@@ -39,7 +39,7 @@ from learn_features.device import pick_device
 from learn_features.errors import LearnFeaturesError
 from learn_features.trained_run import TrainedRun
 from training import baselines
-from training.new_items import recent_new_shares, with_cold_bias, with_cold_share
+from training.new_items import cold_shares, with_cold_bias, with_cold_share
 from training.trainer import validation_score_of_scores
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ class VectorModel(RetrievalModel):
             scores = with_cold_bias(scores, self.split.warm_items, bias)
             diagnostics["cold_bias"] = bias
         elif scale is not None:
-            shares = np.minimum(1.0, scale * recent_new_shares(users.histories, self.split.warm_items, evaluation.cold_share_window))
+            shares = cold_shares(users.histories, self.split.warm_items, scale, evaluation.cold_share_window)
             scores = with_cold_share(scores, self.split.warm_items, users.exclude, shares)
             diagnostics["cold_share"] = float(shares.mean())
         return Scored(scores, diagnostics)

@@ -39,6 +39,12 @@ def recent_new_shares(histories: Sequence[np.ndarray], warm: np.ndarray, window:
     return np.array([float(new[h[-window:]].mean()) if len(h) else 0.0 for h in histories])
 
 
+def cold_shares(histories: Sequence[np.ndarray], warm: np.ndarray, scale: float, window: int) -> np.ndarray:
+    """Per user, the share of their ranking that new items take under ``eval.cold_share``:
+    ``scale`` times their recent share (``recent_new_shares``), at most all of it."""
+    return np.minimum(1.0, scale * recent_new_shares(histories, warm, window))
+
+
 def with_cold_share(scores: np.ndarray, warm: np.ndarray, exclude: Sequence[np.ndarray], shares: np.ndarray) -> np.ndarray:
     """Scores (users x items, float64) whose descending order interleaves each user's new items
     with their warm ones so that a share ``shares[u]`` of every prefix is new.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from learn_features.retrieval import rank_scores
-from training.new_items import recent_new_shares, with_cold_share
+from training.new_items import cold_shares, recent_new_shares, with_cold_share
 
 # 20 items: 0-14 warm, 15-19 new; every warm item scores above every new one, and within each
 # group a lower index scores higher, so without a rule no new item reaches the top 15.
@@ -47,3 +47,5 @@ def test_the_recent_share_reads_the_last_window_events_of_each_history() -> None
     histories = [np.array([15, 16, 0, 1, 2, 3]), np.array([0, 1, 15, 16]), np.array([], dtype=np.int64)]
     np.testing.assert_allclose(recent_new_shares(histories, WARM, 4), [0.0, 0.5, 0.0])
     np.testing.assert_allclose(recent_new_shares(histories, WARM, 6), [1 / 3, 0.5, 0.0])
+    np.testing.assert_allclose(cold_shares(histories, WARM, 3.0, 6), [1.0, 1.0, 0.0])  # scaled, at most all of the ranking
+    np.testing.assert_allclose(cold_shares(histories, WARM, 1.5, 6), [0.5, 0.75, 0.0])
