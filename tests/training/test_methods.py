@@ -178,7 +178,9 @@ def test_the_cold_bias_sweep_reports_new_item_shares_without_reading_a_target(mo
     prep = SimpleNamespace(config=PipelineConfig(), splits={"temporal": split})
     swept = [row[:2] for row in sweep_script.sweep(prep, "warm_first", "new_first", "bias", biases, k=5)["temporal"]["rows"]]
     split.test.targets = [np.array([], dtype=np.int64) for _ in split.test.targets]
-    assert sweep_script.shares(prep, "warm_first", "bias", biases, k=5)["temporal"] == swept
+    rows = sweep_script.shares(prep, "warm_first", "bias", biases, k=5)["temporal"]
+    assert [row[:2] for row in rows] == swept
+    assert all(per_seed == [share] for _, share, per_seed in rows)  # one seed: an untrained method
 
 
 def test_the_sweep_tries_the_share_rule_too(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,5 +191,5 @@ def test_the_sweep_tries_the_share_rule_too(monkeypatch: pytest.MonkeyPatch) -> 
     split.warm_items[::7] = False  # new items spread over the clusters, so some users have them lately
     monkeypatch.setitem(METHODS, "warm_first", Method("warm_first", WarmFirst, "llm"))
     prep = SimpleNamespace(config=PipelineConfig(), splits={"temporal": split})
-    shares = [share for _, share in sweep_script.shares(prep, "warm_first", "share", [0.0, 1.0, 3.0], k=10)["temporal"]]
+    shares = [share for _, share, _ in sweep_script.shares(prep, "warm_first", "share", [0.0, 1.0, 3.0], k=10)["temporal"]]
     assert shares[0] == 0.0 < shares[1] < shares[2]
