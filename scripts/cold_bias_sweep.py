@@ -43,36 +43,27 @@ from learn_features.retrieval import per_user_scores, rank_scores
 from training.config import PipelineConfig
 from training.evaluation import target_subsets
 from training.methods import get_methods
-from training.new_items import cold_shares, with_cold_bias, with_cold_share
+from training.new_items import RULES
 from training.pipeline import Prepared, prepare, seeds_of
 
 SUBSETS = ("all", "warm_items", "cold_items")
 
 
-def _bias(prep: Prepared, split: Split, scores: np.ndarray, bias: float) -> np.ndarray:
-    return with_cold_bias(scores, split.warm_items, bias)
-
-
-def _share(prep: Prepared, split: Split, scores: np.ndarray, scale: float) -> np.ndarray:
-    shares = cold_shares(split.test.histories, split.warm_items, scale, prep.config.eval.cold_share_window)
-    return with_cold_share(scores, split.warm_items, split.test.exclude, shares)
-
-
-#: --rule: (the scores of the test users under one value, the default grid of values)
-RULES = {
-    "bias": (_bias, (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1)),
-    "share": (_share, (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)),
+#: --rule (a name in ``training.new_items.RULES``): its default grid of values
+GRIDS = {
+    "bias": (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1),
+    "share": (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0),
 }
 
 
 def ruled_rankings(prep: Prepared, split: Split, method: str, rule: str, values: list[float], k: int) -> list[list[np.ndarray]]:
     """Per seed of ``method``'s models (one for an untrained method), the test users' top ``k``
     under each value of ``rule``. Reads the users' histories, never their targets."""
-    users, apply = split.test, RULES[rule][0]
+    users, apply, window = split.test, RULES[rule], prep.config.eval.cold_share_window
     model = get_methods([method])[0].fit(prep, split)
     seeds = seeds_of(prep.config) if model.trained else [prep.config.train.seed]
     return [
-        [rank_scores(apply(prep, split, scores, value), users.exclude, k) for value in values]
+        [rank_scores(apply(scores, split.warm_items, users, value, window)[0], users.exclude, k) for value in values]
         for scores in (model.full_sort_predict(users, seed).scores for seed in seeds)
     ]
 
@@ -126,12 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     parser.add_argument("--method", default="learn_hybrid", help="the method the rule applies to (default: learn_hybrid)")
     parser.add_argument("--reference", default="llm_frozen", help="the method whose new-target recall to reach (default: llm_frozen)")
-    parser.add_argument("--rule", choices=sorted(RULES), default="bias",
+    parser.add_argument("--rule", choices=sorted(GRIDS), default="bias",
                         help="bias: eval.cold_bias, a constant on new items' scores; share: eval.cold_share, a multiple of each "
                              "user's recent share of new items (default: bias)")
     parser.add_argument("--values", "--biases", dest="values",
                         help="comma-separated values of the rule to try (default: " + "; ".join(
-                            f"{name}: {','.join(map(str, grid))}" for name, (_, grid) in RULES.items()) + ")")
+                            f"{name}: {','.join(map(str, grid))}" for name, grid in GRIDS.items()) + ")")
     parser.add_argument("-k", type=int, default=None, help="cut-off (default: that of train.select_metric)")
     parser.add_argument("--shares-only", action="store_true",
                         help="print only the share of new items in the top K under each value, reading no target: run it on the "
@@ -141,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = [*args.set, *([f"run_dir={json.dumps(args.run_dir)}"] if args.run_dir else []), "eval.cold_bias={}", "eval.cold_share={}"]
         config = load_config(PipelineConfig, args.config, overrides)
-        values = [float(v) for v in args.values.split(",")] if args.values else list(RULES[args.rule][1])
+        values = [float(v) for v in args.values.split(",")] if args.values else list(GRIDS[args.rule])
         k = args.k or int(config.train.select_metric.split("@")[1])
         prep = prepare(config)
         if args.shares_only:

@@ -19,9 +19,9 @@ from learn_features.cex.model_loading import CPU_BF16_PROBES  # noqa: E402  afte
 @pytest.fixture(autouse=True, scope="session")
 def cpu_without_native_bf16() -> Iterator[None]:
     """``dtype = "auto"`` follows the host (``learn_features.cex.model_loading.native_bf16``):
-    bf16 on a CPU with avx512_bf16 or AMX where it is also faster, fp32 elsewhere. The tests pin cache keys, content
-    identities and fp32 tolerances, so each sees a CPU without native bf16 whatever CI runs
-    on. Session-wide, so that module fixtures that extract content see it too; the tests of
+    bf16 on a CPU with avx512_bf16 or AMX where it is also faster, fp32 elsewhere. The tests
+    pin cache keys, content identities and fp32 tolerances, so each sees a CPU without native
+    bf16 whatever CI runs on. Session-wide, so that module fixtures that extract content see it too; the tests of
     ``native_bf16`` itself set torch's probes again."""
     with pytest.MonkeyPatch.context() as patch:
         for probe in CPU_BF16_PROBES:

@@ -54,6 +54,13 @@ class EvalConfig:
     cold_share: dict[str, float] = field(default_factory=dict)
     cold_share_window: int = 10
 
+    def new_item_rule(self, method: str) -> tuple[str, float] | None:
+        """``method``'s rule for new items as (name in ``training.new_items.RULES``, value), or
+        None (a bias of 0 is no rule)."""
+        if self.cold_bias.get(method):
+            return "bias", self.cold_bias[method]
+        return ("share", self.cold_share[method]) if method in self.cold_share else None
+
     def __post_init__(self) -> None:
         # Checked here, when the config loads, so that a bad value is refused before any work
         # (and before any output is rewritten), not after a whole job.

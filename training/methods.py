@@ -39,7 +39,7 @@ from learn_features.device import pick_device
 from learn_features.errors import LearnFeaturesError
 from learn_features.trained_run import TrainedRun
 from training import baselines
-from training.new_items import cold_shares, with_cold_bias, with_cold_share
+from training.new_items import RULES
 from training.trainer import validation_score_of_scores
 
 if TYPE_CHECKING:
@@ -149,15 +149,10 @@ class VectorModel(RetrievalModel):
 
         diagnostics = vector_diagnostics(user_vecs, item_vecs, scores, self.split.positive_counts(), self.split.warm_items)
         evaluation = self.prep.config.eval
-        bias = evaluation.cold_bias.get(self.method.name, 0.0)
-        scale = evaluation.cold_share.get(self.method.name)
-        if bias:
-            scores = with_cold_bias(scores, self.split.warm_items, bias)
-            diagnostics["cold_bias"] = bias
-        elif scale is not None:
-            shares = cold_shares(users.histories, self.split.warm_items, scale, evaluation.cold_share_window)
-            scores = with_cold_share(scores, self.split.warm_items, users.exclude, shares)
-            diagnostics["cold_share"] = float(shares.mean())
+        rule = evaluation.new_item_rule(self.method.name)
+        if rule is not None:
+            name, value = rule
+            scores, diagnostics[f"cold_{name}"] = RULES[name](scores, self.split.warm_items, users, value, evaluation.cold_share_window)
         return Scored(scores, diagnostics)
 
 

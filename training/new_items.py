@@ -23,9 +23,11 @@ A method takes at most one of the two. Both are chosen on the protocol one perio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from learn_features.data.split import EvalUsers
 
 
 def with_cold_bias(scores: np.ndarray, warm: np.ndarray, bias: float) -> np.ndarray:
@@ -65,3 +67,22 @@ def with_cold_share(scores: np.ndarray, warm: np.ndarray, exclude: Sequence[np.n
             ranks = np.arange(len(ordered), dtype=np.float64)
             out[row, ordered] = -((ranks + 0.5) / part) if part > 0 else -(n_items + 1.0 + ranks)
     return out
+
+
+def _apply_bias(scores: np.ndarray, warm: np.ndarray, users: EvalUsers, bias: float, window: int) -> tuple[np.ndarray, float]:
+    return with_cold_bias(scores, warm, bias), bias
+
+
+def _apply_share(scores: np.ndarray, warm: np.ndarray, users: EvalUsers, scale: float, window: int) -> tuple[np.ndarray, float]:
+    shares = cold_shares(users.histories, warm, scale, window)
+    return with_cold_share(scores, warm, users.exclude, shares), float(shares.mean())
+
+
+#: Each rule by name (``eval.cold_<name>``): (scores of ``users``, warm mask, users, the rule's
+#: value, ``eval.cold_share_window``) -> (the scores under the rule, what the diagnostics
+#: report of it: the bias, or the users' mean share). The evaluation and
+#: ``scripts/cold_bias_sweep.py`` both apply rules through it, so a sweep ranks as the tables do.
+RULES: dict[str, Callable[[np.ndarray, np.ndarray, EvalUsers, float, int], tuple[np.ndarray, float]]] = {
+    "bias": _apply_bias,
+    "share": _apply_share,
+}

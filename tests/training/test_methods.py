@@ -16,6 +16,7 @@ from learn_features.retrieval import rank_scores
 from training import baselines
 from training.config import EvalConfig, PipelineConfig
 from training.methods import METHODS, ItemKNN, Method, RetrievalModel, Scored, VectorModel, get_methods
+from training.new_items import RULES
 
 
 def prep_for_tests() -> SimpleNamespace:
@@ -193,3 +194,4 @@ def test_the_sweep_tries_the_share_rule_too(monkeypatch: pytest.MonkeyPatch) -> 
     prep = SimpleNamespace(config=PipelineConfig(), splits={"temporal": split})
     shares = [share for _, share, _ in sweep_script.shares(prep, "warm_first", "share", [0.0, 1.0, 3.0], k=10)["temporal"]]
     assert shares[0] == 0.0 < shares[1] < shares[2]
+    assert set(sweep_script.GRIDS) == set(RULES)  # a default grid for every rule the evaluation knows
