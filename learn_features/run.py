@@ -8,6 +8,7 @@
     embeddings/{user,item}_embeddings.parquet        the published vectors (``embed``)
     embeddings/manifest.json                         what produced them (``read_manifest``)
     embeddings/id_part_items.parquet                 hybrid towers: the items whose vectors carry an ID part
+    embeddings/warm_items.parquet                    a method with a new-item rule: the items it counts as warm
     metrics[-validation].{json,md}, per_user[-validation].parquet, training_curves[-validation].png
     feast_replay/                                    the replay Feast repo (``publish --replay``)
     report/                                          the ranking report
@@ -88,6 +89,13 @@ class RunDir:
         manifest's ``id_part``); every other item's vector is its content alone, and so is that of
         any item ``embed-items`` is given that is not on this list."""
         return self.embeddings / "id_part_items.parquet"
+
+    @property
+    def warm_items(self) -> Path:
+        """One ``item_id`` column: the items with a training event, for a method with a rule for
+        new items (the manifest's ``new_item_rule``, ``learn_features.new_items``); every other
+        item, and every item ``embed-items`` pushes later, is new to it."""
+        return self.embeddings / "warm_items.parquet"
 
     @staticmethod
     def _suffix(on: str) -> str:

@@ -1,7 +1,7 @@
 """Choose ``eval.cold_bias`` or ``eval.cold_share``: how a rule for new items trades all targets against new ones.
 
 A method that ranks warm items by what the towers learned of them puts every new item (no
-training event, served from content alone) below them; ``training.new_items`` has two rules
+training event, served from content alone) below them; ``learn_features.new_items`` has two rules
 that bring them up: ``--rule bias`` (``eval.cold_bias``, a constant added to new items'
 scores) and ``--rule share`` (``eval.cold_share``, a multiple of each user's recent share of
 new items, of every prefix of their ranking). This script scores one method's trained models
@@ -39,17 +39,17 @@ import numpy as np
 from learn_features.config import load_config
 from learn_features.data.split import Split
 from learn_features.errors import LearnFeaturesError
+from learn_features.new_items import NewItemRule, recent_new_shares
 from learn_features.retrieval import per_user_scores, rank_scores
 from training.config import PipelineConfig
 from training.evaluation import target_subsets
 from training.methods import get_methods
-from training.new_items import RULES
 from training.pipeline import Prepared, prepare, seeds_of
 
 SUBSETS = ("all", "warm_items", "cold_items")
 
 
-#: --rule (a name in ``training.new_items.RULES``): its default grid of values
+#: --rule (a name in ``learn_features.new_items.RULES``): its default grid of values
 GRIDS = {
     "bias": (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1),
     "share": (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0),
@@ -59,11 +59,12 @@ GRIDS = {
 def ruled_rankings(prep: Prepared, split: Split, method: str, rule: str, values: list[float], k: int) -> list[list[np.ndarray]]:
     """Per seed of ``method``'s models (one for an untrained method), the test users' top ``k``
     under each value of ``rule``. Reads the users' histories, never their targets."""
-    users, apply, window = split.test, RULES[rule], prep.config.eval.cold_share_window
+    users, warm, window = split.test, split.warm_items, prep.config.eval.cold_share_window
+    recent = recent_new_shares(users.histories, warm, window)
     model = get_methods([method])[0].fit(prep, split)
     seeds = seeds_of(prep.config) if model.trained else [prep.config.train.seed]
     return [
-        [rank_scores(apply(scores, split.warm_items, users, value, window)[0], users.exclude, k) for value in values]
+        [rank_scores(NewItemRule(rule, value, window).apply(scores, warm, users.exclude, recent)[0], users.exclude, k) for value in values]
         for scores in (model.full_sort_predict(users, seed).scores for seed in seeds)
     ]
 

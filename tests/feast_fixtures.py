@@ -16,10 +16,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
 from learn_features.atomic import write_json_atomic
 from learn_features.embeddings_io import ITEM_FILE, USER_FILE, EmbeddingTable, write_table
+from learn_features.new_items import NewItemRule
+from learn_features.run import RunDir
 
 REPO_SRC = Path(__file__).resolve().parents[1] / "feature_repo"
 REPO_FILES = (
@@ -75,6 +79,16 @@ def write_run(
         {"model_version": model_version, "dim": dim, "as_of": ts.isoformat(), "created_at": pd.Timestamp.now(tz="UTC").isoformat()},
     )
     return SyntheticRun(run_dir, model_version, dict(zip(users, uvec)), dict(zip(items, ivec)))
+
+
+def with_new_item_rule(run: SyntheticRun, rule: NewItemRule, warm_ids: list[str]) -> SyntheticRun:
+    """``run`` as `embed` leaves a method with a new-item rule: the rule in the manifest, the
+    items it counts warm in ``embeddings/warm_items.parquet``."""
+    run_dir = RunDir(run.run_dir)
+    pq.write_table(pa.table({"item_id": pa.array(warm_ids, pa.string())}), run_dir.warm_items)
+    manifest = run_dir.read_manifest()
+    write_json_atomic(run_dir.manifest, {**manifest, "new_item_rule": rule.record(), "warm_items": {"items": len(warm_ids)}})
+    return run
 
 
 def write_config(repo: Path, base: str, name: str, changes: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ from learn_features.config import PATH, from_dict
 from learn_features.data.config import DataConfig
 from learn_features.data.split import SplitConfig
 from learn_features.errors import LearnFeaturesError
+from learn_features.new_items import NewItemRule
 from learn_features.pch.model import PCHConfig
 from learn_features.retrieval import DEFAULT_KS
 from learn_features.data.sources import data_source
@@ -42,7 +43,7 @@ class EvalConfig:
     # selection during training always removes them.
     rank_seen: bool = False
     # How items without a training event (served from content alone) enter a method's ranking;
-    # training.new_items says why each exists. Both are per method, for methods that score new
+    # learn_features.new_items says why each exists. Both are per method, for methods that score new
     # items from their content, one rule a method; both are chosen on the protocol one period
     # earlier (split.until), never on test users (scripts/cold_bias_sweep.py).
     # cold_bias: a score added to every new item, on the scale of the method's scores, e.g.
@@ -54,12 +55,11 @@ class EvalConfig:
     cold_share: dict[str, float] = field(default_factory=dict)
     cold_share_window: int = 10
 
-    def new_item_rule(self, method: str) -> tuple[str, float] | None:
-        """``method``'s rule for new items as (name in ``training.new_items.RULES``, value), or
-        None (a bias of 0 is no rule)."""
+    def new_item_rule(self, method: str) -> NewItemRule | None:
+        """``method``'s rule for new items, or None (a bias of 0 is no rule)."""
         if self.cold_bias.get(method):
-            return "bias", self.cold_bias[method]
-        return ("share", self.cold_share[method]) if method in self.cold_share else None
+            return NewItemRule("bias", self.cold_bias[method], self.cold_share_window)
+        return NewItemRule("share", self.cold_share[method], self.cold_share_window) if method in self.cold_share else None
 
     def __post_init__(self) -> None:
         # Checked here, when the config loads, so that a bad value is refused before any work

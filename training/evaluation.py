@@ -265,7 +265,7 @@ def _diagnostics_table(methods: dict[str, dict]) -> list[str]:
 
 
 def _new_item_rule(diagnostics: dict) -> str:
-    """The rule the tables applied to items without a training event (``training.new_items``)."""
+    """The rule the tables applied to items without a training event (``learn_features.new_items``)."""
     if "cold_share" in diagnostics:
         return f"share, {diagnostics['cold_share']:.1%} of slots on average"
     return f"bias {diagnostics['cold_bias']:g}" if "cold_bias" in diagnostics else "none"

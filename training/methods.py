@@ -37,9 +37,9 @@ import scipy.sparse as sp
 from learn_features.data.split import EvalUsers, Split
 from learn_features.device import pick_device
 from learn_features.errors import LearnFeaturesError
+from learn_features.new_items import recent_new_shares
 from learn_features.trained_run import TrainedRun
 from training import baselines
-from training.new_items import RULES
 from training.trainer import validation_score_of_scores
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ class VectorModel(RetrievalModel):
     """A method that scores by the dot product of user and item vectors, with their diagnostics.
 
     A method's rule for new items (``eval.cold_bias`` or ``eval.cold_share``,
-    ``training.new_items``) applies after the diagnostics, which describe the vectors themselves.
+    ``learn_features.new_items``) applies after the diagnostics, which describe the vectors themselves.
     """
 
     @abstractmethod
@@ -148,11 +148,11 @@ class VectorModel(RetrievalModel):
         from training.diagnostics import vector_diagnostics  # scipy.stats: only evaluation needs it
 
         diagnostics = vector_diagnostics(user_vecs, item_vecs, scores, self.split.positive_counts(), self.split.warm_items)
-        evaluation = self.prep.config.eval
-        rule = evaluation.new_item_rule(self.method.name)
+        rule = self.prep.config.eval.new_item_rule(self.method.name)
         if rule is not None:
-            name, value = rule
-            scores, diagnostics[f"cold_{name}"] = RULES[name](scores, self.split.warm_items, users, value, evaluation.cold_share_window)
+            warm = self.split.warm_items
+            recent = recent_new_shares(users.histories, warm, rule.window)
+            scores, diagnostics[f"cold_{rule.rule}"] = rule.apply(scores, warm, users.exclude, recent)
         return Scored(scores, diagnostics)
 
 

@@ -342,7 +342,9 @@ def embed(prep: Prepared) -> dict[str, Path]:
         "user": write_table(EmbeddingTable("user", user_ids, users, as_of, version), run.embedding_table("user")),
         "item": write_table(EmbeddingTable("item", split.item_ids, items, as_of, version), run.embedding_table("item")),
     }
-    id_part = _write_id_part_items(run, tower.payload["trained_item_ids"] if method.id_part else None)
+    id_part = _write_item_list(run.id_part_items, tower.payload["trained_item_ids"] if method.id_part else None)
+    rule = config.eval.new_item_rule(method.name)
+    warm = _write_item_list(run.warm_items, None if rule is None else [i for i, w in zip(split.item_ids, split.warm_items) if w])
     write_json_atomic(
         run.manifest,
         {
@@ -361,30 +363,28 @@ def embed(prep: Prepared) -> dict[str, Path]:
             "users": len(user_ids),
             "items": len(split.item_ids),
             "id_part": id_part,
-            # This method's rule for items outside ``id_part`` (training.new_items), which a
-            # retrieval stage over these vectors applies to rank as its tables did:
-            # eval.cold_bias, added to every such item's score (0 for none), or eval.cold_share,
-            # the multiple of the user's recent share of such items they take of the ranking.
-            "cold_bias": config.eval.cold_bias.get(method.name, 0.0),
-            "cold_share": (
-                {"scale": config.eval.cold_share[method.name], "window": config.eval.cold_share_window}
-                if method.name in config.eval.cold_share else None
-            ),
+            # The method's rule for new items (eval.cold_bias or eval.cold_share,
+            # learn_features.new_items) and the items it counts as warm, which `publish` carries
+            # into the feature repo so that retrieval over these vectors ranks as the tables did.
+            "new_item_rule": None if rule is None else rule.record(),
+            "warm_items": warm,
         },
     )
     if id_part is None:  # a previous embed of a hybrid must not leave its list beside other vectors
         run.id_part_items.unlink(missing_ok=True)
+    if warm is None:  # nor one with a rule its warm items
+        run.warm_items.unlink(missing_ok=True)
     return paths
 
 
-def _write_id_part_items(run: RunDir, item_ids: list[str] | None) -> dict | None:
-    """The published items whose vectors carry an ID part, for the manifest's ``id_part``
-    (None for towers without one): every other item's vector is its content alone."""
+def _write_item_list(path: Path, item_ids: list[str] | None) -> dict | None:
+    """A list of items (``RunDir.id_part_items``, ``RunDir.warm_items``) as one ``item_id``
+    column, and its manifest entry; None (nothing written) for no list."""
     if item_ids is None:
         return None
-    with atomic_path(run.id_part_items) as tmp:
+    with atomic_path(path) as tmp:
         pq.write_table(pa.table({"item_id": pa.array(item_ids, pa.string())}), tmp)
-    return {"items": len(item_ids), "file": str(run.id_part_items.resolve())}
+    return {"items": len(item_ids), "file": str(path.resolve())}
 
 
 def evaluate(prep: Prepared, progress: bool = True, on: str = "test") -> dict[str, dict]:

@@ -25,7 +25,8 @@ PUBLISH_DESCRIPTION = f"""{PUBLISH_HELP}
 
 Reads <run-dir>/embeddings/{{user,item}}_embeddings.parquet and manifest.json, validates
 them, and commits them atomically as one publication under <repo>/data/offline/.
-Re-running with the same run is a no-op. Then load them online:
+Re-running with the same run is a no-op. The primary method's new-item rule
+(eval.cold_bias / eval.cold_share), if any, is published with the vectors. Then load them online:
   {NEXT_STEPS.format(repo="<repo>")}
 
 With --replay the vectors go, stamped at the run's data cut, into <run-dir>/feast_replay
@@ -143,6 +144,10 @@ def run_publish(args: argparse.Namespace) -> int:
         f"published {pub.model_version}: {pub.rows.get('user', 0)} users, {pub.rows.get('item', 0)} items, "
         f"dim {pub.dim}, event time {pub.published_at.isoformat()} -> {pub.path}"
     )
+    if pub.new_item_rule is not None:
+        rule = pub.new_item_rule
+        print(f"new items ranked by the rule {rule.rule} {rule.value:g}" + (f" (window {rule.window})" if rule.rule == "share" else "")
+              + "; ItemIndex and LearnFeatureClient.candidates apply it")
     if not args.quiet:
         print(f"next: {NEXT_STEPS.format(repo=args.repo)}")
     return 0

@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 from learn_features.atomic import atomic_path, write_json_atomic
 from learn_features.embeddings_io import Entity
 from learn_features.errors import LearnFeaturesError
-from learn_features.store.ledger import CATALOG_FILE, PUBLICATION_FILE, Kind, Publication
+from learn_features.new_items import NewItemsPolicy
+from learn_features.store.ledger import CATALOG_FILE, PUBLICATION_FILE, WARM_ITEMS_FILE, Kind, Publication
 from learn_features.store.repo import FIELDS, OFFLINE_DIR
 
 SCHEMA_DIR = OFFLINE_DIR / "_schema"  # no publication.json: never listed as a publication
@@ -154,11 +155,14 @@ def commit_publication(
     source: str,
     digest: str | None = None,
     catalog: pa.Table | None = None,
+    new_items: NewItemsPolicy | None = None,
 ) -> Publication:
     """Write a publication to staging, then make it visible with one atomic rename.
 
     Call under ``publish_lock``. Leftovers of crashed publishes are removed first.
-    ``catalog`` (push publications) is kept as ``catalog.parquet`` next to the vectors.
+    ``catalog`` (push publications) is kept as ``catalog.parquet`` next to the vectors;
+    ``new_items`` (full publications of a method with a new-item rule) as the record's
+    ``new_item_rule`` and ``warm_items.parquet``.
     """
     repo = Path(repo_path)
     ensure_offline_schema(repo)
@@ -184,6 +188,9 @@ def commit_publication(
         if catalog is not None:
             with atomic_path(staged / CATALOG_FILE) as tmp:
                 pq.write_table(catalog, tmp)
+        if new_items is not None:
+            with atomic_path(staged / WARM_ITEMS_FILE) as tmp:
+                pq.write_table(pa.table({"item_id": pa.array(sorted(new_items.warm_ids), pa.string())}), tmp)
         first = min((int(t.times_us.min()) for t in tables.values() if t.times_us is not None and len(t.times_us)), default=None)
         meta = {
             "kind": kind,
@@ -194,6 +201,7 @@ def commit_publication(
             "digest": digest,
             "rows": {entity: int(t.vectors.shape[0]) for entity, t in tables.items()},
             "source": source,
+            "new_item_rule": None if new_items is None else new_items.rule.record(),
         }
         write_json_atomic(staged / PUBLICATION_FILE, meta)  # fsynced before the directory is committed
         _fsync_dir(staged)

@@ -6,6 +6,7 @@ Layout under the repo (all of it git-ignored)::
     data/offline/<publication id>/item.parquet
     data/offline/<publication id>/publication.json  # the record: kind, version, dim, time, digest
     data/offline/<publication id>/catalog.parquet   # push publications: the catalog rows pushed
+    data/offline/<publication id>/warm_items.parquet  # full publications with a new-item rule: its warm items
     data/offline/_schema/{user,item}.parquet        # zero rows: the publications' schema
     data/staging/                                   # half-built publications
     data/.publish.lock
@@ -43,10 +44,12 @@ import pandas as pd
 from learn_features.atomic import file_lock
 from learn_features.embeddings_io import Entity
 from learn_features.errors import LearnFeaturesError
+from learn_features.new_items import NewItemRule
 from learn_features.store.repo import FIELDS, OFFLINE_DIR
 
 PUBLICATION_FILE = "publication.json"
 CATALOG_FILE = "catalog.parquet"
+WARM_ITEMS_FILE = "warm_items.parquet"
 LOCK_FILE = Path("data") / ".publish.lock"
 ONE_MICROSECOND = pd.Timedelta(microseconds=1)
 
@@ -66,6 +69,7 @@ class Publication:
     rows: dict[str, int]
     source: str
     first_event_time: pd.Timestamp  # == published_at, except for "users" rows stamped at many times
+    new_item_rule: NewItemRule | None = None  # full publications: how retrieval ranks items off ``warm_items``
 
     @classmethod
     def read(cls, meta_path: Path) -> Publication:
@@ -82,6 +86,7 @@ class Publication:
                 rows={str(k): int(v) for k, v in meta["rows"].items()},
                 source=str(meta.get("source", "")),
                 first_event_time=pd.Timestamp(meta.get("first_event_time", meta["published_at"])).tz_convert("UTC"),
+                new_item_rule=NewItemRule.from_record(meta.get("new_item_rule"), str(meta_path)),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise LearnFeaturesError(f"{meta_path}: unreadable publication record: {exc}") from exc
@@ -94,6 +99,12 @@ class Publication:
         """The entity's file in this publication, or None (push publications hold items only)."""
         path = self.path / FIELDS[entity].parquet_name
         return path if entity in self.rows else None
+
+    @property
+    def warm_items(self) -> Path | None:
+        """The items its ``new_item_rule`` counts as warm (one ``item_id`` column), if it has a rule."""
+        path = self.path / WARM_ITEMS_FILE
+        return path if self.new_item_rule is not None else None
 
     @property
     def catalog(self) -> Path | None:

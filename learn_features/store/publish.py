@@ -2,9 +2,11 @@
 
 Rules, all enforced here (the ledger's time rule applies too, see ``store.ledger``):
 
-* Re-publishing the active version with the same vectors is a no-op (idempotent). A
-  version already published with *different* vectors is refused: a version string must
-  name one set of vectors, or user and item vectors of "the same" version could mix.
+* Re-publishing the active version with the same vectors and new-item rule is a no-op
+  (idempotent). A version already published with *different* vectors is refused: a version
+  string must name one set of vectors, or user and item vectors of "the same" version could
+  mix. The same vectors with another new-item rule (``eval.cold_bias`` / ``eval.cold_share``
+  changed, then ``embed`` again) are a new publication, whose rule retrieval then applies.
 * Re-publishing an older version (same vectors) is a rollback: a new publication that is
   newer than everything else.
 * Replays of history (vectors stamped at the run's data cut) go to a per-run copy of the
@@ -21,9 +23,11 @@ import pandas as pd
 
 from learn_features.embeddings_io import Entity, frame_to_matrix, id_column, read_frame
 from learn_features.errors import LearnFeaturesError
+from learn_features.new_items import NewItemRule, NewItemsPolicy
 from learn_features.run import RunDir
 from learn_features.store.commit import EntityVectors, commit_publication, publication_digest
 from learn_features.store.ledger import Publication, list_publications, next_publish_time, publish_lock
+from learn_features.store.published import publication_policy, read_item_list
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,17 @@ def _load_run_table(path: Path, entity: Entity, model_version: str, dim: int) ->
             f"model_version {df['model_version'].iloc[row]!r} differs from the run manifest's {model_version!r}"
         )
     return EntityVectors.sorted(df[id_column(entity)].astype(str).to_numpy(), matrix)
+
+
+def run_policy(run: Path, manifest: dict) -> NewItemsPolicy | None:
+    """The primary method's new-item rule and warm items the run's manifest records, or None."""
+    rule = NewItemRule.from_record(manifest.get("new_item_rule"), str(RunDir(run).manifest))
+    if rule is None:
+        return None
+    warm = RunDir(run).warm_items
+    if not warm.is_file():
+        raise LearnFeaturesError(f"{RunDir(run).manifest}: names a new-item rule but {warm} is missing; run `learn-features embed` again")
+    return NewItemsPolicy(rule, read_item_list(warm))
 
 
 def run_model_version(run_dir: str | Path) -> str:
@@ -86,12 +101,13 @@ def publish_run(run_dir: str | Path, repo_path: str | Path, event_time: str = "n
         "user": _load_run_table(RunDir(run).embedding_table("user"), "user", version, dim),
         "item": _load_run_table(RunDir(run).embedding_table("item"), "item", version, dim),
     }
+    policy = run_policy(run, manifest)
     requested = parse_event_time(event_time, manifest["as_of"])
     digest = publication_digest(version, tables)
     with publish_lock(repo_path):
         pubs = list_publications(repo_path)
         full = [p for p in pubs if p.kind == "full"]
-        if full and full[-1].model_version == version and full[-1].digest == digest:
+        if full and full[-1].model_version == version and full[-1].digest == digest and publication_policy(full[-1]) == policy:
             return PublishResult(full[-1], created=False)
         clash = next((p for p in full if p.model_version == version and p.digest != digest), None)
         if clash is not None:
@@ -100,5 +116,5 @@ def publish_run(run_dir: str | Path, repo_path: str | Path, event_time: str = "n
                 f"({clash.publication_id}); give the new model a new version"
             )
         published_at = next_publish_time(repo_path, requested)
-        pub = commit_publication(repo_path, "full", version, tables, published_at, str(run.resolve()), digest)
+        pub = commit_publication(repo_path, "full", version, tables, published_at, str(run.resolve()), digest, new_items=policy)
     return PublishResult(pub, created=True)

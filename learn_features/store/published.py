@@ -1,4 +1,5 @@
-"""Reading what was published: the vectors in effect per id and time, and pushed items left stale.
+"""Reading what was published: the vectors in effect per id and time, a version's new-item rule,
+and pushed items left stale.
 
 Every reader of published vectors goes through here, so that "the row an online store
 serves" and "the row a point-in-time join returns" are computed one way: among the rows
@@ -18,6 +19,7 @@ import pyarrow as pa
 from learn_features.data.tables import read_parquet, read_table
 from learn_features.embeddings_io import Entity
 from learn_features.errors import LearnFeaturesError
+from learn_features.new_items import NewItemsPolicy
 from learn_features.store.commit import EntityVectors, flat_values
 from learn_features.store.ledger import Publication, list_publications
 from learn_features.store.repo import FIELDS, OFFLINE_DIR
@@ -96,6 +98,42 @@ def read_published(repo_path: str | Path, entity: Entity, model_version: str) ->
     if not len(rows.ids):
         raise LearnFeaturesError(f"{Path(repo_path) / OFFLINE_DIR}: no published {entity} embeddings for {model_version!r}")
     return rows.latest()
+
+
+def read_item_list(path: Path) -> frozenset[str]:
+    """The ids of a one-column ``item_id`` list (``warm_items.parquet``)."""
+    return frozenset(str(i) for i in read_parquet(path, columns=["item_id"]).column(0).to_pylist())
+
+
+def publication_policy(pub: Publication) -> NewItemsPolicy | None:
+    """The new-item rule a full publication carries, with its warm items; None for none."""
+    if pub.new_item_rule is None:
+        return None
+    return NewItemsPolicy(pub.new_item_rule, read_item_list(pub.warm_items))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class VersionItems:
+    """What retrieval needs of one model version's items beyond their vectors: its new-item
+    rule, and the published ids that rule counts as new (the run's items off its warm list and
+    every pushed item). ``key`` names the publications it was read from."""
+
+    key: tuple[str, ...]
+    policy: NewItemsPolicy | None
+    new_ids: list[str]
+
+
+def version_items(repo_path: str | Path, model_version: str, known: VersionItems | None = None) -> VersionItems:
+    """``VersionItems`` of ``model_version``; ``known`` is returned as is while no full or push
+    publication of the version has been added since it was read (a serving client's cache)."""
+    pubs = [p for p in list_publications(repo_path) if p.model_version == model_version and p.kind in ("full", "push")]
+    key = tuple(p.publication_id for p in pubs)
+    if known is not None and known.key == key:
+        return known
+    full = [p for p in pubs if p.kind == "full"]
+    policy = publication_policy(full[-1]) if full else None
+    new = [] if policy is None else sorted({i for p in pubs for i in _item_ids(p)} - policy.warm_ids)
+    return VersionItems(key, policy, new)
 
 
 def _item_ids(pub: Publication) -> list[str]:

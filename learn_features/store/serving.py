@@ -33,6 +33,8 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from learn_features.errors import LearnFeaturesError
+from learn_features.new_items import NewItemsPolicy
+from learn_features.store.published import VersionItems, version_items
 from learn_features.store.repo import (
     ITEM,
     ITEM_SEARCH_METRIC,
@@ -103,6 +105,16 @@ def _parse(response: Any, fields: EntityFields, n: int) -> OnlineRows:
     return OnlineRows(vectors, versions, time.time() - seconds)
 
 
+def check_rule_metric(policy: NewItemsPolicy | None, metric: Metric, model_version: str) -> None:
+    """Refuse a ``bias`` rule under cosine scores: it was chosen on dot-product scores, whose
+    scale cosine does not keep, so the ranking would not be the one the tables measured."""
+    if policy is not None and policy.rule.rule == "bias" and metric == "cosine":
+        raise LearnFeaturesError(
+            f"model version {model_version!r} was published with a new-item bias of {policy.rule.value:g}, chosen on "
+            "dot-product scores; retrieve with metric='dot', or without the rule (ItemIndex: apply_new_item_rule=False)"
+        )
+
+
 def l2_normalise(m: np.ndarray) -> np.ndarray:
     """Unit-length rows for cosine scores; a zero row becomes NaN rather than a fake zero score."""
     norms = np.linalg.norm(m, axis=-1, keepdims=True)
@@ -134,6 +146,8 @@ class LearnFeatureClient:
         with store_errors("reading the Feast registry", self._config_path):
             self._store.get_feature_service(RANKER_SERVICE)
         self._max_age = STALE_AFTER if max_age is None else max_age
+        self._repo = Path(repo_path)
+        self._items: dict[str, VersionItems] = {}  # per model version, for `candidates`
 
     def read(self, fields: EntityFields, ids: list[str]) -> OnlineRows:
         """One view's raw online rows for ``ids``, unchecked (``score`` does the checking)."""
@@ -147,7 +161,7 @@ class LearnFeatureClient:
             return np.zeros(age_seconds.shape, dtype=bool)
         return age_seconds > self._max_age.total_seconds()
 
-    def candidates(self, user_id: str, k: int) -> CandidateResult:
+    def candidates(self, user_id: str, k: int, history: Sequence[str] | None = None) -> CandidateResult:
         """The user's top-``k`` items by the online store's vector search, through Feast.
 
         The search runs over the item view's vector index (inner product, ``ITEM_SEARCH_METRIC``)
@@ -157,8 +171,14 @@ class LearnFeatureClient:
         Lite), so the ids are the only part of the search's answer used. Items pushed online
         (``embed-items --push``) are found at once; nothing is rebuilt.
 
-        Raises ``LearnFeaturesError`` for a store without vector search, an unknown user, or a
-        user vector of another version than the one pinned on the client.
+        A version published with a new-item rule (``learn_features.new_items``) is ranked by
+        it, as ``ItemIndex`` ranks: the warm and the new items are searched apart (an ``in``
+        filter on the shorter id list) and the user's k best of each are ranked by the rule.
+        ``history``, the user's item ids oldest first, is read by a ``share`` rule alone.
+
+        Raises ``LearnFeaturesError`` for a store without vector search, an unknown user, a
+        user vector of another version than the one pinned on the client, or a ``share`` rule
+        without ``history``.
         """
         if k < 1:
             raise LearnFeaturesError(f"k must be at least 1, got {k}")
@@ -177,28 +197,49 @@ class LearnFeatureClient:
                 f"{self._config_path}: user {user_id!r}'s vector is of model version {version!r}, the client is pinned "
                 f"to {self.model_version!r}; publish and materialize the pinned version's user vectors"
             )
+        self._items[version] = items = version_items(self._repo, version, self._items.get(version))
+        policy = items.policy
+        check_rule_metric(policy, self.metric, version)
+        if policy is not None and policy.rule.rule == "share" and history is None:
+            raise LearnFeaturesError(
+                f"model version {version!r} ranks new items by the 'share' rule, which reads the user's latest "
+                f"{policy.rule.window} history items; pass history="
+            )
         from feast.filter_models import ComparisonFilter
 
+        same_version = ComparisonFilter(key=ITEM.model_version, value=version, type="eq")
+        if policy is None:
+            ids = self._search(vector, k, same_version)
+        else:
+            ids = [i for group in _group_filters(items.new_ids, policy.warm_ids) for i in self._search(vector, k, _both(same_version, group))]
+        scored = self._score(user_id, user, ids)
+        keep = np.flatnonzero(scored.scorable)
+        if policy is None:
+            order = np.array(sorted(keep, key=lambda i: (-scored.scores[i], scored.item_ids[i])), dtype=np.int64)  # ties: by id
+        else:
+            order = keep[policy.order([ids[i] for i in keep], scored.scores[keep], history)[:k]]
+        return CandidateResult(
+            user_id=user_id,
+            item_ids=[scored.item_ids[i] for i in order],
+            scores=scored.scores[order],
+            new=np.zeros(len(order), dtype=bool) if policy is None else ~policy.warm([ids[i] for i in order]),
+            stale=scored.stale[order],
+            user_stale=scored.user_stale,
+            model_version=version,
+            dropped=len(scored.item_ids) - len(keep),
+        )
+
+    def _search(self, vector: np.ndarray, k: int, filters: Any) -> list[str]:
+        """The ids of the item view's top-``k`` vector-search hits under ``filters``."""
         with store_errors("searching the online store", self._config_path):
             hits = self._store.retrieve_online_documents_v2(
                 features=[f"{ITEM.view}:{ITEM.model_version}"],
                 query=vector.tolist(),
                 top_k=k,
                 distance_metric=ITEM_SEARCH_METRIC,
-                filters=ComparisonFilter(key=ITEM.model_version, value=version, type="eq"),
+                filters=filters,
             ).to_dict()
-        scored = self._score(user_id, user, [str(i) for i in hits.get(ITEM.join_key, [])])
-        keep = np.flatnonzero(scored.scorable)
-        order = np.array(sorted(keep, key=lambda i: (-scored.scores[i], scored.item_ids[i])), dtype=np.int64)  # ties: by id
-        return CandidateResult(
-            user_id=user_id,
-            item_ids=[scored.item_ids[i] for i in order],
-            scores=scored.scores[order],
-            stale=scored.stale[order],
-            user_stale=scored.user_stale,
-            model_version=version,
-            dropped=len(scored.item_ids) - len(keep),
-        )
+        return [str(i) for i in hits.get(ITEM.join_key, [])]
 
     def score(self, user_id: str, item_ids: Sequence[str]) -> ScoreResult:
         """Vectors, scores and missing/stale/version flags for ``item_ids`` (ids are str()-ed)."""
@@ -259,12 +300,14 @@ class CandidateResult:
     """A user's best items by the online store's vector search, best first.
 
     Every item is of ``model_version``, the user's; its score is ``score``'s (the client's
-    metric over the vectors the online store serves).
+    metric over the vectors the online store serves); the order is the scores', or the
+    version's new-item rule's.
     """
 
     user_id: str
     item_ids: list[str]
-    scores: np.ndarray  # (n,) float32, descending
+    scores: np.ndarray  # (n,) float32: descending, except where a new-item rule orders them
+    new: np.ndarray  # (n,) bool: items the version's new-item rule counts as new (none without a rule)
     stale: np.ndarray  # (n,) bool: item vectors older than the client's max_age
     user_stale: bool
     model_version: str
@@ -274,3 +317,23 @@ class CandidateResult:
 def _most_common(versions: list[str]) -> str | None:
     """The most frequent version (the first seen wins a tie), or None for an empty list."""
     return Counter(versions).most_common(1)[0][0] if versions else None
+
+
+def _group_filters(new_ids: list[str], warm_ids: frozenset[str]) -> list[Any]:
+    """Filters that split the item view into the warm and the new items, each an ``in`` or
+    ``not in`` over the shorter of the two id lists (new items are usually the few; a
+    pushed item not yet on ``new_ids`` falls on the warm side until its publication is listed,
+    and is still ranked as new)."""
+    from feast.filter_models import ComparisonFilter
+
+    shorter = new_ids if len(new_ids) <= len(warm_ids) else sorted(warm_ids)
+    if not shorter:  # one group is empty: one search over the other, which is every item
+        return [None]
+    return [ComparisonFilter(key=ITEM.join_key, value=shorter, type=op) for op in ("in", "nin")]
+
+
+def _both(first: Any, second: Any) -> Any:
+    """``first`` and ``second`` (None: no second filter)."""
+    from feast.filter_models import CompoundFilter
+
+    return first if second is None else CompoundFilter(type="and", filters=[first, second])

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from feast_fixtures import SyntheticRun, copy_repo, write_config, write_run
+from feast_fixtures import SyntheticRun, copy_repo, with_new_item_rule, write_config, write_run
 
 from learn_features.cli import main
 from learn_features.embeddings_io import EmbeddingTable
 from learn_features.errors import LearnFeaturesError
+from learn_features.new_items import NewItemRule
 from learn_features.store.candidates import ItemIndex
 from learn_features.store.materialize import materialize_publications
 from learn_features.store.publish import publish_run
@@ -128,3 +129,38 @@ def test_clear_errors(movielens: tuple[Path, str, SyntheticRun], tmp_path: Path)
     item = EmbeddingTable("item", ["new-item"], np.ones((1, 16), np.float32), pd.Timestamp.now(tz="UTC"), "v1")
     with pytest.raises(LearnFeaturesError, match="embedding_dim is 32, but this push has 16-d vectors"):
         push_item_embeddings(repo32, item, config32)
+
+
+def test_candidates_rank_by_the_versions_new_item_rule(tmp_path: Path) -> None:
+    """A version published with a rule: the warm and the new items are searched apart and ranked
+    as ``ItemIndex`` ranks them (exactly, for a bias and for a share), a pushed item is found
+    and counted new at once, and a share without the user's history is refused."""
+    run = write_run(tmp_path / "v1", "v1", 4, 120, 16, seed=6)
+    with_new_item_rule(run, NewItemRule("bias", 3.0), [f"i{i}" for i in range(90)])
+    repo, config = published(tmp_path, run, dim=16)
+    client = LearnFeatureClient(repo, config)
+
+    def agree(k: int, history: list[str] | None = None) -> float:
+        index = ItemIndex.from_published(repo)
+        shown = []
+        for user, vector in run.users.items():
+            got, want = client.candidates(user, k, history), index.top_k(vector, k, history)
+            assert got.item_ids == want.item_ids and got.new.tolist() == want.new.tolist() and got.dropped == 0
+            np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-5)
+            shown.append(got.new.mean())
+        return float(np.mean(shown))
+
+    assert 0.0 < agree(15) < 1.0
+    with pytest.raises(LearnFeaturesError, match="new-item bias of 3, chosen on dot-product scores"):
+        LearnFeatureClient(repo, config, metric="cosine").candidates("u0", 5)
+    push_item_embeddings(repo, EmbeddingTable("item", ["new-item"], run.users["u0"][None] * 10, pd.Timestamp.now(tz="UTC"), "v1"), config)
+    got = client.candidates("u0", 5)
+    assert got.item_ids[0] == "new-item" and got.new[0]
+    agree(15)
+
+    with_new_item_rule(run, NewItemRule("share", 1.0, window=2), [f"i{i}" for i in range(90)])
+    assert publish_run(run.run_dir, repo).created  # the same vectors under another rule
+    with pytest.raises(LearnFeaturesError, match="'share' rule, which reads the user's latest 2 history items"):
+        client.candidates("u0", 5)
+    assert agree(10, ["i0", "i100"]) == pytest.approx(0.5)
+    assert agree(10, ["i100", "i0", "i1"]) == 0.0  # the new item fell out of the last 2

@@ -21,6 +21,7 @@ from learn_features.pch.inference import item_vectors
 from learn_features.pch.inputs import ItemInputs
 from learn_features.pch.model import HybridInput
 from learn_features.run import RunDir
+from learn_features.store.candidates import ItemIndex
 from learn_features.store.repo import apply_repo, open_store
 from learn_features.store.serving import LearnFeatureClient
 from learn_features.trained_run import TrainedRun, embed_catalog_items
@@ -54,7 +55,9 @@ def test_embed_lists_the_items_with_an_id_part(hybrid_run) -> None:
     assert manifest["method"] == "learn_hybrid" and payload["content_dim"] is not None and trained
     assert manifest["id_part"] == {"items": len(trained), "file": str(run.id_part_items.resolve())}
     assert pd.read_parquet(manifest["id_part"]["file"])["item_id"].tolist() == trained
-    assert manifest["cold_bias"] == 0.125 and manifest["cold_share"] is None  # what the tables add to every item outside the list
+    assert manifest["new_item_rule"] == {"rule": "bias", "value": 0.125, "window": 10}  # what the tables add to every new item
+    assert manifest["warm_items"] == {"items": len(trained), "file": str(run.warm_items.resolve())}
+    assert pd.read_parquet(run.warm_items)["item_id"].tolist() == trained  # a hybrid's warm items are those with an ID part
 
 
 def test_the_published_tower_loads_with_its_slots_and_reproduces_the_vectors(hybrid_run) -> None:
@@ -109,6 +112,11 @@ def test_embed_items_push_serves_a_new_item_of_a_hybrid_run(hybrid_run, tmp_path
     assert main(["verify-online", "--repo", str(repo), "-q"]) == 0
     scored = LearnFeatureClient(repo).score("u0", ["brand-new", "sku-5"])
     assert scored.scorable.all() and scored.item_model_versions == [version, version]
+    index = ItemIndex.from_published(repo)  # retrieval ranks by the run's bias, and the pushed item is new to it
+    assert index.policy is not None and index.policy.rule.value == 0.125
+    warm = set(pd.read_parquet(RunDir(root / "run").warm_items)["item_id"])
+    assert {i for i, new in zip(index.item_ids, index.new) if not new} == warm and "brand-new" not in warm
+    assert index.top_k(np.asarray(scored.user_vector), len(index)).new.sum() == len(index) - len(warm)
 
 
 def test_embedding_another_method_drops_the_id_part(hybrid_run, tmp_path: Path, single_thread) -> None:  # noqa: F811
@@ -120,7 +128,8 @@ def test_embedding_another_method_drops_the_id_part(hybrid_run, tmp_path: Path, 
     assert main(["train", *relocated, "--method", "learn_v1"]) == 0 and main(["embed", *relocated, *share]) == 0
     run = RunDir(other)
     assert run.read_manifest()["id_part"] is None and not run.id_part_items.exists()
-    assert run.read_manifest()["cold_bias"] == 0.0 and run.read_manifest()["cold_share"] == {"scale": 1.5, "window": 5}
+    assert run.read_manifest()["new_item_rule"] == {"rule": "share", "value": 1.5, "window": 5} and run.warm_items.exists()
+    assert main(["embed", *relocated]) == 0 and run.read_manifest()["new_item_rule"] is None and not run.warm_items.exists()
 
 
 def test_a_collaborative_part_is_published_served_and_left_out_of_new_items(hybrid_run, tmp_path: Path, single_thread) -> None:  # noqa: F811

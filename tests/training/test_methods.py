@@ -16,7 +16,7 @@ from learn_features.retrieval import rank_scores
 from training import baselines
 from training.config import EvalConfig, PipelineConfig
 from training.methods import METHODS, ItemKNN, Method, RetrievalModel, Scored, VectorModel, get_methods
-from training.new_items import RULES
+from learn_features.new_items import RULES
 
 
 def prep_for_tests() -> SimpleNamespace:

@@ -1,4 +1,4 @@
-"""The rules for new items (``training.new_items``): a user's recent share of new items and the
+"""The rules for new items (``learn_features.new_items``): a user's recent share of new items and the
 ranking that gives them that share of every prefix."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from learn_features.retrieval import rank_scores
-from training.new_items import cold_shares, recent_new_shares, with_cold_share
+from learn_features.new_items import NewItemRule, recent_new_shares, with_cold_share
 
 # 20 items: 0-14 warm, 15-19 new; every warm item scores above every new one, and within each
 # group a lower index scores higher, so without a rule no new item reaches the top 15.
@@ -47,5 +47,9 @@ def test_the_recent_share_reads_the_last_window_events_of_each_history() -> None
     histories = [np.array([15, 16, 0, 1, 2, 3]), np.array([0, 1, 15, 16]), np.array([], dtype=np.int64)]
     np.testing.assert_allclose(recent_new_shares(histories, WARM, 4), [0.0, 0.5, 0.0])
     np.testing.assert_allclose(recent_new_shares(histories, WARM, 6), [1 / 3, 0.5, 0.0])
-    np.testing.assert_allclose(cold_shares(histories, WARM, 3.0, 6), [1.0, 1.0, 0.0])  # scaled, at most all of the ranking
-    np.testing.assert_allclose(cold_shares(histories, WARM, 1.5, 6), [0.5, 0.75, 0.0])
+    recent, exclude = recent_new_shares(histories, WARM, 6), [np.array([], dtype=np.int64)] * 3
+    scores = np.repeat(SCORES, 3, axis=0)
+    for scale, shares in ((3.0, [1.0, 1.0, 0.0]), (1.5, [0.5, 0.75, 0.0])):  # scaled, at most all of the ranking
+        ranked = rank_scores(NewItemRule("share", scale, 6).apply(scores, WARM, exclude, recent)[0], exclude, 4)
+        np.testing.assert_array_equal((~WARM[ranked]).sum(axis=1), np.array(shares) * 4)
+        assert NewItemRule("share", scale, 6).apply(scores, WARM, exclude, recent)[1] == np.mean(shares)
