@@ -91,8 +91,8 @@ def test_the_amazon_benchmark_is_the_published_protocol_on_the_shipped_data() ->
     assert list(amazon.model_by_method) == ["learn_hybrid", "text_hybrid", "learn_v1", "learn_v2", "id_baseline"]
     assert sasrec.tied_output and sasrec.temperature == 1.0
     assert sasrec.input_dropout > 0 and sasrec.input_norm and sasrec.d_model == sasrec.d_out == 64
-    hybrid = replace(amazon.model, id_dropout=0.8, temperature=0.04)
-    assert amazon.model_for("text_hybrid") == hybrid and amazon.model_for("learn_hybrid") == replace(hybrid, positions="from_end")
+    hybrid = replace(amazon.model, id_dropout=0.8, temperature=0.04, positions="from_end")
+    assert amazon.model_for("text_hybrid") == hybrid and amazon.model_for("learn_hybrid") == replace(hybrid, collaborative_rank=256)
     assert amazon.model_for("learn_v1") == amazon.model_for("learn_v2") == replace(amazon.model, positions="from_end")
     assert all(amazon.model_for(m) == amazon.model for m in trained if m not in amazon.model_by_method)  # learn_v3, text_encoder
     towers = {"init_std": 0.02, "output_head": False, "d_model": 128, "d_out": 128, "d_ff": 256}  # RecBole's start, twice its width
