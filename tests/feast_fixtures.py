@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from learn_features.atomic import write_json_atomic
+from learn_features.data.tables import write_item_list
 from learn_features.embeddings_io import ITEM_FILE, USER_FILE, EmbeddingTable, write_table
 from learn_features.new_items import NewItemRule
 from learn_features.run import RunDir
@@ -85,7 +84,7 @@ def with_new_item_rule(run: SyntheticRun, rule: NewItemRule, warm_ids: list[str]
     """``run`` as `embed` leaves a method with a new-item rule: the rule in the manifest, the
     items it counts warm in ``embeddings/warm_items.parquet``."""
     run_dir = RunDir(run.run_dir)
-    pq.write_table(pa.table({"item_id": pa.array(warm_ids, pa.string())}), run_dir.warm_items)
+    write_item_list(run_dir.warm_items, warm_ids)
     manifest = run_dir.read_manifest()
     write_json_atomic(run_dir.manifest, {**manifest, "new_item_rule": rule.record(), "warm_items": {"items": len(warm_ids)}})
     return run

@@ -34,7 +34,7 @@ from learn_features.cex.prompt import render_prompts
 from learn_features.cex.sharding import local_device, resolve_shard
 from learn_features.data.split import Split, catalog_until, events_until, parse_time, resolve_cut_time, split_dataset
 from learn_features.data.sources import data_source
-from learn_features.data.tables import Dataset, LoadReport, assemble
+from learn_features.data.tables import Dataset, LoadReport, assemble, write_item_list
 from learn_features.device import pick_device
 from learn_features.embeddings_io import EmbeddingTable, write_table
 from learn_features.errors import LearnFeaturesError
@@ -382,8 +382,7 @@ def _write_item_list(path: Path, item_ids: list[str] | None) -> dict | None:
     column, and its manifest entry; None (nothing written) for no list."""
     if item_ids is None:
         return None
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.table({"item_id": pa.array(item_ids, pa.string())}), tmp)
+    write_item_list(path, item_ids)
     return {"items": len(item_ids), "file": str(path.resolve())}
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from learn_features.atomic import atomic_path
 from learn_features.errors import LearnFeaturesError
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
@@ -80,6 +81,18 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table
         return pq.read_table(path, columns=columns)
     except (pa.ArrowException, OSError) as exc:
         raise LearnFeaturesError(f"{path}: not a readable Parquet file (truncated or another format?): {exc}") from None
+
+
+def write_item_list(path: str | Path, item_ids: list[str]) -> None:
+    """A list of items as one ``item_id`` string column (a run's ID-part and warm items, a
+    publication's warm items), written atomically; ``read_item_list`` reads it back."""
+    with atomic_path(Path(path)) as tmp:
+        pq.write_table(pa.table({"item_id": pa.array(item_ids, pa.string())}), tmp)
+
+
+def read_item_list(path: str | Path) -> frozenset[str]:
+    """The ids of a ``write_item_list`` file."""
+    return frozenset(str(i) for i in read_parquet(path, columns=["item_id"]).column(0).to_pylist())
 
 
 def _first_rows(mask: np.ndarray | pd.Series, limit: int = 5) -> str:

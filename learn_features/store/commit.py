@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from learn_features.atomic import atomic_path, write_json_atomic
+from learn_features.data.tables import write_item_list
 from learn_features.embeddings_io import Entity
 from learn_features.errors import LearnFeaturesError
 from learn_features.new_items import NewItemsPolicy
@@ -189,8 +190,7 @@ def commit_publication(
             with atomic_path(staged / CATALOG_FILE) as tmp:
                 pq.write_table(catalog, tmp)
         if new_items is not None:
-            with atomic_path(staged / WARM_ITEMS_FILE) as tmp:
-                pq.write_table(pa.table({"item_id": pa.array(sorted(new_items.warm_ids), pa.string())}), tmp)
+            write_item_list(staged / WARM_ITEMS_FILE, sorted(new_items.warm_ids))
         first = min((int(t.times_us.min()) for t in tables.values() if t.times_us is not None and len(t.times_us)), default=None)
         meta = {
             "kind": kind,

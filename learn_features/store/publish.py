@@ -22,12 +22,13 @@ import numpy as np
 import pandas as pd
 
 from learn_features.embeddings_io import Entity, frame_to_matrix, id_column, read_frame
+from learn_features.data.tables import read_item_list
 from learn_features.errors import LearnFeaturesError
 from learn_features.new_items import NewItemRule, NewItemsPolicy
 from learn_features.run import RunDir
 from learn_features.store.commit import EntityVectors, commit_publication, publication_digest
 from learn_features.store.ledger import Publication, list_publications, next_publish_time, publish_lock
-from learn_features.store.published import publication_policy, read_item_list
+from learn_features.store.published import publication_policy
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from learn_features.data.tables import read_parquet, read_table
+from learn_features.data.tables import read_item_list, read_parquet, read_table
 from learn_features.embeddings_io import Entity
 from learn_features.errors import LearnFeaturesError
 from learn_features.new_items import NewItemsPolicy
@@ -98,11 +98,6 @@ def read_published(repo_path: str | Path, entity: Entity, model_version: str) ->
     if not len(rows.ids):
         raise LearnFeaturesError(f"{Path(repo_path) / OFFLINE_DIR}: no published {entity} embeddings for {model_version!r}")
     return rows.latest()
-
-
-def read_item_list(path: Path) -> frozenset[str]:
-    """The ids of a one-column ``item_id`` list (``warm_items.parquet``)."""
-    return frozenset(str(i) for i in read_parquet(path, columns=["item_id"]).column(0).to_pylist())
 
 
 def publication_policy(pub: Publication) -> NewItemsPolicy | None:
